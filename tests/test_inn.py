@@ -1,0 +1,202 @@
+"The two INNs: inverse, NLL as a change of variables, conditioning, pair loss against the joint Gaussian, learning."
+import math
+
+import pytest
+import torch
+from conftest import randomize_
+
+from invnb.inn import Embedder, FactorINN, InvarianceINN
+
+FACTORS = {"digit": 3, "fg": 2, "bg": 2}
+
+
+def make_t(**kw):
+    return InvarianceINN(in_dim=8, cond_shape=(4, 3, 3), n_blocks=6, hidden=32, depth=2, embed_dim=16, **kw)
+
+
+def make_e(**kw):
+    return FactorINN(in_dim=10, factors=FACTORS, n_blocks=6, hidden=32, depth=2, **kw)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-10)])
+def test_t_and_e_invert_random_weights(dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    t, e = randomize_(make_t()).to(dtype), randomize_(make_e()).to(dtype)
+    zbar = ((torch.rand(32, 8, generator=g) * 2 - 1) * 10).to(dtype)
+    z = torch.randn(32, 4, 3, 3, generator=g).to(dtype)
+    v, _ = t(zbar, z)
+    assert (t.inverse(v, z) - zbar).abs().max() < tol
+    x = ((torch.rand(32, 10, generator=g) * 2 - 1) * 10).to(dtype)
+    codes, _ = e(x)
+    assert (e.inverse(codes) - x).abs().max() < tol
+    assert (e.inverse(e.merge(e.split(codes))) - x).abs().max() < tol
+
+
+def test_invertible_after_training_steps():
+    t = make_t()
+    opt = torch.optim.Adam(t.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        z = torch.randn(64, 4, 3, 3, generator=g)
+        zbar = 3 * z.mean((2, 3)).repeat(1, 2) + torch.randn(64, 8, generator=g)
+        opt.zero_grad(); t.nll(zbar, z).mean().backward(); opt.step()
+    assert sum(p.grad.abs().sum() for p in t.parameters()) > 0
+    zbar = (torch.rand(16, 8, generator=g) * 2 - 1) * 10
+    z = torch.randn(16, 4, 3, 3, generator=g)
+    assert (t.inverse(t(zbar, z)[0], z) - zbar).abs().max() < 1e-4
+
+
+def test_nll_is_change_of_variables_with_half_log_2pi():
+    t = randomize_(make_t()).double()
+    zbar, z = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    nll = t.nll(zbar, z)
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(lambda x: t(x[None], z[i:i + 1])[0][0], zbar[i])
+        v = t(zbar[i:i + 1], z[i:i + 1])[0][0]
+        expected = 0.5 * v.pow(2).sum() + 0.5 * 8 * math.log(2 * math.pi) - torch.linalg.slogdet(jac)[1]
+        torch.testing.assert_close(nll[i], expected, atol=1e-8, rtol=0)
+    torch.testing.assert_close(t.bits_per_dim(zbar, z), nll / (8 * math.log(2)))
+
+
+def test_conditioning_matters():
+    t = make_t()
+    zbar = torch.randn(1, 8).repeat(2, 1)
+    z = torch.randn(2, 4, 3, 3)
+    v, logdet = t(zbar, z)
+    assert (v[0] - v[1]).abs().max() > 1e-4
+
+
+def test_sample_shape_seed_temperature():
+    t = make_t()
+    z = torch.randn(3, 4, 3, 3)
+    s1 = t.sample(z, n=5, generator=torch.Generator().manual_seed(0))
+    s2 = t.sample(z, n=5, generator=torch.Generator().manual_seed(0))
+    s3 = t.sample(z, n=5, generator=torch.Generator().manual_seed(1))
+    assert s1.shape == (3, 5, 8) and torch.equal(s1, s2) and not torch.equal(s1, s3)
+    cold = t.sample(z, n=5, generator=torch.Generator().manual_seed(0), temperature=0.0)
+    assert torch.allclose(cold, cold[:, :1].expand_as(cold))  # T=0: every draw is t^-1(0|z)
+    torch.testing.assert_close(cold[:, 0], t.inverse(torch.zeros(3, 8), z).detach(), atol=1e-5, rtol=0)
+
+
+def test_embedder_accepts_vectors_maps_and_flattened_maps():
+    for shape in [(7,), (4, 1, 1), (4, 3, 3), (2, 13, 13), (3, 64, 64), (5, 2, 7)]:
+        emb = Embedder(shape, embed_dim=12)
+        z = torch.randn(2, *shape)
+        torch.testing.assert_close(emb(z), emb(z.flatten(1)))
+        assert emb(z).shape == (2, 12)
+    with pytest.raises(ValueError, match=r"\(B, 4, 3, 3\) or the flattened \(B, 36\)"):
+        Embedder((4, 3, 3))(torch.randn(2, 4, 4, 4))
+
+
+def test_t_input_errors_are_clear():
+    t = make_t()
+    with pytest.raises(ValueError, match="same batch size"):
+        t(torch.randn(4, 8), torch.randn(3, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"\(B, 8\)"):
+        t(torch.randn(4, 9), torch.randn(4, 4, 3, 3))
+
+
+def reference_pair_loss(e, za, zb, shared_idx):
+    "Eq. 12 from the joint Gaussian of (e^a, e^b): covariance [[I, S], [S, I]], S = rho * diag(mask), plus log-dets by autograd."
+    D, rho = za.shape[1], e.rho
+    total = []
+    for i in range(za.shape[0]):
+        ea, eb = e(za[i:i + 1])[0][0], e(zb[i:i + 1])[0][0]
+        mask = e.masks[shared_idx[i]].to(za.dtype)
+        cov = torch.eye(2 * D, dtype=za.dtype)
+        cov[:D, D:] = cov[D:, :D] = torch.diag(rho * mask)
+        nlp = -torch.distributions.MultivariateNormal(torch.zeros(2 * D, dtype=za.dtype), cov).log_prob(torch.cat([ea, eb]))
+        lda = torch.linalg.slogdet(torch.autograd.functional.jacobian(lambda x: e(x[None])[0][0], za[i]))[1]
+        ldb = torch.linalg.slogdet(torch.autograd.functional.jacobian(lambda x: e(x[None])[0][0], zb[i]))[1]
+        # the constant that pair_loss drops: D log 2pi + 1/2 * |I_i| * log(1 - rho^2)
+        const = D * math.log(2 * math.pi) + 0.5 * mask.sum() * math.log(1 - rho ** 2)
+        total.append(nlp - lda - ldb - const)
+    return torch.stack(total).mean()
+
+
+@pytest.mark.parametrize("factor", ["fg", 1, 0, "mixed"])
+@pytest.mark.parametrize("rho", [0.9, 0.975])
+def test_pair_loss_matches_joint_gaussian(factor, rho):
+    e = randomize_(make_e(rho=rho)).double()
+    g = torch.Generator().manual_seed(3)
+    za, zb = torch.randn(5, 10, generator=g, dtype=torch.float64), torch.randn(5, 10, generator=g, dtype=torch.float64)
+    if factor == "mixed":
+        factor = torch.tensor([1, 2, 3, 0, 2])
+        idx = factor.tolist()
+    else:
+        idx = [e.factor_index(factor)] * 5
+    torch.testing.assert_close(e.pair_loss(za, zb, factor), reference_pair_loss(e, za, zb, idx), atol=1e-8, rtol=0)
+
+
+def test_factor_layout_and_errors():
+    e = make_e()
+    assert e.names == ["residual", "digit", "fg", "bg"]
+    parts = e.split(torch.arange(10.)[None])
+    assert parts["residual"].tolist() == [[0., 1, 2]] and parts["digit"].tolist() == [[3., 4, 5]]
+    assert parts["bg"].tolist() == [[8., 9]]
+    with pytest.raises(ValueError, match="unknown factor 'colour'"):
+        e.pair_loss(torch.randn(2, 10), torch.randn(2, 10), "colour")
+    with pytest.raises(ValueError, match="0..3"):
+        e.pair_loss(torch.randn(2, 10), torch.randn(2, 10), torch.tensor([1, 4]))
+    with pytest.raises(ValueError, match="one index per pair"):
+        e.pair_loss(torch.randn(2, 10), torch.randn(2, 10), torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="add up to 12"):
+        FactorINN(10, {"a": 6, "b": 6})
+    with pytest.raises(ValueError, match="reserved"):
+        FactorINN(10, {"residual": 2})
+
+
+# --- learning ------------------------------------------------------------------------------------
+
+SIGMA = torch.tensor([0.1, 0.2, 0.3, 0.5])
+
+
+def toy_conditional(n, g):
+    "z ~ N(0, I_2); zbar = (z1, z2, sin 2z1, z1 z2) + sigma * noise on every coordinate."
+    z = torch.randn(n, 2, generator=g)
+    mean = torch.stack([z[:, 0], z[:, 1], torch.sin(2 * z[:, 0]), z[:, 0] * z[:, 1]], 1)
+    return mean + SIGMA * torch.randn(n, 4, generator=g), z
+
+
+def test_t_learns_a_conditional_density_to_its_entropy():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    t = InvarianceINN(in_dim=4, cond_shape=2, n_blocks=6, hidden=64, depth=1, embed_dim=32)
+    opt = torch.optim.Adam(t.parameters(), 2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 2500)
+    for _ in range(2500):
+        zbar, z = toy_conditional(256, g)
+        opt.zero_grad(); t.nll(zbar, z).mean().backward(); opt.step(); sched.step()
+    zbar, z = toy_conditional(20000, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        nll = t.nll(zbar, z).mean().item()
+    entropy = (0.5 * math.log(2 * math.pi * math.e) + SIGMA.log()).sum().item()  # h(zbar | z), Gaussian noise
+    assert abs(nll - entropy) < 0.1, (nll, entropy)
+
+
+def test_e_puts_shared_information_into_the_named_factor():
+    g = torch.Generator().manual_seed(0)
+    mix = torch.linalg.qr(torch.randn(6, 6, generator=g))[0] * torch.tensor([1., 2, 0.5, 1.5, 1, 3])
+
+    def pairs(n):
+        s = torch.randn(n, 2, generator=g)  # shared by both images of a pair
+        a = torch.cat([s + 0.05 * torch.randn(n, 2, generator=g), torch.randn(n, 4, generator=g)], 1)
+        b = torch.cat([s + 0.05 * torch.randn(n, 2, generator=g), torch.randn(n, 4, generator=g)], 1)
+        return a @ mix.T, b @ mix.T, s
+
+    e = FactorINN(in_dim=6, factors={"shared": 2}, n_blocks=4, hidden=32, depth=1)
+    opt = torch.optim.Adam(e.parameters(), 2e-3)
+    for _ in range(1500):
+        za, zb, _ = pairs(256)
+        opt.zero_grad(); e.pair_loss(za, zb, "shared").backward(); opt.step()
+    za, _, s = pairs(5000)
+    with torch.no_grad():
+        parts = e.split(e(za)[0])
+
+    def r2(x, y):  # share of y's variance a linear regression on x explains
+        x = torch.cat([x, torch.ones(len(x), 1)], 1)
+        resid = y - x @ torch.linalg.lstsq(x, y).solution
+        return 1 - resid.var(0).sum() / y.var(0).sum()
+
+    assert r2(parts["shared"], s) > 0.9
+    assert r2(parts["residual"], s) < 0.1
