@@ -132,8 +132,10 @@ class ScaleShiftNet(nn.Module):
         self.hidden, self.depth = hidden, depth
         self.w_in = nn.Parameter(_uniform_(torch.empty(2 * hidden, in_dim), in_dim, g))
         self.b_in = nn.Parameter(_uniform_(torch.empty(2 * hidden, 1), in_dim, g))
-        self.w_hidden = nn.Parameter(_uniform_(torch.empty(depth, 2, hidden, hidden), hidden, g))
-        self.b_hidden = nn.Parameter(_uniform_(torch.empty(depth, 2, hidden, 1), hidden, g))
+        # one (2, H, H) tensor per layer, not one (depth, 2, H, H) tensor: the backward of indexing a
+        # larger parameter would allocate and add a full-size zero gradient for every layer
+        self.w_hidden = nn.ParameterList(_uniform_(torch.empty(2, hidden, hidden), hidden, g) for _ in range(depth))
+        self.b_hidden = nn.ParameterList(_uniform_(torch.empty(2, hidden, 1), hidden, g) for _ in range(depth))
         self.w_out = nn.Parameter(_uniform_(torch.empty(2, out_dim, hidden), hidden, g, init_scale))
         self.b_out = nn.Parameter(torch.zeros(2, out_dim, 1))
         self._packed, self._packed_key = None, None
@@ -143,8 +145,8 @@ class ScaleShiftNet(nn.Module):
                 and u.dtype == torch.float32 and self.w_in.dtype == torch.float32):
             return self._forward_packed(u)
         a = F.leaky_relu(torch.addmm(self.b_in, self.w_in, u)).view(2, self.hidden, -1)
-        for k in range(self.depth):
-            a = F.leaky_relu(torch.baddbmm(self.b_hidden[k], self.w_hidden[k], a))
+        for w, b in zip(self.w_hidden, self.b_hidden):
+            a = F.leaky_relu(torch.baddbmm(b, w, a))
         out = torch.baddbmm(self.b_out, self.w_out, a)
         return out[0], out[1]
 
@@ -155,8 +157,7 @@ class ScaleShiftNet(nn.Module):
             vec = lambda b: b.detach().reshape(-1).contiguous()
             self._packed = dict(
                 w_in=pk(self.w_in), b_in=vec(self.b_in),
-                hidden=[[(pk(self.w_hidden[k, j]), vec(self.b_hidden[k, j])) for j in range(2)]
-                        for k in range(self.depth)],
+                hidden=[[(pk(w[j]), vec(b[j])) for j in range(2)] for w, b in zip(self.w_hidden, self.b_hidden)],
                 out=[(pk(self.w_out[j]), vec(self.b_out[j])) for j in range(2)])
             self._packed_key = key
         return self._packed

@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import randomize_
 
+from invnb.cli import TOY_SIGMA, toy_conditional
 from invnb.inn import Embedder, FactorINN, InvarianceINN
 
 FACTORS = {"digit": 3, "fg": 2, "bg": 2}
@@ -148,14 +149,7 @@ def test_factor_layout_and_errors():
 
 # --- learning ------------------------------------------------------------------------------------
 
-SIGMA = torch.tensor([0.1, 0.2, 0.3, 0.5])
-
-
-def toy_conditional(n, g):
-    "z ~ N(0, I_2); zbar = (z1, z2, sin 2z1, z1 z2) + sigma * noise on every coordinate."
-    z = torch.randn(n, 2, generator=g)
-    mean = torch.stack([z[:, 0], z[:, 1], torch.sin(2 * z[:, 0]), z[:, 0] * z[:, 1]], 1)
-    return mean + SIGMA * torch.randn(n, 4, generator=g), z
+SIGMA = torch.tensor(TOY_SIGMA)
 
 
 def test_t_learns_a_conditional_density_to_its_entropy():
