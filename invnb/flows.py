@@ -124,14 +124,19 @@ FAST_CPU_INFERENCE = torch.backends.mkldnn.is_available() and _probe_onednn()
 class ScaleShiftNet(nn.Module):
     """The s and t networks of one coupling half, evaluated together.
 
-    Input u (in_dim, B) feature-major; returns (raw log-scale, shift), each (out_dim, B)."""
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 512, depth: int = 2,
+    Input u (in_dim, B) feature-major and, for a conditional coupling, ht (cond_dim, G) where each of the
+    G conditions serves B/G consecutive columns of u (G = B in training; in sampling, n draws share one z, so
+    the condition's share of the input layer is computed once per z, not n times). Returns
+    (raw log-scale, shift), each (out_dim, B). The input layer acting on [u; h] is stored as its two blocks
+    `w_in` and `w_cond`, which avoids concatenating u and h."""
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 512, depth: int = 2, cond_dim: int = 0,
                  init_scale: float = 1e-2, generator: torch.Generator | None = None):
         super().__init__()
         g = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.hidden, self.depth = hidden, depth
-        self.w_in = nn.Parameter(_uniform_(torch.empty(2 * hidden, in_dim), in_dim, g))
-        self.b_in = nn.Parameter(_uniform_(torch.empty(2 * hidden, 1), in_dim, g))
+        self.hidden, self.depth, fan_in = hidden, depth, in_dim + cond_dim
+        self.w_in = nn.Parameter(_uniform_(torch.empty(2 * hidden, in_dim), fan_in, g))
+        self.w_cond = nn.Parameter(_uniform_(torch.empty(2 * hidden, cond_dim), fan_in, g)) if cond_dim else None
+        self.b_in = nn.Parameter(_uniform_(torch.empty(2 * hidden, 1), fan_in, g))
         # one (2, H, H) tensor per layer, not one (depth, 2, H, H) tensor: the backward of indexing a
         # larger parameter would allocate and add a full-size zero gradient for every layer
         self.w_hidden = nn.ParameterList(_uniform_(torch.empty(2, hidden, hidden), hidden, g) for _ in range(depth))
@@ -140,11 +145,18 @@ class ScaleShiftNet(nn.Module):
         self.b_out = nn.Parameter(torch.zeros(2, out_dim, 1))
         self._packed, self._packed_key = None, None
 
-    def forward(self, u: torch.Tensor):
+    def forward(self, u: torch.Tensor, ht: torch.Tensor | None = None):
         if (FAST_CPU_INFERENCE and not torch.is_grad_enabled() and u.device.type == "cpu"
                 and u.dtype == torch.float32 and self.w_in.dtype == torch.float32):
-            return self._forward_packed(u)
-        a = F.leaky_relu(torch.addmm(self.b_in, self.w_in, u)).view(2, self.hidden, -1)
+            return self._forward_packed(u, ht)
+        if ht is None:
+            pre = torch.addmm(self.b_in, self.w_in, u)
+        else:
+            cond = torch.addmm(self.b_in, self.w_cond, ht)                     # (2H, G)
+            groups, b = ht.shape[1], u.shape[1]
+            if groups == b: pre = torch.addmm(cond, self.w_in, u)
+            else: pre = ((self.w_in @ u).view(-1, groups, b // groups) + cond[:, :, None]).view(-1, b)
+        a = F.leaky_relu(pre).view(2, self.hidden, -1)
         for w, b in zip(self.w_hidden, self.b_hidden):
             a = F.leaky_relu(torch.baddbmm(b, w, a))
         out = torch.baddbmm(self.b_out, self.w_out, a)
@@ -156,15 +168,21 @@ class ScaleShiftNet(nn.Module):
             pk = lambda w: torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 16)
             vec = lambda b: b.detach().reshape(-1).contiguous()
             self._packed = dict(
-                w_in=pk(self.w_in), b_in=vec(self.b_in),
+                w_in=pk(self.w_in), b_in=vec(self.b_in), w_cond=None if self.w_cond is None else pk(self.w_cond),
                 hidden=[[(pk(w[j]), vec(b[j])) for j in range(2)] for w, b in zip(self.w_hidden, self.b_hidden)],
                 out=[(pk(self.w_out[j]), vec(self.b_out[j])) for j in range(2)])
             self._packed_key = key
         return self._packed
 
-    def _forward_packed(self, u: torch.Tensor):
+    def _forward_packed(self, u: torch.Tensor, ht: torch.Tensor | None):
         p, lin = self._pack(), torch.ops.mkldnn._linear_pointwise
-        a = lin(u.t().contiguous(), p["w_in"], p["b_in"], "leaky_relu", [0.01], "")
+        if ht is None:
+            a = lin(u.t().contiguous(), p["w_in"], p["b_in"], "leaky_relu", [0.01], "")
+        else:
+            cond = lin(ht.t().contiguous(), p["w_cond"], p["b_in"], "none", [], "")     # (G, 2H)
+            pre = lin(u.t().contiguous(), p["w_in"], None, "none", [], "")               # (B, 2H)
+            groups = cond.shape[0]
+            a = F.leaky_relu(pre.view(groups, -1, pre.shape[1]).add_(cond[:, None])).view(pre.shape)
         outs = []
         for j in range(2):  # the s net, then the t net
             x = a[:, j * self.hidden:(j + 1) * self.hidden].contiguous()
@@ -187,11 +205,11 @@ class DoubleAffineCoupling(InvertibleModule):
                            scale_bound=scale_bound, init_scale=init_scale)
         self.d1 = dim // 2
         d2 = dim - self.d1
-        self.net1 = ScaleShiftNet(d2 + cond_dim, self.d1, hidden, depth, init_scale, generator)  # acts on x1
-        self.net2 = ScaleShiftNet(self.d1 + cond_dim, d2, hidden, depth, init_scale, generator)  # acts on x2
+        self.net1 = ScaleShiftNet(d2, self.d1, hidden, depth, cond_dim, init_scale, generator)  # acts on x1
+        self.net2 = ScaleShiftNet(self.d1, d2, hidden, depth, cond_dim, init_scale, generator)  # acts on x2
 
     def _scale_shift(self, net, other, ht):
-        raw, shift = net(other if ht is None else torch.cat([other, ht], 0))
+        raw, shift = net(other, ht)
         return self.scale_bound * torch.tanh(raw / self.scale_bound), shift
 
     def _forward_t(self, xt, ht=None):

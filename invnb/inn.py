@@ -119,7 +119,8 @@ class InvarianceINN(InvertibleModule):
         h = self.embed(z)
         b = h.shape[0]
         v = torch.randn(b * n, self.dim, generator=generator, device=h.device, dtype=h.dtype) * temperature
-        return self.flow.inverse(v, h.repeat_interleave(n, 0)).view(b, n, self.dim)
+        # the n draws of each z share its condition: pass h once per z (the couplings broadcast it)
+        return self.flow._inverse_t(v.t(), h.t()).t().reshape(b, n, self.dim)
 
 # %% ../nbs/01_inn.ipynb #13b94760
 class FactorINN(InvertibleModule):

@@ -194,3 +194,15 @@ def test_e_puts_shared_information_into_the_named_factor():
 
     assert r2(parts["shared"], s) > 0.9
     assert r2(parts["residual"], s) < 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float32 on CPU takes the packed path
+def test_sample_shares_each_condition_exactly(dtype):
+    "sample() passes each z's condition once; it must equal inverting the same v with z repeated."
+    t = randomize_(make_t()).to(dtype)
+    z = torch.randn(3, 4, 3, 3, dtype=dtype)
+    s = t.sample(z, n=4, generator=torch.Generator().manual_seed(5))
+    v = torch.randn(12, 8, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    with torch.enable_grad():
+        ref = t.inverse(v, z.repeat_interleave(4, 0)).detach()
+    torch.testing.assert_close(s.reshape(12, 8), ref, atol=1e-4 if dtype == torch.float32 else 1e-10, rtol=0)
