@@ -72,6 +72,5 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.command == "demo":
         if a.steps < 1: ap.error("--steps must be at least 1")
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         demo(steps=a.steps, out=a.out, seed=a.seed)
     return 0
