@@ -17,7 +17,7 @@ from torch import nn
 
 import invnb
 from .flows import InvertibleModule
-from .inn import Embedder, FactorINN, InvarianceINN
+from .inn import FactorINN, InvarianceINN  # imported so that t and e are known to load_model
 
 # %% auto #0
 __all__ = ['FORMAT', 'CheckpointError', 'save_tensors', 'read_meta', 'load_tensors', 'save_model', 'load_model', 'Checkpointable']
@@ -81,7 +81,7 @@ def _subclasses(cls: type) -> list[type]:
 
 def _model_classes() -> dict[str, type]:
     "invnb's loadable model classes by name: every subclass of InvertibleModule or Checkpointable."
-    return {c.__name__: c for base in (InvertibleModule, Checkpointable, Embedder)
+    return {c.__name__: c for base in (InvertibleModule, Checkpointable)
             for c in [base, *_subclasses(base)] if c.__module__.startswith("invnb")}
 
 
@@ -145,5 +145,5 @@ class Checkpointable:
 
 
 # the invertible layers and both INNs of the earlier notebooks get the same two methods
-InvertibleModule.save = Embedder.save = Checkpointable.save
-InvertibleModule.load = Embedder.load = Checkpointable.__dict__["load"]  # the classmethod itself, unbound
+InvertibleModule.save = Checkpointable.save
+InvertibleModule.load = Checkpointable.__dict__["load"]  # the classmethod itself, unbound

@@ -133,7 +133,7 @@ class ScaleShiftNet(nn.Module):
                  init_scale: float = 1e-2, generator: torch.Generator | None = None):
         super().__init__()
         g = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.hidden, self.depth, fan_in = hidden, depth, in_dim + cond_dim
+        self.hidden, fan_in = hidden, in_dim + cond_dim
         self.w_in = nn.Parameter(_uniform_(torch.empty(2 * hidden, in_dim), fan_in, g))
         self.w_cond = nn.Parameter(_uniform_(torch.empty(2 * hidden, cond_dim), fan_in, g)) if cond_dim else None
         self.b_in = nn.Parameter(_uniform_(torch.empty(2 * hidden, 1), fan_in, g))
@@ -186,8 +186,8 @@ class ScaleShiftNet(nn.Module):
         outs = []
         for j in range(2):  # the s net, then the t net
             x = a[:, j * self.hidden:(j + 1) * self.hidden].contiguous()
-            for k in range(self.depth):
-                w, b = p["hidden"][k][j]
+            for layer in p["hidden"]:
+                w, b = layer[j]
                 x = lin(x, w, b, "leaky_relu", [0.01], "")
             w, b = p["out"][j]
             outs.append(lin(x, w, b, "none", [], "").t())

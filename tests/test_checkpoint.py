@@ -82,9 +82,8 @@ def test_wrong_model_type(t, tmp_path):
 
 def test_config_weights_mismatch(t, tmp_path):
     path = t.save(tmp_path / "t.safetensors")
-    tensors, meta = {}, read_meta(path)
     from safetensors.torch import load_file
-    tensors = load_file(path)
+    tensors, meta = load_file(path), read_meta(path)
     meta["config"]["hidden"] = 32
     save_tensors(tmp_path / "edited.safetensors", tensors, meta)
     with pytest.raises(CheckpointError, match="do not match its config"):
