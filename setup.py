@@ -34,9 +34,11 @@ setuptools.setup(
         "Programming Language :: Python :: 3",
     ],
     keywords=cfg["keywords"],
-    packages=setuptools.find_packages(include=["invnb", "invnb.*"]),
-    include_package_data=True,
-    package_data={"invnb": ["assets/*"]},
+    # data/ (the bundled MNIST subset and its provenance) is installed as invnb/_bundled/, so that a plain
+    # non-editable `pip install` (e.g. on Colab) has it
+    packages=setuptools.find_packages(include=["invnb", "invnb.*"]) + ["invnb._bundled"],
+    package_dir={"invnb._bundled": "data"},
+    package_data={"invnb._bundled": ["*.npz", "README.md"]},
     install_requires=requirements,
     extras_require={"dev": dev_requirements},
     python_requires=">=" + cfg["min_python"],

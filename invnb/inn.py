@@ -19,9 +19,9 @@ __all__ = ['Embedder', 'InvarianceINN', 'FactorINN']
 
 # %% ../nbs/01_inn.ipynb #be82e604
 def _init_layers(module: nn.Module, generator: torch.Generator) -> nn.Module:
-    "Re-initialise every Linear/Conv2d of `module` with PyTorch's default bounds, drawn from `generator`."
+    "Re-initialise every Linear/Conv2d/ConvTranspose2d of `module` with PyTorch's default bounds, drawn from `generator`."
     for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             fan_in = m.weight[0].numel()
             _uniform_(m.weight, fan_in, generator)
             if m.bias is not None: _uniform_(m.bias, fan_in, generator)

@@ -1,0 +1,95 @@
+"Autoencoders: shapes, the per-pixel loss against hand computations, γ's optimum, save/load, the 128 px model."
+import math
+
+import pytest
+import torch
+
+from invnb.autoencoder import (AELoss, BigAE, PatchDiscriminator, SmallAE, kl_standard_normal, pixel_nll,
+                               reconstruction_metrics, train_autoencoder)
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_small_ae_shapes(size):
+    ae = SmallAE(size=size, width=16)
+    x = torch.rand(3, 3, size, size) * 2 - 1
+    mean, logvar = ae.encode(x)
+    assert mean.shape == logvar.shape == (3, 64)
+    xr = ae.decode(mean)
+    assert xr.shape == x.shape and xr.abs().max() <= 1
+
+
+def test_sample_zbar_is_seeded_and_has_the_encoder_spread():
+    ae = SmallAE(width=16)
+    x = torch.rand(2, 3, 28, 28) * 2 - 1
+    g = lambda s: torch.Generator().manual_seed(s)
+    assert torch.equal(ae.sample_zbar(x, g(0)), ae.sample_zbar(x, g(0)))
+    assert not torch.equal(ae.sample_zbar(x, g(0)), ae.sample_zbar(x, g(1)))
+    draws = torch.stack([ae.sample_zbar(x[:1], g(s))[0] for s in range(400)]).detach()
+    mean, logvar = ae.encode(x[:1])
+    torch.testing.assert_close(draws.std(0), (0.5 * logvar[0]).exp().detach(), rtol=0.15, atol=0)
+
+
+def test_loss_is_the_per_pixel_form_by_hand():
+    ae = SmallAE(width=8)
+    with torch.no_grad(): ae.log_gamma.fill_(-1.3)
+    x = torch.rand(2, 3, 28, 28) * 2 - 1
+    out = AELoss("l2")(ae, x, generator=torch.Generator().manual_seed(4))
+    xr, mean, logvar = ae(x, torch.Generator().manual_seed(4))
+    gamma, n = math.exp(-1.3), 3 * 28 * 28
+    by_hand = []
+    for i in range(2):
+        d = ((x[i] - xr[i]) ** 2).sum()
+        kl = 0.5 * sum((mean[i, k] ** 2 + logvar[i, k].exp() - 1 - logvar[i, k]) for k in range(64))
+        by_hand.append(d / gamma + n * math.log(gamma) + kl)
+    torch.testing.assert_close(out["ae"], torch.stack(by_hand).mean(), rtol=1e-5, atol=1e-3)
+
+
+def test_log_gamma_counts_once_per_pixel():
+    "The optimum of Σ d/γ + N log γ is γ = mean(d); with log γ once per image it would be Σ d."
+    d = torch.rand(2, 3, 8, 8)
+    lg = torch.tensor(float(d.flatten(1).sum(1).mean() / d[0].numel())).log().requires_grad_(True)
+    pixel_nll(d, lg).mean().backward()
+    assert abs(lg.grad.item()) < 1e-3
+    lg2 = torch.tensor(float(d.flatten(1).sum(1).mean())).log().requires_grad_(True)
+    pixel_nll(d, lg2).mean().backward()
+    assert lg2.grad.item() > 100
+
+
+def test_kl_closed_form():
+    mean, logvar = torch.tensor([[0.3, -1.0]]), torch.tensor([[0.5, -0.2]])
+    q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(2), torch.ones(2))
+    torch.testing.assert_close(kl_standard_normal(mean, logvar), torch.distributions.kl_divergence(q, p).sum(1))
+
+
+def test_small_ae_learns_and_round_trips(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    # flat-colour images: an easy target the AE must reach quickly
+    imgs = torch.rand(256, 3, 1, 1, generator=g).mul(2).sub(1).expand(-1, -1, 28, 28).contiguous()
+    ae = SmallAE(width=16)
+    before = reconstruction_metrics(ae, imgs)["mse"]
+    h = train_autoencoder(ae, imgs, steps=150, batch_size=32, lr=2e-3, progress=False, device="cpu")
+    after = reconstruction_metrics(ae, imgs)["mse"]
+    assert after < before / 5 and h["model"][-1] < h["model"][0]
+    ae2 = SmallAE.load(ae.save(tmp_path / "ae.safetensors"))
+    assert torch.equal(ae2.decode(ae2.encode(imgs[:4])[0]), ae.decode(ae.encode(imgs[:4])[0]))
+
+
+def test_tiny_128px_style_ae_trains_with_lpips_and_discriminator():
+    ae = BigAE(size=32, zdim=16, layers=(1, 1, 1, 1), width_per_group=16, ch=4, n_classes=10, embed_dim=8, attention_res=16)
+    disc = PatchDiscriminator(width=8, n_down=2)
+    loss = AELoss("l1+lpips", lpips_pretrained=False, disc=disc, disc_start=2)
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(16, 3, 32, 32, generator=g) * 2 - 1
+    w0 = [p.detach().clone() for p in disc.parameters()]
+    h = train_autoencoder(ae, imgs, steps=4, batch_size=4, lr=1e-4, loss=loss, progress=False, device="cpu")
+    assert set(h) == {"ae", "disc"} and all(math.isfinite(v) for v in h["ae"] + h["disc"])
+    assert h["disc"][:2] == [0.0, 0.0] and h["disc"][2] > 0        # switched on at disc_start
+    assert any(not torch.equal(a, b) for a, b in zip(w0, disc.parameters()))
+    assert "lpips" not in " ".join(ae.state_dict())                  # LPIPS is not saved with the model
+
+
+def test_attention_appears_at_its_resolution():
+    ae = BigAE(size=32, zdim=8, layers=(1, 1, 1, 1), width_per_group=16, ch=4, n_classes=4, embed_dim=4, attention_res=16)
+    assert ae.decoder.attention is not None
+    assert ae.decode(torch.zeros(2, 8)).shape == (2, 3, 32, 32)

@@ -1,0 +1,117 @@
+"The shared training loop: exact resume after a kill, NaN guard, parameter groups, optimizer state, encode_dataset."
+import pytest
+import torch
+from torch import nn
+
+from invnb.checkpoint import load_tensors
+from invnb.inn import InvarianceINN
+from invnb.train import TrainingDiverged, encode_dataset, fit, optimizer_from_tensors, optimizer_to_tensors, pick_device
+
+
+def make_t():
+    return InvarianceINN(in_dim=4, cond_shape=2, n_blocks=2, hidden=16, depth=1, embed_dim=8, seed=3)
+
+
+def t_step(model, g, step):
+    z = torch.randn(32, 2, generator=g)
+    zbar = torch.cat([z, z.sin()], 1) + 0.1 * torch.randn(32, 4)      # global RNG too: restored on resume
+    return model.nll(zbar, z).mean()
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    full = make_t()
+    h_full = fit(full, t_step, steps=40, lr=3e-3, progress=False, device="cpu", seed=1)
+
+    def dies_at_27(model, g, step):
+        if step == 27: raise Killed()
+        return t_step(model, g, step)
+    run = make_t()
+    with pytest.raises(Killed):
+        fit(run, dies_at_27, steps=40, lr=3e-3, ckpt_dir=tmp_path, ckpt_every=10, progress=False, device="cpu", seed=1)
+    assert load_tensors(tmp_path / "last.safetensors")[1]["step"] == 20
+    run = make_t()  # a fresh process would start from scratch weights
+    h_run = fit(run, t_step, steps=40, lr=3e-3, ckpt_dir=tmp_path, ckpt_every=10, resume=True, progress=False, device="cpu", seed=1)
+    for (k, a), b in zip(full.state_dict().items(), run.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert h_run["model"] == h_full["model"] and h_run.steps_done == 40
+    # resuming a finished run does nothing and returns its history
+    again = fit(run, t_step, steps=40, lr=3e-3, ckpt_dir=tmp_path, resume=True, progress=False, device="cpu", seed=1)
+    assert again.steps_done == 40 and again["model"] == h_full["model"]
+
+
+def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
+    def nan_at_15(model, g, step):
+        loss = t_step(model, g, step)
+        return loss * float("nan") if step == 15 else loss
+    model = make_t()
+    with pytest.raises(TrainingDiverged, match="step 15"):
+        fit(model, nan_at_15, steps=30, lr=1e-3, ckpt_dir=tmp_path, ckpt_every=10, progress=False, device="cpu")
+    tensors, meta = load_tensors(tmp_path / "last.safetensors")
+    assert meta["step"] == 10 and all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
+    resumed = make_t()
+    h = fit(resumed, t_step, steps=12, lr=1e-3, ckpt_dir=tmp_path, resume=True, progress=False, device="cpu")
+    assert h.steps_done == 12 and len(h["model"]) == 12
+
+
+def test_non_finite_gradient_is_caught():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__(); self.w = nn.Parameter(torch.zeros(1))
+    # sqrt at 0: the loss is finite (0) but its gradient is inf
+    with pytest.raises(TrainingDiverged, match="gradient of 'model' became non-finite at step 0"):
+        fit(Bad(), lambda model, g, s: model.w.sqrt().sum(), steps=5, progress=False, device="cpu")
+
+
+def test_groups_train_only_on_their_own_loss():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__(); self.a, self.b = nn.Linear(2, 1), nn.Linear(2, 1)
+    m = Pair()
+    b0 = [p.detach().clone() for p in m.b.parameters()]
+    def step(model, g, s):
+        x = torch.randn(8, 2, generator=g)
+        out = model.a(x).pow(2).mean() + model.b(x).pow(2).mean()   # both losses see both modules...
+        return {"a": out, "b": (model.a(x) * 0).sum() + 0 * model.b(x).sum()}  # ...but b's own loss is flat
+    fit(m, step, steps=5, lr=0.1, groups={"a": m.a, "b": m.b}, clip=None, progress=False, device="cpu")
+    assert all(torch.equal(p, q) for p, q in zip(m.b.parameters(), b0))
+    with pytest.raises(ValueError, match="one per group"):
+        fit(m, lambda model, g, s: {"a": model.a(torch.ones(1, 2)).sum()}, steps=1, groups={"a": m.a, "b": m.b},
+            progress=False, device="cpu")
+
+
+def test_optimizer_state_round_trip():
+    m = nn.Linear(3, 2)
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    m(torch.randn(4, 3)).sum().backward(); opt.step()
+    tensors, meta = optimizer_to_tensors(opt)
+    opt2 = torch.optim.Adam(m.parameters(), 1e-2)
+    optimizer_from_tensors(opt2, tensors, meta)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s1["param_groups"] == s2["param_groups"]
+    for pid in s1["state"]:
+        for k, v in s1["state"][pid].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(s2["state"][pid][k]))
+
+
+def test_encode_dataset_calls_the_encoder_once_per_example():
+    seen = []
+    class Enc(nn.Module):
+        def encode(self, x):
+            seen.append(len(x))
+            return x.flatten(1)[:, :3], torch.zeros(len(x), 3)
+    enc = Enc().train()
+    x = torch.randn(1000, 1, 2, 2)
+    out = encode_dataset(enc.encode, x, batch_size=256, device="cpu")
+    assert sum(seen) == 1000 and out["mean"].shape == (1000, 3) and torch.equal(out["mean"], x.flatten(1)[:, :3])
+    assert enc.training  # mode restored
+
+
+def test_device_errors():
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            pick_device("cuda")
