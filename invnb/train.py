@@ -158,8 +158,15 @@ def fit(model: nn.Module, step_fn: Callable, steps: int, lr: float = 1e-3, *,
 # %% ../nbs/03_train.ipynb #f8636d1f
 @torch.no_grad()
 def encode_dataset(encode: Callable, images: torch.Tensor, batch_size: int = 256,
-                   device: str | torch.device = "auto", progress: bool = False) -> dict[str, torch.Tensor]:
+                   device: str | torch.device = "auto", progress: bool = False,
+                   cache: str | Path | None = None) -> dict[str, torch.Tensor]:
     "{'mean': (N, D), 'logvar': (N, D)} of `encode(x) -> (mean, logvar)` over `images` (N, C, H, W), on CPU."
+    if cache is not None and Path(cache).exists():
+        tensors, meta = load_tensors(cache)
+        if meta.get("kind") == "encoded" and meta.get("n") == len(images):
+            return {"mean": tensors["mean"], "logvar": tensors["logvar"]}
+        raise ValueError(f"{cache} holds encodings of {meta.get('n')} examples, not {len(images)}; "
+                         "delete it or pass another cache path.")
     dev = pick_device(device)
     owner = getattr(encode, "__self__", None)
     was_training = isinstance(owner, nn.Module) and owner.training
@@ -169,4 +176,6 @@ def encode_dataset(encode: Callable, images: torch.Tensor, batch_size: int = 256
         m, lv = encode(images[i:i + batch_size].to(dev))
         means.append(m.float().cpu()); logvars.append(lv.float().cpu())
     if was_training: owner.train()
-    return {"mean": torch.cat(means), "logvar": torch.cat(logvars)}
+    out = {"mean": torch.cat(means), "logvar": torch.cat(logvars)}
+    if cache is not None: save_tensors(cache, out, {"kind": "encoded", "n": len(images)})
+    return out

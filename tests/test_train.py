@@ -110,6 +110,19 @@ def test_encode_dataset_calls_the_encoder_once_per_example():
     assert enc.training  # mode restored
 
 
+def test_encode_dataset_cache_skips_the_encoder(tmp_path):
+    calls = []
+    def encode(x):
+        calls.append(len(x))
+        return x.flatten(1), torch.zeros(len(x), 4)
+    x = torch.randn(10, 1, 2, 2)
+    first = encode_dataset(encode, x, device="cpu", cache=tmp_path / "codes.safetensors")
+    again = encode_dataset(encode, x, device="cpu", cache=tmp_path / "codes.safetensors")
+    assert sum(calls) == 10 and torch.equal(first["mean"], again["mean"])
+    with pytest.raises(ValueError, match="not 11"):
+        encode_dataset(encode, torch.randn(11, 1, 2, 2), device="cpu", cache=tmp_path / "codes.safetensors")
+
+
 def test_device_errors():
     assert pick_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
