@@ -199,8 +199,9 @@ class BigAE(Autoencoder):
                            n_classes=n_classes, embed_dim=embed_dim, attention_res=attention_res,
                            pretrained_encoder=False, seed=seed)  # a saved model carries its own weights
         self.size, self.zdim = size, zdim
-        torch.manual_seed(seed)  # torchvision's ResNet draws its initial weights from the global RNG
-        self.encoder = ResNetEncoder(zdim, layers, width_per_group, pretrained_encoder)
+        with torch.random.fork_rng():  # torchvision's ResNet draws its initial weights from the global RNG
+            torch.manual_seed(seed)
+            self.encoder = ResNetEncoder(zdim, layers, width_per_group, pretrained_encoder)
         self.decoder = BigGANDecoder(zdim, size, ch, n_classes, embed_dim, attention_res)
         _init_layers(self.decoder, torch.Generator().manual_seed(seed + 1))
 
@@ -267,14 +268,17 @@ class AELoss(nn.Module):
         loss = rec + kl
         if self.disc is not None:
             use = float(step >= self.disc_start)
-            g_loss = F.softplus(-self.disc(xr)).mean()                   # -log sigmoid(D(x̄)): look real
-            w = ae.last_layer
-            gr = torch.autograd.grad(rec, w, retain_graph=True)[0].norm()
-            gg = torch.autograd.grad(g_loss, w, retain_graph=True)[0].norm()
-            lam = (gr / (gg + 1e-4)).clamp(0, 1e4).detach() * self.disc_weight
-            loss = loss + use * lam * g_loss
+            if use:
+                g_loss = F.softplus(-self.disc(xr)).mean()               # -log sigmoid(D(x̄)): look real
+                w = ae.last_layer
+                gr = torch.autograd.grad(rec, w, retain_graph=True)[0].norm()
+                gg = torch.autograd.grad(g_loss, w, retain_graph=True)[0].norm()
+                lam = (gr / (gg + 1e-4)).clamp(0, 1e4).detach() * self.disc_weight
+                loss = loss + lam * g_loss
+                out.update(g_loss=g_loss.detach(), disc_lambda=lam)
+            # before disc_start the discriminator's loss is multiplied by 0 (its optimizer sees zero gradients)
             d_loss = F.softplus(-self.disc(x)).mean() + F.softplus(self.disc(xr.detach())).mean()
-            out.update(disc=use * d_loss, g_loss=g_loss.detach(), disc_lambda=lam)
+            out["disc"] = use * d_loss
         out["ae"] = loss
         return out
 
