@@ -122,7 +122,20 @@ class InvarianceINN(InvertibleModule):
         # the n draws of each z share its condition: pass h once per z (the couplings broadcast it)
         return self.flow._inverse_t(v.t(), h.t()).t().reshape(b, n, self.dim)
 
-# %% ../nbs/01_inn.ipynb #13b94760
+# %% ../nbs/01_inn.ipynb #a34e42a7
+@torch.no_grad()
+def _inverse_grid(self: InvarianceINN, v: torch.Tensor, z: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+    "z̄[i, j] = t⁻¹(v[j] | z[i]) for v (n_v, D) and z (n_z, ...): (n_z, n_v, D), without autograd."
+    _check_vectors(v, self.dim, "v")
+    h = self.embed(z)
+    per = max(1, batch_size // len(v))                                  # z's per chunk
+    out = [self.flow._inverse_t(v.repeat(len(hc), 1).t(), hc.t()).t().reshape(len(hc), len(v), self.dim)
+           for hc in h.split(per)]
+    return torch.cat(out)
+
+InvarianceINN.inverse_grid = _inverse_grid
+
+# %% ../nbs/01_inn.ipynb #ec70bfab
 class FactorINN(InvertibleModule):
     "e(z̄) = (e_0 residual, e_1..e_K named factors), trained on pairs that share a factor (Sec. 3.2, A.2)."
     def __init__(self, in_dim: int, factors: dict[str, int], n_blocks: int = 12, hidden: int = 512,
