@@ -1,0 +1,57 @@
+"Study: the analyses as methods, save/load of the whole folder, clear errors."
+import pytest
+import torch
+
+from invnb.autoencoder import SmallAE
+from invnb.inn import FactorINN, InvarianceINN
+from invnb.probe import ColorMNISTClassifier
+from invnb.study import Study
+
+
+@pytest.fixture(scope="module")
+def study():
+    torch.manual_seed(0)
+    ts = {(m, "features.11"): InvarianceINN(64, (512, 3, 3), n_blocks=2, hidden=16, seed=i) for i, m in enumerate(["step0", "final"])}
+    ts[("final", "classifier")] = InvarianceINN(64, (10, 1, 1), n_blocks=2, hidden=16)
+    e = FactorINN(64, {"digit": 22, "fg": 11, "bg": 11}, n_blocks=2, hidden=16)
+    s = Study(SmallAE(width=8), {"step0": ColorMNISTClassifier(seed=1), "final": ColorMNISTClassifier(seed=2)}, ts, e,
+              results={"eq19": {"features.11": [0.5, 0.01]}}, meta={"seed": 0})
+    x = torch.rand(8, 3, 28, 28) * 2 - 1
+    for (m, l) in ts: s.t(l, m)(torch.randn(16, 64), s.probe(l, m).phi(x[:4].repeat(4, 1, 1, 1)))  # initialise ActNorm
+    e(torch.randn(16, 64))
+    return s
+
+
+def test_methods(study):
+    x = torch.rand(6, 3, 28, 28) * 2 - 1
+    assert study.layers() == ["features.11", "classifier"] and study.layers("step0") == ["features.11"]
+    assert study.sample(x, "features.11", 3, torch.Generator().manual_seed(0)).shape == (6, 3, 3, 28, 28)
+    v, se = study.eq19(x, "features.11", n_inner=5, n_outer=6, generator=torch.Generator().manual_seed(0))
+    assert 0 <= v <= 1.5 and se >= 0
+    r = study.eq20(x, "classifier", n_outer=4, n_inner=5, generator=torch.Generator().manual_seed(0))
+    assert set(r) == {"residual", "digit", "fg", "bg"}
+    x_adv, per_layer = study.fgsm(x, eps=0.02)
+    assert set(per_layer) == {"features.11", "classifier"} and (x_adv - x).abs().max() <= 0.02 + 1e-6
+    assert study.swap(x, x.flip(0), "bg").shape == x.shape
+    assert set(study.sensitivity(x, x.flip(0))) == {"reconstruction", "digit", "fg", "bg"}
+
+
+def test_save_load_round_trip(study, tmp_path):
+    again = Study.load(study.save(tmp_path / "s"))
+    x = torch.rand(3, 3, 28, 28) * 2 - 1
+    g = lambda: torch.Generator().manual_seed(1)
+    for m, l in study.ts:
+        assert torch.equal(again.sample(x, l, 2, g(), model=m), study.sample(x, l, 2, g(), model=m))
+    assert again.results == study.results and again.meta == study.meta
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["ae.safetensors", "e.safetensors", "models", "study.json", "t"]
+
+
+def test_errors(study, tmp_path):
+    with pytest.raises(KeyError, match="no t for model 'final' at layer 'features.2'"):
+        study.t("features.2")
+    with pytest.raises(KeyError, match="unknown model 'step9'"):
+        study.probe("features.11", "step9")
+    with pytest.raises(FileNotFoundError, match="study.json"):
+        Study.load(tmp_path)
+    with pytest.raises(ValueError, match="at least one model"):
+        Study(SmallAE(width=8), {})
