@@ -1,4 +1,6 @@
 """The ColorMNIST experiment of Sec. 4.2 / B.4 on the bundled digits, stage by stage, with wall times.
+(The pseudo-layer `input` is left out: its t would condition on the 3×64×64 resized image, and the embedder
+at that size costs ~1 s per training step on a 2-core CPU.)
 
     python benchmarks/colormnist_study.py [--out runs/colormnist_bench] [--steps-scale 1.0]
 Prints one JSON object: stage times, classifier accuracy per checkpoint, Eq. 19 per SqueezeNet layer (final
@@ -19,7 +21,7 @@ from invnb.inn import FactorINN, InvarianceINN
 from invnb.probe import ColorMNISTClassifier, train_classifier
 from invnb.train import encode_dataset
 
-LAYERS = ["input", "features.2", "features.5", "features.8", "features.10", "features.11", "features.12", "classifier", "softmax"]
+LAYERS = ["features.2", "features.5", "features.8", "features.10", "features.11", "features.12", "classifier", "softmax"]
 T_SIZE = dict(n_blocks=8, hidden=256, depth=2, embed_dim=64)
 E_SIZE = dict(n_blocks=8, hidden=256, depth=2)
 FACTORS = {"digit": 22, "fg": 11, "bg": 11}

@@ -19,7 +19,7 @@ from .probe import Probe
 from .train import History, fit, pick_device
 
 # %% auto #0
-__all__ = ['OnTheFly', 'layer_features', 'fit_invariances', 'fit_factors', 'explained_by_invariances',
+__all__ = ['OnTheFly', 'layer_features', 'fit_invariances', 'fit_invariances_over', 'fit_factors', 'explained_by_invariances',
            'explained_by_representation', 'eq19', 'representation_grid', 'eq20', 'sample_images', 'pixel_mean_var',
            'fgsm', 'attack_through_layers', 'swap_factor', 'factor_sensitivity']
 
@@ -82,6 +82,17 @@ def fit_invariances(codes: dict, features, t: InvarianceINN | None = None, steps
     fit_kw.setdefault("desc", "t")
     hist = fit(t, step_fn, steps, lr, **fit_kw)
     return t, hist
+
+
+def fit_invariances_over(probes: dict, images: torch.Tensor, codes: dict, budget_mb: float = 2048,
+                         **kwargs) -> dict:
+    """One t per probe: `probes` maps any key (a layer name, a (checkpoint, layer) pair) to a Probe; the features
+    of each are computed once (`layer_features`) and t is trained with `fit_invariances(**kwargs)`."""
+    out = {}
+    for key, probe in probes.items():
+        feats = layer_features(probe, images, budget_mb=budget_mb)
+        out[key], _ = fit_invariances(codes, feats, desc=f"t {key}", **kwargs)
+    return out
 
 
 def fit_factors(codes: dict, pairs: FactorPairs, factors: dict[str, int] | None = None, e: FactorINN | None = None,

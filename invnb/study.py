@@ -88,11 +88,20 @@ class Study:
         return analysis.eq20(self.t(layer, model), self.e, z, n_outer, n_inner, generator)
 
     def fgsm(self, x, labels=None, eps=0.02, model=None, layers=None):
-        "(x*, {layer: D(t⁻¹(t(μ(x)|Φ(x)) | Φ(x*)))}) for an untargeted FGSM attack on the model."
+        """(x*, {layer: D(t⁻¹(t(μ(x)|Φ(x)) | Φ(x*)))}, {layer: Eq. 19 (value, SE)}) for an untargeted FGSM attack.
+        The Eq. 19 shares come from `results['eq19'][model][layer]` where computed (see `compute_eq19`)."""
         x_adv = analysis.fgsm(self._model(model), x, labels, eps)
         layers = layers or self.layers(model)
         parts = {l: (self.probe(l, model), self.t(l, model)) for l in layers}
-        return x_adv, analysis.attack_through_layers(self.ae, parts, x, x_adv)
+        known = self.results.get("eq19", {}).get(model or self.default_model, {})
+        return x_adv, analysis.attack_through_layers(self.ae, parts, x, x_adv), {l: known.get(l) for l in layers}
+
+    def compute_eq19(self, images, model=None, **kw) -> dict:
+        "Eq. 19 for every layer with a t; stored in `results['eq19'][model]`."
+        model = model or self.default_model
+        res = {l: list(self.eq19(images, l, model, **kw)) for l in self.layers(model)}  # lists: JSON-native
+        self.results.setdefault("eq19", {})[model] = res
+        return res
 
     def swap(self, x, x_other, factor, alpha=1.0):
         "x with `factor` moved towards x_other's (alpha = 1: swapped), decoded."

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from invnb.analysis import (OnTheFly, attack_through_layers, eq19, eq20, explained_by_invariances, factor_sensitivity,
-                            fgsm, fit_factors, fit_invariances, layer_features, pixel_mean_var, sample_images, swap_factor)
+                            fgsm, fit_factors, fit_invariances, fit_invariances_over, layer_features, pixel_mean_var, sample_images, swap_factor)
 from invnb.autoencoder import SmallAE
 from invnb.data import FactorPairs
 from invnb.inn import FactorINN, InvarianceINN
@@ -137,6 +137,15 @@ def test_features_are_computed_once_per_example():
     calls.clear()
     t, _ = fit_invariances(codes, feats, steps=5, batch_size=32, n_blocks=2, hidden=16, progress=False, device="cpu")
     assert calls == []                                                 # Φ never runs inside training steps
+
+
+def test_fit_invariances_over_layers_and_checkpoints():
+    models = {f"step{i}": nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3)) for i in range(2)}
+    probes = {(name, layer): Probe(m, layer) for name, m in models.items() for layer in ("1", "3")}
+    images = torch.rand(40, 3, 28, 28) * 2 - 1
+    codes = {"mean": torch.randn(40, 6), "logvar": torch.zeros(40, 6)}
+    ts = fit_invariances_over(probes, images, codes, steps=2, batch_size=8, n_blocks=1, hidden=8, progress=False, device="cpu")
+    assert set(ts) == set(probes) and ts[("step0", "1")].cond_shape == (4, 14, 14) and ts[("step1", "3")].cond_shape == (3,)
 
 
 def test_over_budget_features_fall_back_to_on_the_fly():
