@@ -67,7 +67,18 @@ class Probe(nn.Module):
         self.model = model.eval()
         self.transform = transform if transform is not None else nn.Identity()
         self.layer = self._resolve(layer)
-        self._psi, self._psi_error = None, None
+        self._psi = None
+        self._check_single_use()
+
+    def _check_single_use(self):
+        "A module called twice in forward has no single 'output': refuse it (checked on the traced graph)."
+        if self.module is None: return
+        try: graph = _LeafTracer(self.layer).trace(self.model)
+        except Exception: return  # untraceable: Φ uses the module's first call (documented)
+        calls = sum(n.op == "call_module" and n.target == self.layer for n in graph.nodes)
+        if calls > 1:
+            raise ValueError(f"module {self.layer!r} is called {calls} times in the model's forward (a shared module), "
+                             "so 'its output' is ambiguous. Probe another layer, or give each use its own module.")
 
     # -- which layer --------------------------------------------------------------------------------
     def _resolve(self, layer) -> str:
