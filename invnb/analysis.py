@@ -55,6 +55,14 @@ def layer_features(probe: Probe, images: torch.Tensor, batch_size: int = 256, bu
     return out
 
 # %% ../nbs/07_analysis.ipynb #ec9ec126
+_FIT_KEYS = {"ckpt_dir", "ckpt_every", "resume", "clip", "device", "seed", "progress", "desc", "stop_after", "optimizer"}
+
+
+def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    "(arguments of invnb.train.fit, constructor arguments of the INN)."
+    return ({k: v for k, v in kwargs.items() if k in _FIT_KEYS}, {k: v for k, v in kwargs.items() if k not in _FIT_KEYS})
+
+
 def _draw_zbar(codes: dict, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     mean, logvar = codes["mean"][idx], codes["logvar"][idx]
     return mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g)
@@ -68,11 +76,9 @@ def fit_invariances(codes: dict, features, t: InvarianceINN | None = None, steps
     n = len(codes["mean"])
     if len(features) != n:
         raise ValueError(f"codes hold {n} examples but features {len(features)}; they must come from the same images.")
-    fit_keys = {"ckpt_dir", "ckpt_every", "resume", "clip", "device", "seed", "progress", "desc", "stop_after", "optimizer"}
-    fit_kw = {k: v for k, v in kwargs.items() if k in fit_keys}
+    fit_kw, inn_kw = _split_kwargs(kwargs)
     if t is None:
-        shape = tuple(features.shape[1:])
-        t = InvarianceINN(codes["mean"].shape[1], shape, **{k: v for k, v in kwargs.items() if k not in fit_keys})
+        t = InvarianceINN(codes["mean"].shape[1], tuple(features.shape[1:]), **inn_kw)
 
     def step_fn(model, g, step):
         idx = torch.randint(n, (batch_size,), generator=g)
@@ -98,11 +104,10 @@ def fit_invariances_over(probes: dict, images: torch.Tensor, codes: dict, budget
 def fit_factors(codes: dict, pairs: FactorPairs, factors: dict[str, int] | None = None, e: FactorINN | None = None,
                 steps: int = 2000, batch_size: int = 128, lr: float = 1e-3, **kwargs) -> tuple[FactorINN, History]:
     "Train e on pairs from `pairs` (names must match e's factors, in order); z̄ drawn from cached `codes`."
-    fit_keys = {"ckpt_dir", "ckpt_every", "resume", "clip", "device", "seed", "progress", "desc", "stop_after", "optimizer"}
-    fit_kw = {k: v for k, v in kwargs.items() if k in fit_keys}
+    fit_kw, inn_kw = _split_kwargs(kwargs)
     if e is None:
         if factors is None: raise ValueError("give `factors` (name -> size) or a FactorINN `e`.")
-        e = FactorINN(codes["mean"].shape[1], factors, **{k: v for k, v in kwargs.items() if k not in fit_keys})
+        e = FactorINN(codes["mean"].shape[1], factors, **inn_kw)
     if list(e.factors) != pairs.names:
         raise ValueError(f"e's factors {list(e.factors)} and the pairs' factors {pairs.names} must be the same, in order.")
 
