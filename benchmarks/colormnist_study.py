@@ -71,9 +71,7 @@ def main():
     times["e"] = time.perf_counter() - s
 
     def t_for(clf, layer, name):
-        probe = clf.probe(layer) if layer not in ("classifier", "softmax") else None
-        from invnb.probe import Probe
-        probe = probe or Probe(clf.net, layer, clf.adapter)
+        probe = clf.probe(layer)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ft, fv = layer_features(probe, xt), layer_features(probe, xv)

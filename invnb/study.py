@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import analysis
+from . import autoencoder as _autoencoder  # noqa: F401  (its model classes must be known to load_model)
 from .checkpoint import load_model
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe

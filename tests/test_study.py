@@ -49,6 +49,16 @@ def test_save_load_round_trip(study, tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["ae.safetensors", "e.safetensors", "models", "study.json", "t"]
 
 
+def test_load_in_a_fresh_process(study, tmp_path):
+    "Study.load must know every model class without the caller importing their modules first."
+    import subprocess, sys
+    folder = study.save(tmp_path / "s")
+    code = f"from invnb.study import Study; s = Study.load({str(folder)!r}); print(type(s.ae).__name__, s.layers())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "SmallAE ['features.11', 'classifier']" in r.stdout
+
+
 def test_errors(study, tmp_path):
     with pytest.raises(KeyError, match="no t for model 'final' at layer 'features.2'"):
         study.t("features.2")
