@@ -290,21 +290,34 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
                      val_labels: torch.Tensor, steps: int, n_checkpoints: int, out_dir, batch_size: int = 64,
                      lr: float = 1e-4, **fit_kwargs) -> list[dict]:
-    "Train with the shared loop; save `n_checkpoints` models at steps equally spaced in [0, steps]."
+    """Train with the shared loop; save `n_checkpoints` models at steps equally spaced in [0, steps].
+
+    Resumable: checkpoints already saved in `out_dir` (listed in its `records.json`) are kept, training continues
+    from the last one, and `model` ends with the weights of the final step either way."""
+    import json, os
     from pathlib import Path
+    from invnb.checkpoint import load_model
     from invnb.train import fit
     if n_checkpoints < 2: raise ValueError("n_checkpoints must be at least 2 (step 0 and the last step).")
-    out = Path(out_dir)
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     marks = sorted({round(k * steps / (n_checkpoints - 1)) for k in range(n_checkpoints)})
+    rec_path = out / "records.json"
+    done = {r["step"]: r for r in json.loads(rec_path.read_text())} if rec_path.exists() else {}
 
     def step_fn(m, g, step):
         idx = torch.randint(len(images), (batch_size,), generator=g)
         dev = next(m.parameters()).device
         return F.cross_entropy(m(images[idx].to(dev)), labels[idx].to(dev))
 
-    records = []
+    records, trained = [], False
     for s in marks:
+        if s in done and Path(done[s]["path"]).is_file():
+            records.append(done[s]); continue
         fit(model, step_fn, steps=s, lr=lr, ckpt_dir=out / "train", resume=True, desc=f"classifier → {s}", **fit_kwargs)
+        trained = True
         path = model.save(out / f"classifier_step{s:06d}.safetensors")
         records.append({"step": s, "path": str(path), "val_accuracy": accuracy(model, val_images, val_labels)})
+        tmp = rec_path.with_suffix(".tmp"); tmp.write_text(json.dumps(records)); os.replace(tmp, rec_path)
+    if not trained:  # everything was on disk: hand back the final weights
+        model.load_state_dict(load_model(records[-1]["path"]).state_dict())
     return records

@@ -24,3 +24,34 @@ def cuda():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
     return torch.device("cuda")
+
+
+@pytest.fixture(scope="session")
+def colormnist_study():
+    """A small Study trained on 1,500 bundled ColorMNIST digits in about 20 s: an autoencoder good enough to
+    show colours, t at two layers of an (untrained) SqueezeNet, and e with the factors digit / fg / bg."""
+    import warnings
+    from invnb.analysis import fit_factors, fit_invariances, layer_features
+    from invnb.autoencoder import SmallAE, train_autoencoder
+    from invnb.data import ColorMNIST, FactorPairs, load_mnist
+    from invnb.probe import ColorMNISTClassifier
+    from invnb.study import Study
+    from invnb.train import encode_dataset
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (x, y) = load_mnist()["train"]
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:1500]   # the split is sorted by digit
+    ds = ColorMNIST(x[idx], y[idx], seed=0)
+    xt = ds.images()
+    ae = SmallAE(width=32, seed=0)
+    train_autoencoder(ae, xt, steps=300, batch_size=64, lr=2e-3, device="cpu", progress=False)
+    codes = encode_dataset(ae.encode, xt, device="cpu")
+    clf = ColorMNISTClassifier(size=32).eval()
+    ts = {}
+    for layer in ("features.8", "softmax"):
+        ts[("final", layer)], _ = fit_invariances(codes, layer_features(clf.probe(layer), xt), steps=150, batch_size=128,
+                                                  n_blocks=2, hidden=64, embed_dim=16, device="cpu", progress=False)
+    e, _ = fit_factors(codes, FactorPairs(ds.labels, ["digit", "fg", "bg"]), {"digit": 22, "fg": 11, "bg": 11},
+                       steps=1200, batch_size=128, n_blocks=2, hidden=64, device="cpu", progress=False)
+    results = {"eq19": {"final": {"features.8": [0.3, 0.01], "softmax": [0.9, 0.01]}}}
+    return Study(ae, {"final": clf}, ts, e, results), ds

@@ -1,0 +1,102 @@
+"Widgets, headless: construct on a trained study, click / set values, check what they display."
+import pytest
+import torch
+
+from invnb.widgets import CurveExplorer, FactorEditor, LayerExplorer, png
+
+
+@pytest.fixture
+def parts(colormnist_study):
+    study, ds = colormnist_study
+    x, labels = ds.batch(range(200))
+    return study, ds, x, labels
+
+
+def test_layer_explorer_resample_and_layer_switch(parts):
+    study, _, x, _ = parts
+    lx = LayerExplorer(study, x, n=8, seed=0)
+    assert lx.layer == "softmax" and lx.samples.shape == (8, 3, 28, 28) and lx.view.value == lx.png
+    shown, recon, samples = lx.view.value, lx.reconstruction.clone(), lx.samples.clone()
+    lx.resample_button.click()
+    assert not torch.equal(lx.samples, samples) and lx.view.value != shown     # new v, new picture
+    assert torch.equal(lx.reconstruction, recon)                               # the reconstruction does not move
+    v, at_softmax = lx.v.clone(), lx.samples.clone()
+    lx.layer_pick.value = "features.8"
+    assert torch.equal(lx.v, v) and not torch.equal(lx.samples, at_softmax)      # same v, other layer's t
+    same = study.sample(x[:1], "features.8", v=v)[0]
+    torch.testing.assert_close(lx.samples, same)                               # exactly Study.sample with that v
+    lx.temp_slider.value = 0.0                                                 # temperature 0: every v decodes alike
+    assert lx.samples.var(0).max() < 1e-8
+    lx.n_slider.value = 3
+    assert lx.v.shape[0] == 3 and lx.samples.shape[0] == 3
+    lx.image_pick.value = 5
+    assert torch.equal(lx.x, x[5:6]) and lx.error is None
+
+
+def test_layer_explorer_shows_errors_in_the_widget(parts):
+    study, _, x, _ = parts
+    lx = LayerExplorer(study, x)
+    lx.images = torch.rand(2, 5, 28, 28)
+    lx.image_pick.value = 1
+    assert lx.error and "⚠" in lx.status.value and "Traceback" not in lx.status.value
+    with pytest.raises(ValueError, match=r"images must be a tensor \(N, C, H, W\)"):
+        LayerExplorer(study, x[0])
+
+
+def _change_by_region(study, ds, x, labels, factor, n=8):
+    "Mean per-pixel change (background, digit) when `factor`'s slider goes 0 → 1 towards a partner that differs in it."
+    other = "fg" if factor == "bg" else "bg"
+    bg, fg = [], []
+    for i in range(n):
+        partner = next(j for j in range(len(x)) if labels[factor][j] != labels[factor][i] and labels[other][j] == labels[other][i])
+        fe = FactorEditor(study, x[i], x, seed=0)
+        fe.set_partner(partner)
+        start = fe.edited.clone()
+        fe.sliders[factor].value = 1.0
+        assert fe.distance >= 0 and 0 <= fe.prediction < 10 and fe.error is None
+        change = (fe.edited - start).abs().sum(1)[0]                            # (28, 28)
+        ink = ds.ink[i].float() / 255
+        bg.append(change[ink < 0.05].mean()); fg.append(change[ink > 0.8].mean())
+    return torch.stack(bg).mean().item(), torch.stack(fg).mean().item()
+
+
+def test_factor_editor_bg_slider_moves_background_pixels(parts):
+    study, ds, x, labels = parts
+    bg, fg = _change_by_region(study, ds, x, labels, "bg")
+    assert bg > 1.2 * fg                     # the bg slider changes background pixels more than the digit's
+    bg2, fg2 = _change_by_region(study, ds, x, labels, "fg")
+    assert fg2 > 3 * bg2                     # and the fg slider the digit's pixels more than the background
+
+
+def test_factor_editor_partner_reset_and_swap(parts):
+    study, _, x, _ = parts
+    fe = FactorEditor(study, x[0], x, seed=0)
+    own = fe.edited.clone()
+    for s in fe.sliders.values(): s.value = 1.0                                # every factor from the partner
+    fe.partner_pick.value = 0                                                 # partner = the image itself
+    torch.testing.assert_close(fe.edited, own, atol=1e-4, rtol=0)
+    fe.random_button.click()
+    k = fe.partner_pick.value
+    assert torch.equal(fe.partner, x[k:k + 1])                                 # the picker shows the drawn partner
+    fe.reset()
+    assert all(v == 0 for v in fe.alphas.values())
+    torch.testing.assert_close(fe.edited, own, atol=1e-4, rtol=0)
+
+
+def test_curve_explorer_follows_the_selection(parts):
+    study, _, x, _ = parts
+    ce = CurveExplorer(study, images=x)
+    assert list(ce.data) == ["features.8", "softmax"] and len(ce.figure.data) == 1
+    ce.layer_pick.value = ("softmax",)
+    assert list(ce.data) == ["softmax"] and list(ce.figure.data[0].y) == [0.9]
+    del study.results["eq19"]["final"]["features.8"]
+    ce.layer_pick.value = ("features.8", "softmax")
+    assert list(ce.data) == ["softmax"]
+    ce.compute_button.click()                                                  # fills the missing layer
+    assert list(ce.data) == ["features.8", "softmax"] and 0 <= ce.data["features.8"][0] <= 1
+    assert ce.bar.value == ce.bar.max == 1
+
+
+def test_png_is_a_png():
+    data = png([[torch.zeros(3, 4, 4)]], scale=2)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
