@@ -1,8 +1,8 @@
-"""Time of Eq. 19 and Eq. 20 with 10,000 samples (100 x 100 grids) for the t and e sizes of the ColorMNIST study.
+"""Time of the Eq. 19 / Eq. 20 estimators for 10,000 samples (100 z's × 100 v's), with the t/e sizes of the
+`quick` profile of `invnb colormnist`, against a per-z loop over t.inverse and e (the obvious implementation),
+in the same process.
 
-    python benchmarks/estimators.py
-Prints JSON: seconds per estimate (median of 3) and, as the in-process reference, the time of one plain
-`t.inverse` + `e` pass over the same 10,000 samples done as a Python loop over 100 batches.
+    python benchmarks/estimators.py        # prints one JSON object
 """
 import json
 import statistics
@@ -11,10 +11,8 @@ import time
 import torch
 
 from invnb.analysis import eq19, eq20
+from invnb.cli import FACTORS, PROFILES
 from invnb.inn import FactorINN, InvarianceINN
-
-T_SIZE = dict(n_blocks=8, hidden=256, depth=2, embed_dim=64)     # as in benchmarks/colormnist_study.py
-E_SIZE = dict(n_blocks=8, hidden=256, depth=2)
 
 
 def timed(fn, reps=3):
@@ -25,10 +23,11 @@ def timed(fn, reps=3):
     return statistics.median(ts)
 
 
-def main():
+def measure(profile: str = "quick") -> dict:
     torch.manual_seed(0)
-    t = InvarianceINN(64, (512, 3, 3), **T_SIZE).eval()
-    e = FactorINN(64, {"digit": 22, "fg": 11, "bg": 11}, **E_SIZE).eval()
+    p = PROFILES[profile]
+    t = InvarianceINN(64, (512, 3, 3), **p.t_size).eval()              # features.12 of SqueezeNet at 64 px
+    e = FactorINN(64, FACTORS, **p.e_size).eval()
     z = torch.relu(torch.randn(500, 512, 3, 3))
     with torch.no_grad():
         t(torch.randn(256, 64), z[:256]); e(torch.randn(256, 64))
@@ -43,9 +42,10 @@ def main():
             v = torch.randn(100, 64, generator=gg)
             e(t.inverse(v, z[i].expand(100, 512, 3, 3)))
     ref = timed(loop)
-    print(json.dumps({"threads": torch.get_num_threads(), "eq19_10k_s": round(s19, 2), "eq20_10k_s": round(s20, 2),
-                      "reference_loop_t_and_e_10k_s": round(ref, 2), "eq20_speedup_vs_loop": round(ref / s20, 2)}))
+    return {"profile": profile, "t_size": p.t_size, "e_size": p.e_size, "threads": torch.get_num_threads(),
+            "eq19_10k_s": round(s19, 3), "eq20_10k_s": round(s20, 3), "reference_loop_t_and_e_10k_s": round(ref, 3),
+            "eq20_speedup_vs_loop": round(ref / s20, 2)}
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(measure()))

@@ -32,7 +32,7 @@ from .train import encode_dataset, pick_device
 
 # %% auto #0
 __all__ = ['TOY_SIGMA', 'PROFILES', 'FACTORS', 'STAGES', 'toy_conditional', 'demo', 'Profile', 'RunError', 'ColorMNISTRun',
-           'run_colormnist', 'write_report', 'validate_metrics', 'main']
+           'run_colormnist', 'summary_png', 'write_report', 'validate_metrics', 'main']
 
 # %% ../nbs/11_cli.ipynb #9ea6ff2c
 TOY_SIGMA = (0.1, 0.2, 0.3, 0.5)
@@ -351,6 +351,7 @@ class ColorMNISTRun:
         secs = {s: v["seconds"] for s, v in self.state["stages"].items()}
         self.metrics["seconds"] = secs | {"total": round(sum(secs.values()), 1)}   # the report's own second is not in it
         _write_json(self.out / "metrics.json", self.metrics)
+        (self.out / "figures" / "summary.png").write_bytes(summary_png(self.metrics))
         write_report(self.metrics, self.out / "report.html", self.out / "figures")
 
     # -- driver ------------------------------------------------------------------------------------
@@ -408,23 +409,44 @@ def _table(header: list, rows: list[list]) -> str:
 def _pm(d: dict) -> str: return f"{d['value']:.3f} ± {d['se']:.3f}"
 
 
+def _curve_data(m: dict) -> dict:
+    "The numbers behind the report's curves, in the forms `invnb.plots` takes."
+    tup = lambda d: (d["value"], d["se"])
+    ckpts, ev = m["checkpoints"], m["eq20_over_checkpoints"]
+    return dict(eq19={l: tup(v) for l, v in m["eq19"].items()}, image_variance=m.get("image_variance"),
+                layer=ev["layer"], accuracy={c["step"]: c["val_accuracy"] for c in ckpts},
+                over_steps={c["step"]: {f: tup(v) for f, v in ev["values"][c["name"]].items()} for c in ckpts},
+                over_layers={l: {f: tup(v) for f, v in r.items()} for l, r in m["eq20_over_layers"].items()})
+
+
+def summary_png(m: dict) -> bytes:
+    "One static picture of a run: Eq. 19 per layer (left), Eq. 20 over training with accuracy (right)."
+    import io
+    from PIL import Image
+    d = _curve_data(m)
+    a = plots.to_png(plots.invariance_curve(d["eq19"], backend="matplotlib", title="What each layer discards (Eq. 19)"))
+    b = plots.to_png(plots.factor_curves(d["over_steps"], accuracy=d["accuracy"], factors=list(FACTORS),
+                                         backend="matplotlib", title=f"Eq. 20 at {d['layer']} over training"))
+    ims = [Image.open(io.BytesIO(x)).convert("RGB") for x in (a, b)]
+    canvas = Image.new("RGB", (sum(i.width for i in ims), max(i.height for i in ims)), "white")
+    canvas.paste(ims[0], (0, 0)); canvas.paste(ims[1], (ims[0].width, 0))
+    buf = io.BytesIO(); canvas.save(buf, format="png")
+    return buf.getvalue()
+
+
 def write_report(metrics: dict, path, figures_dir=None) -> Path:
     "Write the self-contained HTML report of a ColorMNIST run from its metrics (and the PNG sample grids)."
     import base64
     from plotly.offline import get_plotlyjs
     m, path = metrics, Path(path)
     ckpts = m["checkpoints"]
-    acc_by_step = {c["step"]: c["val_accuracy"] for c in ckpts}
-    ev = m["eq20_over_checkpoints"]
-    by_step = {c["step"]: ev["values"][c["name"]] for c in ckpts}
+    d = _curve_data(m)
+    acc_by_step, by_step, ev = d["accuracy"], d["over_steps"], m["eq20_over_checkpoints"]
     factors = list(next(iter(by_step.values())))
-    tup = lambda d: (d["value"], d["se"])
     curves = [
-        plots.invariance_curve({l: tup(v) for l, v in m["eq19"].items()}, m.get("image_variance")),
-        plots.factor_curves({s: {f: tup(v) for f, v in r.items()} for s, r in by_step.items()}, accuracy=acc_by_step,
-                            title=f"Eq. 20 at {ev['layer']} over training (accuracy dashed)"),
-        plots.factor_curves({l: {f: tup(v) for f, v in r.items()} for l, r in m["eq20_over_layers"].items()},
-                            title=f"Eq. 20 per layer of the final classifier ({m['final_model']})"),
+        plots.invariance_curve(d["eq19"], d["image_variance"]),
+        plots.factor_curves(by_step, accuracy=acc_by_step, title=f"Eq. 20 at {d['layer']} over training (accuracy dashed)"),
+        plots.factor_curves(d["over_layers"], title=f"Eq. 20 per layer of the final classifier ({m['final_model']})"),
     ]
     secs = m.get("seconds", {})
     parts = [f"<h1>invnb · ColorMNIST study ({html.escape(m['profile'])} profile)</h1>",

@@ -67,7 +67,8 @@ class LayerExplorer(W.VBox):
         self.image_pick = W.BoundedIntText(value=0, min=0, max=len(images) - 1, description="image")
         self.layer_pick = W.Dropdown(options=layers, value=layers[-1] if len(layers) else None, description="layer")
         self.n_slider = W.IntSlider(value=n, min=1, max=32, description="samples")
-        self.temp_slider = W.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature")
+        self.temp_slider = W.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature",
+                                         style={"description_width": "initial"})
         self.resample_button = W.Button(description="Resample v", icon="refresh", button_style="primary")
         self.view = W.Image(format="png")
         self.view.add_class("invnb-samples")
@@ -249,9 +250,11 @@ class CurveExplorer(W.VBox):
             title = f"{view} at {self.checkpoint_layer}" if view == self.VIEWS[1] else view
             self.figure = plots.factor_curves(self.data, accuracy=acc, backend=self.backend, title=title)
         self.out.clear_output(wait=True)
-        with self.out:
-            from IPython.display import display
-            display(self.figure)
+        from IPython import get_ipython
+        if get_ipython() is not None:                # in a kernel; from a plain script the figure is only kept
+            with self.out:
+                from IPython.display import display
+                display(self.figure)
         self.last_ms = (time.perf_counter() - t0) * 1e3
         self.status.value = f"<small>{len(self.data)} points · {self.last_ms:.0f} ms</small>"
 
