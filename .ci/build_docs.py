@@ -1,5 +1,5 @@
 """Offline HTML documentation: execute every notebook (skipping cells flagged `slow`, `online`, `notest` or
-`eval: false`, as nbdev_test does) and export it with nbconvert to _docs/html/, with working plotly figures
+`eval: false`, as nbdev_test does) and export it with nbconvert to _docs/html/ (index.html is the home page, contents.html lists all), with working plotly figures
 (plotly.js embedded once per page). `nbdev_docs` needs Quarto, which cannot be installed offline; this is the
 offline build, and CI runs it so that broken docs are caught.
 
@@ -81,7 +81,7 @@ def main(args):
     paths = [p for p in paths if ".ipynb_checkpoints" not in p.parts]
     problems = [p for path in paths for p in build(path)]
     index = "".join(f"<li><a href='{p.relative_to(ROOT / 'nbs').with_suffix('.html')}'>{p.stem}</a></li>" for p in paths)
-    (OUT / "index.html").write_text(f"<!DOCTYPE html><meta charset=utf-8><title>invnb docs</title><h1>invnb</h1><ul>{index}</ul>")
+    (OUT / "contents.html").write_text(f"<!DOCTYPE html><meta charset=utf-8><title>invnb docs</title><h1>invnb</h1><ul>{index}</ul>")
     for p in problems: print("PROBLEM:", p, file=sys.stderr)
     return 1 if problems else 0
 

@@ -251,4 +251,5 @@ d = { 'settings': { 'branch': 'main',
                                'invnb.widgets.LayerExplorer.resample': ('widgets.html#layerexplorer.resample', 'invnb/widgets.py'),
                                'invnb.widgets._pick_images': ('widgets.html#_pick_images', 'invnb/widgets.py'),
                                'invnb.widgets._safe': ('widgets.html#_safe', 'invnb/widgets.py'),
+                               'invnb.widgets._show': ('widgets.html#_show', 'invnb/widgets.py'),
                                'invnb.widgets.png': ('widgets.html#png', 'invnb/widgets.py')}}}

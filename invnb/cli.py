@@ -406,7 +406,10 @@ def _table(header: list, rows: list[list]) -> str:
             + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
 
 
-def _pm(d: dict) -> str: return f"{d['value']:.3f} ± {d['se']:.3f}"
+def _pm(d) -> str:
+    "'value ± se' of a {'value', 'se'} dict or a (value, se) pair."
+    v, se = (d["value"], d["se"]) if isinstance(d, dict) else d
+    return f"{v:.3f} ± {se:.3f}"
 
 
 def _curve_data(m: dict) -> dict:

@@ -32,6 +32,12 @@ def png(rows, scale: int = 3, pad: int = 2) -> bytes:
     return buf.getvalue()
 
 
+def _show(view: W.Image, data: bytes) -> None:
+    "Put PNG `data` in an Image widget at its natural pixel size (no stretching to the page width)."
+    view.value = data
+    view.width = str(int.from_bytes(data[16:20], "big"))      # the PNG header's width field
+
+
 def _safe(method):
     "Run a callback; on failure show the message in the widget's status line and keep it in `.error`."
     @functools.wraps(method)
@@ -110,7 +116,7 @@ class LayerExplorer(W.VBox):
         rows = [[self.x[0], self.reconstruction, self.mean, self.var]]
         rows += [list(self.samples[k:k + cols]) for k in range(0, len(self.samples), cols)]
         self.png = png(rows, self.scale)
-        self.view.value = self.png
+        _show(self.view, self.png)
         self.last_ms = (time.perf_counter() - t0) * 1e3
         self.status.value = (f"<small>{self.model} · {self.layer} · {len(self.v)} samples · mean pixel variance "
                              f"{self.var.mean().item() / 3:.4f} · drawn in {self.last_ms:.0f} ms</small>")
@@ -120,7 +126,7 @@ class FactorEditor(W.VBox):
     """One slider per semantic factor of e: 0 keeps the image's own e_i, 1 takes the partner's. Shows x, the partner,
     the edit x*, the model's prediction for x* and ‖f(x) − f(x*)‖, live."""
     def __init__(self, study: Study, image: torch.Tensor, partners: torch.Tensor, model: str | None = None,
-                 class_names=None, seed: int = 0, scale: int = 3):
+                 class_names=None, seed: int = 0, scale: int = 5):
         if study.e is None: raise ValueError("the study has no semantic INN e; train one with invnb.analysis.fit_factors.")
         self.study, self.e, self.f = study, study.e, study._model(model)
         self.x = _pick_images(image if image.dim() == 4 else image[None], "image")[:1]
@@ -177,7 +183,7 @@ class FactorEditor(W.VBox):
         self.confidence = float(logits.softmax(1).max())
         self.distance = float((self.f_x - logits).norm())
         self.png = png([[self.x[0], self.partner[0], self.edited[0]]], self.scale)
-        self.view.value = self.png
+        _show(self.view, self.png)
         self.last_ms = (time.perf_counter() - t0) * 1e3
         name = self.class_names[self.prediction] if self.class_names else self.prediction
         self.status.value = (f"prediction for x*: <b>{html.escape(str(name))}</b> ({self.confidence:.2f}) · "

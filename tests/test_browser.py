@@ -102,11 +102,16 @@ def test_resample_button_changes_the_picture_in_chromium(served_explorer):
     url, tmp = served_explorer
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
+        home = tmp / "browser-home"                                        # chromium writes caches under $HOME
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+                                    env={**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+                                         "XDG_CACHE_HOME": str(home / ".cache")})
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 800})
-            page.goto(url, timeout=120_000)
+            local = ("http://127.0.0.1", "data:", "blob:", "ws://127.0.0.1")
+            page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(local) else r.abort())  # offline
+            page.goto(url, timeout=120_000, wait_until="domcontentloaded")
             img = page.locator("img.invnb-samples")
             img.wait_for(state="visible", timeout=120_000)                 # the kernel ran the cell, widgets rendered
             page.wait_for_function("document.querySelector('img.invnb-samples').naturalWidth > 0", timeout=30_000)

@@ -16,6 +16,7 @@ def test_layer_explorer_resample_and_layer_switch(parts):
     study, _, x, _ = parts
     lx = LayerExplorer(study, x, n=8, seed=0)
     assert lx.layer == "softmax" and lx.samples.shape == (8, 3, 28, 28) and lx.view.value == lx.png
+    assert int(lx.view.width) == (2 + 8 * 30) * 3                            # natural size: 8 columns of 28 px + pads, ×3
     shown, recon, samples = lx.view.value, lx.reconstruction.clone(), lx.samples.clone()
     lx.resample_button.click()
     assert not torch.equal(lx.samples, samples) and lx.view.value != shown     # new v, new picture
