@@ -38,6 +38,12 @@ def _show(view: W.Image, data: bytes) -> None:
     view.width = str(int.from_bytes(data[16:20], "big"))      # the PNG header's width field
 
 
+def _in_kernel() -> bool:
+    "True inside IPython/Jupyter (where Output widgets capture); outside, clear_output would print escape codes."
+    from IPython import get_ipython
+    return get_ipython() is not None
+
+
 def _safe(method):
     "Run a callback; on failure show the message in the widget's status line and keep it in `.error`."
     @functools.wraps(method)
@@ -248,16 +254,15 @@ class CurveExplorer(W.VBox):
             self.figure = None
             self.status.value = f"<small>no results for {view} with this selection" + (
                 "; press “Compute Eq. 19”" if view == self.VIEWS[0] and self.images is not None else "") + ".</small>"
-            self.out.clear_output()
+            if _in_kernel(): self.out.clear_output()
             return
         if view == self.VIEWS[0]:
             self.figure = plots.invariance_curve(self.data, backend=self.backend)
         else:
             title = f"{view} at {self.checkpoint_layer}" if view == self.VIEWS[1] else view
             self.figure = plots.factor_curves(self.data, accuracy=acc, backend=self.backend, title=title)
-        self.out.clear_output(wait=True)
-        from IPython import get_ipython
-        if get_ipython() is not None:                # in a kernel; from a plain script the figure is only kept
+        if _in_kernel():                             # from a plain script the figure is only kept in .figure
+            self.out.clear_output(wait=True)
             with self.out:
                 from IPython.display import display
                 display(self.figure)

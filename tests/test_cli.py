@@ -140,3 +140,16 @@ def test_check_command(smoke_run, tmp_path, capsys):
     assert main(["check", str(smoke_run[0])]) == 0
     assert main(["check", str(tmp_path)]) == 1
     assert "lacks metrics.json" in capsys.readouterr().err
+
+
+def test_curve_explorer_reads_a_run(smoke_run):
+    from invnb.widgets import CurveExplorer
+    study = Study.load(smoke_run[0] / "study")
+    m = json.loads((smoke_run[0] / "metrics.json").read_text())
+    ce = CurveExplorer(study)
+    ce.view_pick.value = CurveExplorer.VIEWS[1]
+    assert ce.checkpoint_layer == "features.12" and list(ce.data) == [0, 15, 30]
+    assert ce.data[30]["bg"][0] == m["eq20_over_checkpoints"]["values"]["step000030"]["bg"]["value"]
+    assert ce.figure.data[-1].name == "accuracy" and list(ce.figure.data[-1].y) == [c["val_accuracy"] for c in m["checkpoints"]]
+    ce.view_pick.value = CurveExplorer.VIEWS[2]
+    assert list(ce.data) == list(PROFILES["smoke"].layers) and ce.error is None
