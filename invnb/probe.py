@@ -17,7 +17,7 @@ from .checkpoint import Checkpointable
 from .data import check_images
 
 # %% auto #0
-__all__ = ['PSEUDO_LAYERS', 'IMAGENET', 'PRESETS', 'list_layers', 'InputAdapter', 'Probe', 'preset', 'preset_probes',
+__all__ = ['PSEUDO_LAYERS', 'IMAGENET', 'PRESETS', 'list_layers', 'InputAdapter', 'Probe', 'preset', 'preset_probes', 'Adapted',
            'ColorMNISTClassifier', 'accuracy', 'train_classifier']
 
 # %% ../nbs/06_probe.ipynb #298d71c5
@@ -258,6 +258,17 @@ def preset_probes(name: str, pretrained: bool = False, size: int | None = None) 
     return {layer: Probe(model, layer, adapter) for layer in layers}
 
 # %% ../nbs/06_probe.ipynb #2680a254
+class Adapted(nn.Module):
+    "f(x) = model(adapter(x)) for images in [-1, 1]; `probe(layer)` gives Probes of `model` with this adapter."
+    def __init__(self, model: nn.Module, adapter: Callable):
+        super().__init__()
+        self.model, self.adapter = model.eval(), adapter
+
+    def forward(self, x): return self.model(self.adapter(x))
+
+    def probe(self, layer: str) -> Probe: return Probe(self.model, layer, self.adapter)
+
+# %% ../nbs/06_probe.ipynb #0f987c73
 class ColorMNISTClassifier(Checkpointable, nn.Module):
     "SqueezeNet 1.1 (10 classes) on [-1, 1] ColorMNIST images, resized to `size` inside."
     def __init__(self, size: int = 64, seed: int = 0):
