@@ -148,6 +148,12 @@ def _loads(path: Path, cls=None):
         return None
 
 
+def _changed_settings(saved: dict, prof: Profile) -> list[str]:
+    "Settings of `prof` that differ from a run's saved ones (the time estimates do not count)."
+    now = json.loads(json.dumps(asdict(prof)))
+    return sorted(k for k, v in now.items() if k != "est_seconds" and saved.get(k) != v)
+
+
 def _prepare(out: Path, prof: Profile, seed: int, force: bool, log) -> dict | None:
     "The run's state (new or resumed), or None when the run is finished and not forced."
     state_path = out / "state.json"
@@ -162,6 +168,10 @@ def _prepare(out: Path, prof: Profile, seed: int, force: bool, log) -> dict | No
         elif not same:
             raise RunError(f"{out} holds a run with profile {state.get('profile')!r} and seed {state.get('seed')}; this "
                            f"run asks for profile {prof.name!r} and seed {seed}. Use another --out, or --force to replace it.")
+        elif changed := _changed_settings(state.get("settings", {}), prof):
+            raise RunError(f"{out} holds a {prof.name} run made with other settings ({', '.join(changed)} differ, e.g. "
+                           f"from another invnb version); its parts cannot be mixed with this run's. Use another --out, "
+                           "or --force to replace it.")
         elif state.get("finished"):
             log(f"{out} holds a finished {prof.name} run (seed {seed}); report: {out / 'report.html'}. "
                 "Nothing to do; --force runs it again from scratch.")

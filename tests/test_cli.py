@@ -23,6 +23,7 @@ def test_bad_arguments_exit_with_a_message():
 
 
 # -- invnb colormnist --------------------------------------------------------------------------------------------
+import dataclasses
 import errno
 import json
 import re
@@ -109,6 +110,9 @@ def test_finished_run_is_not_redone_without_force(smoke_run, tmp_path):
     assert "Nothing to do" in lines[-1] and (out / "metrics.json").read_bytes() == before
     with pytest.raises(RunError, match="holds a run with profile 'smoke' and seed 0; this run asks for profile 'smoke' and seed 1"):
         run_colormnist(out, "smoke", seed=1, log=lambda s: None)
+    changed = dataclasses.replace(PROFILES["smoke"], t_steps=41)          # same name, other settings
+    with pytest.raises(RunError, match=r"made with other settings \(t_steps differ"):
+        run_colormnist(out, changed, log=lambda s: None)
     lines = []
     run_colormnist(out, "smoke", seed=1, device="cpu", force=True, progress=False, log=lines.append)
     assert lines[0].startswith("--force: deleting the earlier run")
