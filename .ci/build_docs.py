@@ -7,6 +7,7 @@ offline build, and CI runs it so that broken docs are caught.
 Exits 1 when a notebook fails, an error shows in an output, or a page with figures lacks plotly.js.
 """
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,8 @@ def main(args):
     paths = [Path(a).resolve() for a in args] or sorted((ROOT / "nbs").rglob("*.ipynb"))
     paths = [p for p in paths if ".ipynb_checkpoints" not in p.parts]
     problems = [p for path in paths for p in build(path)]
+    if (ROOT / "nbs" / "images").is_dir():                 # pictures the notebooks link to
+        shutil.copytree(ROOT / "nbs" / "images", OUT / "images", dirs_exist_ok=True)
     index = "".join(f"<li><a href='{p.relative_to(ROOT / 'nbs').with_suffix('.html')}'>{p.stem}</a></li>" for p in paths)
     (OUT / "contents.html").write_text(f"<!DOCTYPE html><meta charset=utf-8><title>invnb docs</title><h1>invnb</h1><ul>{index}</ul>")
     for p in problems: print("PROBLEM:", p, file=sys.stderr)

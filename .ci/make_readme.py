@@ -6,6 +6,7 @@ Markdown cells are copied; code cells become ```python blocks with their text ou
 `#| hide`, `#| export`-only cells and the `default_exp` cell are left out, as nbdev does.
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,12 +18,17 @@ def directives(src: str) -> set[str]:
     return {line[3:].strip().split()[0] for line in src.splitlines() if line.startswith("#| ") and line[3:].strip()}
 
 
+def relink(md: str) -> str:
+    "Relative links and images of nbs/index.ipynb point into nbs/ from the README at the top level."
+    return re.sub(r"\]\((?![a-z]+:|#|/)([^)]+)\)", r"](nbs/\1)", md)
+
+
 def render(nb: dict) -> str:
     parts = []
     for cell in nb["cells"]:
         src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         if cell["cell_type"] == "markdown":
-            parts.append(src.strip())
+            parts.append(relink(src.strip()))
             continue
         d = directives(src)
         if d & {"hide", "default_exp", "export", "exporti"}:
