@@ -20,29 +20,45 @@ from .flows import InvertibleModule
 from .inn import FactorINN, InvarianceINN  # imported so that t and e are known to load_model
 
 # %% auto #0
-__all__ = ['FORMAT', 'CheckpointError', 'save_tensors', 'read_meta', 'load_tensors', 'save_model', 'load_model', 'Checkpointable']
+__all__ = ['FORMAT', 'CheckpointError', 'save_tensors', 'write_text_atomic', 'write_json_atomic', 'read_meta', 'load_tensors',
+           'save_model', 'load_model', 'Checkpointable']
 
 # %% ../nbs/02_checkpoint.ipynb #3c42be6c
 class CheckpointError(ValueError):
     "A file that is not a valid invnb checkpoint for what was asked."
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> Path:
-    "Write `tensors` and JSON `meta` to `path` atomically (temp file in the same folder, fsync, rename)."
+def _atomic(path: str | Path, write) -> Path:
+    "Call `write(tmp)` on a temp file next to `path`, fsync it and rename it over `path`; remove it on failure."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # safetensors refuses views sharing memory: store each tensor as its own contiguous CPU copy
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"invnb": json.dumps(meta or {})})
+        write(tmp)
         with open(tmp, "rb+") as f: os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> Path:
+    "Write `tensors` and JSON `meta` to `path` atomically (temp file in the same folder, fsync, rename)."
+    # safetensors refuses views sharing memory: store each tensor as its own contiguous CPU copy
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"invnb": json.dumps(meta or {})}))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    "Write UTF-8 `text` to `path` atomically, as `save_tensors` does (indexes, reports, run states)."
+    return _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    "Write `obj` as indented JSON to `path` atomically."
+    return write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def read_meta(path: str | Path) -> dict:

@@ -10,7 +10,6 @@ import errno
 import html
 import json
 import math
-import os
 import platform
 import shutil
 import sys
@@ -23,7 +22,7 @@ import torch
 
 from . import analysis, plots
 from .autoencoder import SmallAE, reconstruction_metrics, train_autoencoder
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, load_model, write_json_atomic, write_text_atomic
 from .data import ColorMNIST, FactorPairs, load_mnist
 from .inn import FactorINN, InvarianceINN
 from .probe import ColorMNISTClassifier, train_classifier
@@ -134,11 +133,6 @@ def _versions() -> dict:
             "plotly": plotly.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
-
-
 def _loads(path: Path, cls=None):
     "The model in `path`, or None when it is missing or damaged (then it is made again)."
     if not path.is_file(): return None
@@ -185,14 +179,14 @@ def _prepare(out: Path, prof: Profile, seed: int, force: bool, log) -> dict | No
         raise RunError(f"not enough disk space in {out}: {free_mb:.0f} MB free, the {prof.name} profile needs about "
                        f"{prof.disk_mb} MB. Free some space or choose another --out.")
     state = {"format": 1, "profile": prof.name, "seed": seed, "settings": asdict(prof), "stages": {}, "finished": False}
-    _write_json(out / "state.json", state)
+    write_json_atomic(out / "state.json", state)
     return state
 
 
 class _Clock:
     "Says which stage runs and estimates the time left from the profile's stage estimates, rescaled by the run so far."
     def __init__(self, prof: Profile, state: dict, log):
-        self.est, self.state, self.log, self.t0 = prof.est_seconds, state, log, time.perf_counter()
+        self.est, self.state, self.log = prof.est_seconds, state, log
 
     def left(self, stage: str) -> float:
         done = [s for s in STAGES if s in self.state["stages"]]
@@ -231,7 +225,7 @@ class ColorMNISTRun:
 
     def _done(self, stage: str, seconds: float):
         self.state["stages"][stage] = {"seconds": round(seconds, 2)}
-        _write_json(self.out / "state.json", self.state)
+        write_json_atomic(self.out / "state.json", self.state)
 
     # -- stages ------------------------------------------------------------------------------------
     def data(self):
@@ -310,25 +304,30 @@ class ColorMNISTRun:
                 t.save(path); self._drop_state(f"t/{model}__{layer}")
             self.ts[(model, layer)] = t.eval().cpu()
 
+    @torch.no_grad()
     def analysis(self):
         p, g = self.prof, lambda k: torch.Generator().manual_seed(self.seed + k)
         study = self.study = Study(self.ae.cpu(), self.models, self.ts, self.e,
                                    meta={"profile": p.name, "seed": self.seed, "data": self.data_info})
-        xv = self.xv
-        eq19 = {l: study.eq19(xv, l, self.final, p.n_eval, p.n_eval, g(1)) for l in p.layers}
-        eq20_layers = {l: study.eq20(xv, l, self.final, p.n_eval, p.n_eval, g(2)) for l in p.layers}
-        eq20_ckpt = {c["name"]: study.eq20(xv, p.checkpoint_layer, c["name"], p.n_eval, p.n_eval, g(3))
+        xv, jobs = self.xv, self.jobs()
+        # Φ(x_val) once per (model, layer), shared by Eq. 19 and Eq. 20
+        z = {(m, l): study.probe(l, m).phi(xv) for m, l in jobs}
+        eq19 = {l: analysis.eq19(study.t(l, self.final), z[(self.final, l)], p.n_eval, p.n_eval, g(1)) for l in p.layers}
+        eq20_layers = {l: analysis.eq20(study.t(l, self.final), self.e, z[(self.final, l)], p.n_eval, p.n_eval, g(2))
+                       for l in p.layers}
+        eq20_ckpt = {c["name"]: analysis.eq20(study.t(p.checkpoint_layer, c["name"]), self.e,
+                                              z[(c["name"], p.checkpoint_layer)], p.n_eval, p.n_eval, g(3))
                      for c in self.checkpoints}
         # samples: the same inputs and the same v for every layer and checkpoint (Fig. S7 layout)
         x = xv[:p.n_grid]
+        recon = study.reconstruct(x)
         v = torch.randn(8, self.ae.zdim, generator=g(4))
         figs = self.out / "figures"; figs.mkdir(exist_ok=True)
         grids, image_var = {}, {}
-        for model, layer in [(self.final, l) for l in p.layers] + [(c["name"], p.checkpoint_layer)
-                                                                  for c in self.checkpoints[:-1]]:
+        for model, layer in jobs:
             s = study.sample(xv[:64], layer, model=model, v=v)
             image_var[(model, layer)] = analysis.pixel_mean_var(s)[1].mean().item()
-            fig = plots.samples_grid(x, s[:p.n_grid], reconstruction=study.reconstruct(x), backend="matplotlib",
+            fig = plots.samples_grid(x, s[:p.n_grid], reconstruction=recon, backend="matplotlib",
                                      title=f"{model} · {layer}: rows = inputs, columns = v")
             name = f"samples_{model}__{layer}.png"
             (figs / name).write_bytes(plots.to_png(fig)); grids[(model, layer)] = name
@@ -350,9 +349,9 @@ class ColorMNISTRun:
         eq20 = {self.final: {l: {f: L(v) for f, v in r.items()} for l, r in eq20_layers.items()}}
         for c in self.checkpoints:
             eq20.setdefault(c["name"], {})[p.checkpoint_layer] = {f: L(v) for f, v in eq20_ckpt[c["name"]].items()}
-        study.results = {"eq19": {self.final: {l: L(v) for l, v in eq19.items()}}, "eq20": eq20,
-                         "image_variance": {m: {l: image_var[(m, l)]} for m, l in image_var} | {
-                             self.final: {l: image_var[(self.final, l)] for l in p.layers}},
+        variance = {}
+        for (m, l), val in image_var.items(): variance.setdefault(m, {})[l] = val
+        study.results = {"eq19": {self.final: {l: L(v) for l, v in eq19.items()}}, "eq20": eq20, "image_variance": variance,
                          "accuracy": {c["name"]: c["val_accuracy"] for c in self.checkpoints},
                          "steps": {c["name"]: c["step"] for c in self.checkpoints}}
         study.save(self.study_dir)
@@ -360,7 +359,7 @@ class ColorMNISTRun:
     def report(self):
         secs = {s: v["seconds"] for s, v in self.state["stages"].items()}
         self.metrics["seconds"] = secs | {"total": round(sum(secs.values()), 1)}   # the report's own second is not in it
-        _write_json(self.out / "metrics.json", self.metrics)
+        write_json_atomic(self.out / "metrics.json", self.metrics)
         (self.out / "figures" / "summary.png").write_bytes(summary_png(self.metrics))
         write_report(self.metrics, self.out / "report.html", self.out / "figures")
 
@@ -392,7 +391,7 @@ class ColorMNISTRun:
             if stage == until:
                 self.log(f"stopped after stage {stage!r}; run the same command to continue."); return None
         self.state["finished"] = True
-        _write_json(self.out / "state.json", self.state)
+        write_json_atomic(self.out / "state.json", self.state)
         self.log(f"done in {time.perf_counter() - t_all:.0f} s; report: {self.out / 'report.html'}")
         return self.out / "report.html"
 
@@ -495,8 +494,7 @@ def write_report(metrics: dict, path, figures_dir=None) -> Path:
     parts += ["<h2>Versions</h2>", _table(["package", "version"], [[k, v] for k, v in m["versions"].items()])]
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>invnb ColorMNIST report</title><style>{_CSS}</style>"
            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>{''.join(parts)}</body></html>")
-    tmp = path.with_name(f".{path.name}.tmp"); tmp.write_text(doc, encoding="utf-8"); os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, doc)
 
 # %% ../nbs/11_cli.ipynb #b7a1238f
 def validate_metrics(m: dict) -> list[str]:

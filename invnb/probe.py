@@ -305,9 +305,9 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 
     Resumable: checkpoints already saved in `out_dir` (listed in its `records.json`) are kept, training continues
     from the last one, and `model` ends with the weights of the final step either way."""
-    import json, os
+    import json
     from pathlib import Path
-    from invnb.checkpoint import load_model
+    from invnb.checkpoint import load_model, write_json_atomic
     from invnb.train import fit
     if n_checkpoints < 2: raise ValueError("n_checkpoints must be at least 2 (step 0 and the last step).")
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -328,7 +328,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
         trained = True
         path = model.save(out / f"classifier_step{s:06d}.safetensors")
         records.append({"step": s, "path": str(path), "val_accuracy": accuracy(model, val_images, val_labels)})
-        tmp = rec_path.with_suffix(".tmp"); tmp.write_text(json.dumps(records)); os.replace(tmp, rec_path)
+        write_json_atomic(rec_path, records)
     if not trained:  # everything was on disk: hand back the final weights
         model.load_state_dict(load_model(records[-1]["path"]).state_dict())
     return records

@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,7 +13,7 @@ from torch import nn
 
 from . import analysis
 from . import autoencoder as _autoencoder  # noqa: F401  (its model classes must be known to load_model)
-from .checkpoint import load_model
+from .checkpoint import load_model, write_json_atomic
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
 
@@ -23,12 +21,6 @@ from .probe import Probe
 __all__ = ['Study']
 
 # %% ../nbs/08_study.ipynb #9bc99f91
-def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f: json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 class Study:
     "Autoencoder + models (by name) + t's by (model, layer) + e + results, with the analyses as methods."
     def __init__(self, ae, models: dict[str, nn.Module], ts: dict[tuple[str, str], InvarianceINN] | None = None,
@@ -124,7 +116,7 @@ class Study:
         for (m, layer), t in self.ts.items():
             file = f"t/{m}__{layer}.safetensors"
             t.save(folder / file); index.append({"model": m, "layer": layer, "file": file})
-        _write_json(folder / "study.json", {"format": 1, "models": list(self.models), "ts": index,
+        write_json_atomic(folder / "study.json", {"format": 1, "models": list(self.models), "ts": index,
                                             "e": self.e is not None, "results": self.results, "meta": self.meta})
         return folder
 

@@ -164,9 +164,12 @@ class FactorEditor(W.VBox):
 
     @_safe
     def set_partner(self, i: int):
+        "Take partners[i] as the other image (the picker follows)."
+        if self.partner_pick.value != i and hasattr(self, "partner"):
+            self.partner_pick.value = i                  # its observer calls set_partner(i) once more, then draws
+            return
         self.partner = self.partners[i:i + 1]
         with torch.no_grad(): self._other = self.e.split(self.e(self.study.ae.encode(self.partner)[0])[0])
-        if self.partner_pick.value != i: self.partner_pick.value = i  # fires redraw through the observer
         self._redraw()
 
     def random_partner(self):
