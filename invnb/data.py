@@ -93,8 +93,23 @@ class ColorMNIST:
     "MNIST digits in random foreground/background colours; labels 'digit', 'fg', 'bg'."
     def __init__(self, images: torch.Tensor, digits: torch.Tensor, size: int = 28, seed: int = 0,
                  palette: dict[str, tuple] = PALETTE):
+        images, digits = torch.as_tensor(images), torch.as_tensor(digits)
         if images.ndim != 3 or images.shape[1:] != (28, 28):
             raise ValueError(f"images must be MNIST digits (N, 28, 28); got {tuple(images.shape)}.")
+        if images.dtype.is_floating_point:
+            if not ((images >= 0) & (images <= 1)).all():
+                nan = " and NaN" if images.isnan().any() else ""
+                raise ValueError(f"float digits must be in [0, 1]; got {images.min().item()}..{images.max().item()}{nan}. "
+                                 "Pass uint8 digits (0..255) or scale them: x.float() / 255.")
+        elif images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 digits (0..255) or float in [0, 1]; got {images.dtype}. "
+                             "Convert with x.to(torch.uint8) or x.float() / 255.")
+        if digits.ndim != 1:
+            raise ValueError(f"digits must be labels (N,), one per image; got shape {tuple(digits.shape)}.")
+        if len(digits) != len(images):
+            raise ValueError(f"digits must hold one label per image: got {len(digits)} labels for {len(images)} images.")
+        if len(digits) and (digits.min() < 0 or digits.max() > 9 or (digits.is_floating_point() and (digits % 1 != 0).any())):
+            raise ValueError(f"digits must be integer labels in 0..9; got {digits.min().item()}..{digits.max().item()}.")
         if len(palette) < 2: raise ValueError("the palette needs at least 2 colours.")
         self.size, self.seed = size, seed
         self.colour_names = list(palette)
@@ -104,7 +119,8 @@ class ColorMNIST:
         fg = torch.randint(p, (n,), generator=g)
         bg = torch.randint(p - 1, (n,), generator=g)
         bg = bg + (bg >= fg).long()                                  # uniform over the colours != fg
-        self.ink = images                                             # uint8 (N, 28, 28)
+        self.ink = images                                 # as given: uint8 (N, 28, 28) in 0..255, or float in [0, 1]
+        self._ink_scale = 255 if images.dtype == torch.uint8 else 1
         self.labels = {"digit": digits.long(), "fg": fg, "bg": bg}
         self.factors = {"digit": 10, "fg": p, "bg": p}
 
@@ -123,7 +139,7 @@ class ColorMNIST:
     def batch(self, idx) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         "Images (B, 3, size, size) in [-1, 1] and their labels for indices `idx`."
         idx = torch.as_tensor(idx, dtype=torch.long)
-        m = self.ink[idx].float().div(255)[:, None]                   # (B, 1, 28, 28)
+        m = self.ink[idx].float().div(self._ink_scale)[:, None]       # (B, 1, 28, 28) in [0, 1]
         if self.size != 28: m = F.interpolate(m, size=(self.size, self.size), mode="bilinear", align_corners=False).clamp(0, 1)
         fg = self.colours[self.labels["fg"][idx]][:, :, None, None]
         bg = self.colours[self.labels["bg"][idx]][:, :, None, None]
@@ -145,6 +161,10 @@ class FactorPairs:
         factors = list(labels) if factors is None else list(factors)
         unknown = [f for f in factors if f not in labels]
         if unknown: raise ValueError(f"unknown factors {unknown}; the labels have {list(labels)}.")
+        sizes = {f: tuple(torch.as_tensor(labels[f]).shape) for f in factors}
+        if any(len(s) != 1 for s in sizes.values()) or len(set(sizes.values())) > 1:
+            got = ", ".join(f"{f!r}: {s[0] if len(s) == 1 else s}" for f, s in sizes.items())
+            raise ValueError(f"labels must be (N,) tensors of the same length, one label per example; got {got}.")
         self.names = factors
         self._tables = []
         for f in factors:
@@ -213,14 +233,48 @@ def attribute_labels(celeba, names: list[str] = CELEBA_FACTORS) -> dict[str, tor
     return {n: celeba.attr[:, celeba.attr_names.index(n)].long() for n in names}
 
 
-def load_image_folder(root: str | Path, size: int = 128):
-    "An ImageFolder (one subfolder per class, e.g. AnimalFaces) at size×size in [-1, 1]."
+def _load_rgb(path: str):
+    "ImageFolder's loader, naming the file that cannot be decoded."
+    from PIL import Image
+    try:
+        with open(path, "rb") as f: return Image.open(f).convert("RGB")
+    except Exception as e:
+        raise ValueError(f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace the file.") from None
+
+
+def _unreadable(paths) -> list[tuple[str, str]]:
+    "(path, reason) of each file whose image header PIL cannot read (the pixels are not decoded)."
+    from PIL import Image
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p): pass
+        except Exception as e: bad.append((p, f"{type(e).__name__}: {e}"))
+    return bad
+
+
+def load_image_folder(root: str | Path, size: int = 128, on_error: str = "raise"):
+    "An ImageFolder (one subfolder per class, e.g. AnimalFaces) at size×size in [-1, 1]; `on_error`: 'raise'|'skip' unreadable files."
     from torchvision.datasets import ImageFolder
+    if on_error not in ("raise", "skip"): raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}.")
     root = Path(root)
     if not root.is_dir():
         raise DatasetNotFound(f"no image folder at {root}: put the images in {root}/<class name>/*.jpg "
                               "(e.g. AnimalFaces: one folder per animal class).")
     try:
-        return ImageFolder(str(root), transform=image_transform(size))
+        ds = ImageFolder(str(root), transform=image_transform(size), loader=_load_rgb)
     except FileNotFoundError as e:
         raise DatasetNotFound(f"{root} holds no images in class subfolders ({e}); expected {root}/<class>/*.jpg|png.") from None
+    bad = _unreadable(p for p, _ in ds.samples)
+    if bad and on_error == "raise":
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(f"{bad[0][0]} is not a readable image ({bad[0][1]}){more}; delete or replace it, or pass "
+                         "on_error='skip' to leave unreadable files out.")
+    if bad:
+        drop = {p for p, _ in bad}
+        warnings.warn(f"{root}: skipped {len(bad)} unreadable image file(s): {', '.join(sorted(drop)[:5])}"
+                      f"{', ...' if len(bad) > 5 else ''}", stacklevel=2)
+        ds.samples = ds.imgs = [s for s in ds.samples if s[0] not in drop]
+        ds.targets = [t for _, t in ds.samples]
+        if not ds.samples: raise DatasetNotFound(f"{root} holds no readable images; expected {root}/<class>/*.jpg|png.")
+    return ds

@@ -5,8 +5,10 @@
 # %% ../nbs/03_train.ipynb #9e64bb5b
 from __future__ import annotations
 
+import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_tensors, save_tensors
+from .checkpoint import CheckpointError, load_tensors, save_tensors
 
 # %% auto #0
 __all__ = ['pick_device', 'optimizer_to_tensors', 'optimizer_from_tensors', 'TrainingDiverged', 'History', 'fit',
@@ -71,15 +73,55 @@ def _rng_tensors(g: torch.Generator) -> dict[str, torch.Tensor]:
     return {"rng/loop": g.get_state(), "rng/torch": torch.get_rng_state()}
 
 
-def fit(model: nn.Module, step_fn: Callable, steps: int, lr: float = 1e-3, *,
-        groups: dict[str, nn.Module] | None = None, optimizer: Callable | None = None,
-        ckpt_dir: str | Path | None = None, ckpt_every: int = 500, resume: bool = False,
-        clip: float | None = 10.0, device: str | torch.device = "auto", seed: int = 0,
-        progress: bool = True, desc: str = "train", stop_after: int | None = None) -> History:
-    """Train `model` for `steps` steps of `step_fn(model, generator, step) -> loss | {group: loss}`.
+def _diff(old: dict, new: dict, what: str = "in this model") -> list[str]:
+    "'key: old in the checkpoint, new <what>' for each key whose value differs."
+    show = lambda d, k: repr(d[k]) if k in d else "nothing"
+    return [f"{k}: {show(old, k)} in the checkpoint, {show(new, k)} {what}"
+            for k in sorted(set(old) | set(new), key=str) if old.get(k, ...) != new.get(k, ...)]
 
-    `optimizer(params, lr)` builds each group's optimizer (default: Adam, fused where the device supports it).
-    `stop_after` ends the call after that many steps of this call (for tests of interruption)."""
+
+def _check_resume(path: Path, meta: dict, tensors: dict, model: nn.Module, steps: int) -> None:
+    "Refuse a train state written for another model class, config or tensor shapes, or past `steps`."
+    fix = f"delete {path.parent} or pass resume=False to train from scratch (the checkpoint is then overwritten)"
+    cls, old_cls = type(model).__name__, meta.get("model_class")
+    if old_cls is not None and old_cls != cls:
+        raise CheckpointError(f"{path} holds the train state of a model of class {old_cls}, not {cls}; {fix}.")
+    old, new = meta.get("model_config"), json.loads(json.dumps(getattr(model, "config", None)))
+    if old_cls is not None and old != new:
+        diff = _diff(old, new) if isinstance(old, dict) and isinstance(new, dict) else [f"{old!r} vs {new!r}"]
+        raise CheckpointError(f"{path} was written with another {cls} config ({'; '.join(diff)}); {fix}.")
+    stored, own = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, model.state_dict()
+    bad = _diff({k: tuple(v.shape) for k, v in stored.items()}, {k: tuple(v.shape) for k, v in own.items()})
+    if bad:
+        more = f"; and {len(bad) - 4} more" if len(bad) > 4 else ""
+        raise CheckpointError(f"{path} does not fit this model's tensors (shapes: {'; '.join(bad[:4])}{more}); {fix}.")
+    if steps < meta["step"]:
+        raise CheckpointError(f"{path} has already trained {meta['step']} steps, more than the steps={steps} asked for; "
+                              f"ask for steps >= {meta['step']} to go on, or {fix}.")
+
+
+def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval mode
+        step_fn: Callable,  # `step_fn(model, generator, step) -> loss | {group: loss}`
+        steps: int,  # total steps of the run, those done before a resume included
+        lr: float = 1e-3,  # learning rate; on resume a different lr replaces the stored one (with a warning)
+        *,
+        groups: dict[str, nn.Module] | None = None,  # {name: submodule}, one optimizer each; None: the whole model
+        optimizer: Callable | None = None,  # `optimizer(params, lr)` for each group; None: Adam (fused on cuda/cpu)
+        ckpt_dir: str | Path | None = None,  # folder of `last.safetensors`; None: no checkpoints
+        ckpt_every: int = 500,  # steps between checkpoints (one is also written at the end); 0: only at the end
+        resume: bool = False,  # continue from the checkpoint in `ckpt_dir`, if there is one
+        clip: float | None = 10.0,  # largest gradient norm per group; None: no clipping
+        device: str | torch.device = "auto",  # 'auto', 'cpu', 'cuda', ... (see `pick_device`)
+        seed: int = 0,  # seeds the loop's generator and the global torch RNG
+        progress: bool = True,  # show a progress bar
+        desc: str = "train",  # the progress bar's label, also the prefix of `TrainingDiverged` messages
+        stop_after: int | None = None,  # end this call after that many of its steps (tests of interruption)
+       ) -> History:  # losses per step of the whole run, `steps_done`, `seconds`
+    """Train `model` for `steps` steps of `step_fn`; checkpoint, resume, stop on NaN.
+
+    A resumed checkpoint must match the model's class, config and tensor shapes and have done at most `steps`
+    steps (else `CheckpointError`). A different `lr` on resume is applied on purpose: it replaces the stored lr
+    in every parameter group, with a warning; the optimizer's moment estimates are kept."""
     if steps < 0: raise ValueError(f"steps must be >= 0; got {steps}.")
     dev = pick_device(device)
     model.to(dev)
@@ -89,7 +131,7 @@ def fit(model: nn.Module, step_fn: Callable, steps: int, lr: float = 1e-3, *,
     opts = {k: make_opt(ps, lr) for k, ps in params.items()}
     g = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)
-    hist, start = History(), 0
+    hist, start, saved = History(), 0, None   # saved: the step of this run's checkpoint on disk
     path = Path(ckpt_dir) / "last.safetensors" if ckpt_dir is not None else None
 
     if resume and path is not None and path.exists():
@@ -97,16 +139,31 @@ def fit(model: nn.Module, step_fn: Callable, steps: int, lr: float = 1e-3, *,
         if meta.get("kind") != "train_state":
             raise ValueError(f"{path} is not a training checkpoint (kind={meta.get('kind')!r}).")
         if sorted(meta["groups"]) != sorted(opts):
-            raise ValueError(f"{path} was written with groups {meta['groups']}, this run has {sorted(opts)}.")
+            raise ValueError(f"{path} was written with groups {meta['groups']}, this run has {sorted(opts)}; "
+                             "pass the same groups, or delete the folder (or pass resume=False) to start over.")
+        _check_resume(path, meta, tensors, model, steps)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-        for k, opt in opts.items(): optimizer_from_tensors(opt, tensors, meta["optim"][k], prefix=f"optim/{k}")
+        asked = {k: [pg["lr"] for pg in opt.param_groups] for k, opt in opts.items()}
+        try:
+            for k, opt in opts.items(): optimizer_from_tensors(opt, tensors, meta["optim"][k], prefix=f"optim/{k}")
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer ({e}); delete "
+                                  "the folder or pass resume=False to start over.") from None
+        stored = {k: [pg["lr"] for pg in opt.param_groups] for k, opt in opts.items()}
+        if stored != asked:   # a new lr is applied on purpose, to every parameter group
+            for k, opt in opts.items():
+                for pg, a in zip(opt.param_groups, asked[k]): pg["lr"] = a
+            fmt = lambda d: ", ".join(sorted({str(v) for vs in d.values() for v in vs}))
+            warnings.warn(f"resuming {path} with lr={fmt(asked)} instead of its stored lr={fmt(stored)}: the new lr "
+                          f"applies to every parameter group from step {meta['step']} on (optimizer moments are kept).",
+                          stacklevel=2)
         g.set_state(tensors["rng/loop"]); torch.set_rng_state(tensors["rng/torch"])
-        start = meta["step"]
+        start = saved = meta["step"]
         hist.update(meta["history"]); hist.seconds = meta["seconds"]
     hist.steps_done = start
 
     def save(step):
-        if path is None: return
+        if path is None: return None
         tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
         optim_meta = {}
         for k, opt in opts.items():
@@ -116,6 +173,13 @@ def fit(model: nn.Module, step_fn: Callable, steps: int, lr: float = 1e-3, *,
         save_tensors(path, tensors, dict(kind="train_state", step=step, groups=sorted(opts), optim=optim_meta,
                                          history=dict(hist), seconds=hist.seconds,
                                          model_class=type(model).__name__, model_config=getattr(model, "config", None)))
+        return step
+
+    def kept() -> str:
+        "What is on disk after a divergence."
+        if path is None: return "no checkpoint is kept (no ckpt_dir was given)"
+        if saved is None: return "no checkpoint was written yet, so there is nothing to resume from"
+        return f"last good checkpoint: {path} (step {saved}, not overwritten)"
 
     end = steps if stop_after is None else min(steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=steps, desc=desc, disable=not progress, leave=False)
@@ -129,8 +193,8 @@ def fit(model: nn.Module, step_fn: Callable, steps: int, lr: float = 1e-3, *,
         grads = {}
         for k, loss in losses.items():
             if not torch.isfinite(loss.detach()).all():
-                raise TrainingDiverged(f"{desc}: loss '{k}' became {loss.item()} at step {step}; "
-                                       f"training stopped. Last good checkpoint: {path} (not overwritten).")
+                raise TrainingDiverged(f"{desc}: loss '{k}' became {loss.item()} at step {step}; training stopped, "
+                                       f"{kept()}. Try a lower lr or clip.")
             keep = k != list(losses)[-1]  # later losses may share the graph
             grads[k] = torch.autograd.grad(loss, params[k], retain_graph=keep, allow_unused=True)
         for k, opt in opts.items():
@@ -140,8 +204,8 @@ def fit(model: nn.Module, step_fn: Callable, steps: int, lr: float = 1e-3, *,
             else:
                 norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params[k] if p.grad is not None]))
             if not torch.isfinite(norm):
-                raise TrainingDiverged(f"{desc}: gradient of '{k}' became non-finite at step {step}; "
-                                       f"training stopped. Last good checkpoint: {path} (not overwritten).")
+                raise TrainingDiverged(f"{desc}: gradient of '{k}' became non-finite at step {step}; training stopped, "
+                                       f"{kept()}. Try a lower lr or clip.")
             opt.step()
             opt.zero_grad(set_to_none=True)
         for k, loss in losses.items(): hist.setdefault(k, []).append(loss.item())
@@ -149,7 +213,7 @@ def fit(model: nn.Module, step_fn: Callable, steps: int, lr: float = 1e-3, *,
         if progress: bar.set_postfix({k: f"{v[-1]:.4g}" for k, v in hist.items()})
         if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < end:
             hist.seconds += time.perf_counter() - t0; t0 = time.perf_counter()
-            save(step + 1)
+            saved = save(step + 1)
     hist.seconds += time.perf_counter() - t0
     if end > start or not (path and path.exists()): save(end)
     model.eval()

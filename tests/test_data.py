@@ -150,3 +150,60 @@ def test_bundled_data_ships_in_a_plain_wheel(tmp_path):
                        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert str(site) in r.stdout and "(4500, 28, 28)" in r.stdout
+
+
+def test_colormnist_accepts_float_digits_in_0_1_and_refuses_other_inputs(mnist):
+    x, y = mnist["val"]
+    for size in (28, 64):
+        u8, fl = ColorMNIST(x, y, size=size), ColorMNIST(x.float() / 255, y, size=size)
+        assert torch.equal(u8.batch(range(64))[0], fl.batch(range(64))[0])
+        assert torch.equal(u8.images(), fl.images())
+    with pytest.raises(ValueError, match=r"float.*\[0, 1\].*0\.0\.\.255\.0.*/ 255"):
+        ColorMNIST(x.float(), y)
+    nan = x.float() / 255; nan[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ColorMNIST(nan, y)
+    with pytest.raises(ValueError, match=r"uint8.*torch\.int64"):
+        ColorMNIST(x.long(), y)
+
+
+def test_label_lengths_must_match(mnist):
+    x, y = mnist["val"]
+    with pytest.raises(ValueError, match=r"digits.*499.*500 images"):
+        ColorMNIST(x, y[:-1])
+    with pytest.raises(ValueError, match=r"digits.*0\.\.9.*got 10"):
+        ColorMNIST(x, y.clone().fill_(10))
+    with pytest.raises(ValueError, match=r"digits.*\(N,\)"):
+        ColorMNIST(x, y[:, None])
+    assert ColorMNIST(x, y.tolist()).labels["digit"].tolist() == y.tolist()  # a plain list is fine
+    with pytest.raises(ValueError, match=r"labels.*same length.*'a': 5.*'b': 4"):
+        FactorPairs({"a": torch.zeros(5), "b": torch.zeros(4)})
+
+
+def _folder(root):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for cls, ext in (("cat", "png"), ("dog", "jpg")):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / cls / f"{i}.{ext}")
+    return root
+
+
+def test_image_folder_with_an_unreadable_file(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    (root / "dog" / "broken.jpg").write_bytes(b"this is not a jpeg" * 10)
+    with pytest.raises(ValueError, match=r"(?s)dog/broken\.jpg.*on_error='skip'"):
+        load_image_folder(root, size=32)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*dog/broken\.jpg"):
+        ds = load_image_folder(root, size=32, on_error="skip")
+    assert len(ds) == 4 and [ds[i][1] for i in range(4)] == [0, 0, 1, 1] and ds[3][0].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="on_error"):
+        load_image_folder(root, on_error="ignore")
+    # a JPEG whose header is fine but whose data is cut: the error at loading names the file
+    (root / "dog" / "broken.jpg").unlink()
+    good = (root / "dog" / "1.jpg").read_bytes()
+    (root / "dog" / "1.jpg").write_bytes(good[:len(good) // 2])
+    ds = load_image_folder(root, size=32)
+    with pytest.raises(ValueError, match=r"dog/1\.jpg"):
+        ds[3]

@@ -128,3 +128,67 @@ def test_device_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             pick_device("cuda")
+
+
+def _state(tmp_path, model=None, steps=10, lr=3e-3, **kw):
+    "A run of `steps` steps with its train state in tmp_path."
+    model = make_t() if model is None else model
+    return fit(model, kw.pop("step", t_step), steps=steps, lr=lr, ckpt_dir=tmp_path, progress=False, device="cpu", **kw)
+
+
+def test_resume_refuses_a_model_of_another_class_or_config(tmp_path):
+    _state(tmp_path)
+    other = InvarianceINN(in_dim=4, cond_shape=2, n_blocks=2, hidden=16, depth=1, embed_dim=8, seed=3, scale_bound=0.5)
+    with pytest.raises(ValueError, match=r"(?s)last\.safetensors.*scale_bound: 2\.0 in the checkpoint, 0\.5 in this model.*resume=False"):
+        fit(other, t_step, steps=20, ckpt_dir=tmp_path, resume=True, progress=False, device="cpu")
+
+    class OtherINN(InvarianceINN):
+        pass
+    with pytest.raises(ValueError, match=r"(?s)last\.safetensors.*InvarianceINN.*OtherINN"):
+        fit(OtherINN(**make_t().config), t_step, steps=20, ckpt_dir=tmp_path, resume=True, progress=False, device="cpu")
+    h = fit(make_t(), t_step, steps=20, ckpt_dir=tmp_path, resume=True, progress=False, device="cpu", lr=3e-3)
+    assert h.steps_done == 20  # the same model resumes
+
+
+def test_resume_refuses_fewer_steps_than_done(tmp_path):
+    _state(tmp_path, steps=10)
+    with pytest.raises(ValueError, match=r"(?s)last\.safetensors.*10 steps.*steps=4"):
+        fit(make_t(), t_step, steps=4, lr=3e-3, ckpt_dir=tmp_path, resume=True, progress=False, device="cpu")
+
+
+def test_resume_with_a_new_lr_applies_it_to_every_group_with_a_warning(tmp_path):
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__(); self.a, self.b = nn.Linear(2, 1), nn.Linear(2, 1)
+    def step(model, g, s):
+        x = torch.randn(8, 2, generator=g)
+        return {"a": model.a(x).pow(2).mean(), "b": model.b(x).pow(2).mean()}
+    m = Pair()
+    kw = dict(groups={"a": m.a, "b": m.b}, ckpt_dir=tmp_path, progress=False, device="cpu")
+    fit(m, step, steps=3, lr=1e-3, **kw)
+    with pytest.warns(UserWarning, match=r"lr=0\.01.*lr=0\.001"):
+        fit(m, step, steps=6, lr=1e-2, resume=True, **kw)
+    meta = load_tensors(tmp_path / "last.safetensors")[1]
+    assert [pg["lr"] for k in ("a", "b") for pg in meta["optim"][k]["param_groups"]] == [1e-2, 1e-2]
+
+
+def test_resume_into_tensors_of_other_shapes_names_the_file(tmp_path):
+    step = lambda model, g, s: model(torch.randn(4, 3, generator=g)).pow(2).mean()
+    _state(tmp_path, nn.Linear(3, 2), steps=2, step=step)
+    with pytest.raises(ValueError, match=r"(?s)last\.safetensors.*weight.*\(2, 3\).*\(4, 3\)"):
+        fit(nn.Linear(3, 4), step, steps=4, ckpt_dir=tmp_path, resume=True, progress=False, device="cpu")
+
+
+def test_divergence_before_the_first_checkpoint_says_none_was_written(tmp_path):
+    nan = lambda model, g, s: t_step(model, g, s) * float("nan")
+    for ckpt_dir in (tmp_path, None):
+        with pytest.raises(TrainingDiverged, match="at step 0.*no checkpoint") as e:
+            fit(make_t(), nan, steps=5, ckpt_dir=ckpt_dir, ckpt_every=2, progress=False, device="cpu")
+        assert "last.safetensors" not in str(e.value) and "None" not in str(e.value)
+
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__(); self.w = nn.Parameter(torch.zeros(1))
+    with pytest.raises(TrainingDiverged, match="non-finite at step 0.*no checkpoint") as e:
+        fit(Bad(), lambda model, g, s: model.w.sqrt().sum(), steps=5, ckpt_dir=tmp_path / "b", progress=False, device="cpu")
+    assert "last.safetensors" not in str(e.value)
