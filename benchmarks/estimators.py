@@ -11,7 +11,7 @@ import time
 import torch
 
 from invnb.analysis import eq19, eq20
-from invnb.cli import FACTORS, PROFILES
+from invnb.colormnist import FACTORS, PROFILES
 from invnb.inn import FactorINN, InvarianceINN
 
 
@@ -32,8 +32,8 @@ def measure(profile: str = "quick") -> dict:
     with torch.no_grad():
         t(torch.randn(256, 64), z[:256]); e(torch.randn(256, 64))
     g = lambda: torch.Generator().manual_seed(0)
-    s19 = timed(lambda: eq19(t, z, 100, 100, g()))
-    s20 = timed(lambda: eq20(t, e, z, 100, 100, g()))
+    s19 = timed(lambda: eq19(t, z, n_outer=100, n_inner=100, generator=g()))
+    s20 = timed(lambda: eq20(t, e, z, n_outer=100, n_inner=100, generator=g()))
 
     @torch.no_grad()
     def loop():  # reference: per-outer-sample loop, 100 calls of t.inverse and e

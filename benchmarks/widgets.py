@@ -12,9 +12,9 @@ import time
 import torch
 
 from invnb.autoencoder import SmallAE
-from invnb.cli import FACTORS, PROFILES
+from invnb.colormnist import FACTORS, PROFILES
 from invnb.inn import FactorINN, InvarianceINN
-from invnb.probe import ColorMNISTClassifier
+from invnb.classifier import ColorMNISTClassifier
 from invnb.study import Study
 from invnb.widgets import CurveExplorer, FactorEditor, LayerExplorer
 

@@ -34,7 +34,7 @@ def colormnist_study():
     from invnb.analysis import fit_factors, fit_invariances, layer_features
     from invnb.autoencoder import SmallAE, train_autoencoder
     from invnb.data import ColorMNIST, FactorPairs, load_mnist
-    from invnb.probe import ColorMNISTClassifier
+    from invnb.classifier import ColorMNISTClassifier
     from invnb.study import Study
     from invnb.train import encode_dataset
     with warnings.catch_warnings():

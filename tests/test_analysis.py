@@ -52,9 +52,9 @@ def estimates(seed):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(500, D, generator=g)[:, KEEP]
     c19, c20 = closed_forms(z)
-    r20 = eq20(AnalyticT(), IdentityE(), z, 100, 100, g)
+    r20 = eq20(AnalyticT(), IdentityE(), z, n_outer=100, n_inner=100, generator=g)
     # ddof=0 inner variances: the estimators' expectation is the closed form times (1 - 1/n_inner)
-    return [(eq19(AnalyticT(), z, 100, 100, g), c19 * 0.99), (r20["kept"], c20["kept"] * 0.99)], r20["dropped"][0]
+    return [(eq19(AnalyticT(), z, n_outer=100, n_inner=100, generator=g), c19 * 0.99), (r20["kept"], c20["kept"] * 0.99)], r20["dropped"][0]
 
 
 def test_estimators_reproduce_the_closed_form():
@@ -97,9 +97,9 @@ def test_fit_invariances_recovers_the_closed_form():
                               embed_dim=8, progress=False, device="cpu")
     _, zval = linear_gaussian(2000, torch.Generator().manual_seed(1))
     c19, c20 = closed_forms(zval)
-    v19, _ = eq19(t, zval, 200, 200, torch.Generator().manual_seed(2))
+    v19, _ = eq19(t, zval, n_outer=200, n_inner=200, generator=torch.Generator().manual_seed(2))
     assert abs(v19 - c19) < 0.03, (v19, c19)
-    r20 = eq20(t, IdentityE(), zval, 200, 200, torch.Generator().manual_seed(3))
+    r20 = eq20(t, IdentityE(), zval, n_outer=200, n_inner=200, generator=torch.Generator().manual_seed(3))
     for k, closed in c20.items():
         assert abs(r20[k][0] - closed) < 0.03, (k, r20[k], closed)
 
@@ -184,3 +184,24 @@ def test_sampling_maps_fgsm_and_swaps_are_consistent():
     torch.testing.assert_close(same, ae.decode(ae.encode(x)[0]), atol=1e-4, rtol=0)
     sens = factor_sensitivity(ae, e, model, x, x.flip(0))
     assert set(sens) == {"reconstruction", "digit", "fg", "bg"} and all(v >= 0 for v in sens.values())
+
+
+def test_fit_invariances_over_gives_each_key_its_own_state_and_skips_finished(tmp_path, monkeypatch):
+    "Two models at one layer with one ckpt_dir: each t trains on its own features, and a rerun loads them."
+    from invnb import analysis
+    from invnb.classifier import ColorMNISTClassifier
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(32, 3, 28, 28, generator=g) * 2 - 1
+    codes = {"mean": torch.randn(32, 8, generator=g), "logvar": torch.full((32, 8), -2.0)}
+    probes = {"A": ColorMNISTClassifier(size=32, seed=1).probe("features.12"),
+              ("B", "features.12"): ColorMNISTClassifier(size=32, seed=2).probe("features.12")}
+    kw = dict(steps=3, batch_size=8, n_blocks=1, hidden=8, embed_dim=4, progress=False, device="cpu", resume=True)
+    ts = analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **kw)
+    a, b = ts["A"].state_dict(), ts[("B", "features.12")].state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)                  # not one state shared by both
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B__features.12"]
+    def no_training(*args, **kwargs): raise AssertionError("a finished t was trained again")
+    monkeypatch.setattr(analysis, "fit_invariances", no_training)
+    again = analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **kw)
+    for key in ts:
+        for k, v in ts[key].state_dict().items(): assert torch.equal(again[key].state_dict()[k], v)

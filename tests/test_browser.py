@@ -48,7 +48,7 @@ def served_explorer(tmp_path):
     if reason: _skip_or_fail(reason)
     from invnb.autoencoder import SmallAE
     from invnb.inn import InvarianceINN
-    from invnb.probe import ColorMNISTClassifier
+    from invnb.classifier import ColorMNISTClassifier
     from invnb.study import Study
     clf = ColorMNISTClassifier(size=32)
     t = InvarianceINN(16, clf.probe("softmax").feature_shape((3, 28, 28)), n_blocks=2, hidden=32, embed_dim=16)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from invnb.probe import PRESETS, ColorMNISTClassifier, InputAdapter, Probe, list_layers, preset
+from invnb.probe import PRESETS, InputAdapter, Probe, list_layers, preset
 
 
 @pytest.mark.parametrize("name,size", [("squeezenet1_1", 64), ("alexnet", 64), ("resnet50", 64),
@@ -82,45 +82,3 @@ def test_input_adapter():
     assert a(x).shape == (1, 3, 8, 8) and torch.allclose(a(x), torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="unknown preset"):
         preset("vgg99")
-
-
-def test_colormnist_classifier_shapes_and_save(tmp_path):
-    clf = ColorMNISTClassifier()
-    x = torch.rand(3, 3, 28, 28) * 2 - 1
-    assert clf(x).shape == (3, 10)
-    assert clf.probe("features.11").feature_shape((3, 28, 28)) == (512, 3, 3)
-    clf2 = ColorMNISTClassifier.load(clf.save(tmp_path / "c.safetensors"))
-    assert torch.equal(clf2.eval()(x), clf.eval()(x))
-
-
-def test_train_classifier_resumes_and_keeps_finished_checkpoints(tmp_path, monkeypatch):
-    import json
-    import torch.nn.functional as F
-    from invnb.probe import train_classifier
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(32, 3, 28, 28, generator=g) * 2 - 1, torch.randint(10, (32,), generator=g)
-    kw = dict(steps=6, n_checkpoints=3, batch_size=8, progress=False, device="cpu")
-    full = ColorMNISTClassifier(size=32)
-    ref = train_classifier(full, x, y, x, y, out_dir=tmp_path / "a", **kw)
-
-    real, calls = F.cross_entropy, []
-    def crash_at_step_5(*a, **k):                                   # dies inside the fit towards the last checkpoint
-        calls.append(1)
-        if len(calls) == 5: raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(F, "cross_entropy", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train_classifier(ColorMNISTClassifier(size=32), x, y, x, y, out_dir=tmp_path / "b", **kw)
-    monkeypatch.setattr(F, "cross_entropy", real)
-    assert [r["step"] for r in json.loads((tmp_path / "b" / "records.json").read_text())] == [0, 3]
-
-    again = ColorMNISTClassifier(size=32)
-    out = train_classifier(again, x, y, x, y, out_dir=tmp_path / "b", **kw)
-    assert [r["step"] for r in out] == [0, 3, 6]
-    assert [r["val_accuracy"] for r in out] == [r["val_accuracy"] for r in ref]
-    for p, q in zip(again.state_dict().values(), full.state_dict().values()):
-        assert torch.equal(p, q)                                    # resumed training = uninterrupted training
-    idle = ColorMNISTClassifier(size=32, seed=5)                      # all on disk: nothing trains, final weights loaded
-    train_classifier(idle, x, y, x, y, out_dir=tmp_path / "b", **kw)
-    for p, q in zip(idle.state_dict().values(), full.state_dict().values()):
-        assert torch.equal(p, q)

@@ -4,7 +4,7 @@ import torch
 
 from invnb.autoencoder import SmallAE
 from invnb.inn import FactorINN, InvarianceINN
-from invnb.probe import ColorMNISTClassifier
+from invnb.classifier import ColorMNISTClassifier
 from invnb.study import Study
 
 
@@ -15,7 +15,7 @@ def study():
     ts[("final", "classifier")] = InvarianceINN(64, (10, 1, 1), n_blocks=2, hidden=16)
     e = FactorINN(64, {"digit": 22, "fg": 11, "bg": 11}, n_blocks=2, hidden=16)
     s = Study(SmallAE(width=8), {"step0": ColorMNISTClassifier(seed=1), "final": ColorMNISTClassifier(seed=2)}, ts, e,
-              results={"note": "made by the test"}, meta={"seed": 0})
+              results={"accuracy": {"final": 0.5}}, meta={"seed": 0, "note": "made by the test"})
     x = torch.rand(8, 3, 28, 28) * 2 - 1
     for (m, l) in ts: s.t(l, m)(torch.randn(16, 64), s.probe(l, m).phi(x[:4].repeat(4, 1, 1, 1)))  # initialise ActNorm
     e(torch.randn(16, 64))
@@ -33,7 +33,7 @@ def test_methods(study):
     x_adv, per_layer, shares = study.fgsm(x, eps=0.02)
     assert set(per_layer) == {"features.11", "classifier"} and (x_adv - x).abs().max() <= 0.02 + 1e-6
     assert shares == {"features.11": None, "classifier": None}
-    study.compute_eq19(x, n_inner=4, n_outer=3, generator=torch.Generator().manual_seed(0))
+    study.compute_eq19(x, n_inner=4, n_outer=3, seed=0)
     assert all(v is not None for v in study.fgsm(x, eps=0.02)[2].values())
     assert study.swap(x, x.flip(0), "bg").shape == x.shape
     assert set(study.sensitivity(x, x.flip(0))) == {"reconstruction", "digit", "fg", "bg"}

@@ -40,7 +40,7 @@ def test_layer_explorer_shows_errors_in_the_widget(parts):
     lx.images = torch.rand(2, 5, 28, 28)
     lx.image_pick.value = 1
     assert lx.error and "⚠" in lx.status.value and "Traceback" not in lx.status.value
-    with pytest.raises(ValueError, match=r"images must be a tensor \(N, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"images must be a tensor \(B, C, H, W\)"):
         LayerExplorer(study, x[0])
 
 
@@ -90,7 +90,7 @@ def test_curve_explorer_follows_the_selection(parts):
     assert list(ce.data) == ["features.8", "softmax"] and len(ce.figure.data) == 1
     ce.layer_pick.value = ("softmax",)
     assert list(ce.data) == ["softmax"] and list(ce.figure.data[0].y) == [0.9]
-    del study.results["eq19"]["final"]["features.8"]
+    del study.results.eq19["final"]["features.8"]
     ce.layer_pick.value = ("features.8", "softmax")
     assert list(ce.data) == ["softmax"]
     ce.compute_button.click()                                                  # fills the missing layer

@@ -1,0 +1,230 @@
+"`invnb colormnist`: the stages, the run folder, the report and `invnb check`."
+import dataclasses
+import errno
+import json
+import re
+import shutil
+import pytest
+import torch
+
+from invnb import colormnist, runs
+from invnb.cli import main
+from invnb.colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist
+from invnb.report import check_run, validate_metrics
+from invnb.results import Estimate
+from invnb.study import Study
+
+quiet = dict(device="cpu", progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("colormnist") / "run"
+    lines = []
+    report = run_colormnist(out, "smoke", device="cpu", progress=False, log=lines.append)
+    return out, report, lines
+
+
+def numbers(out):
+    return json.loads((out / "metrics.json").read_text())["results"]
+
+
+def test_smoke_run_writes_a_well_formed_report_and_metrics(smoke_run):
+    out, report, lines = smoke_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert validate_metrics(m) == [] and check_run(out) == []
+    prof = PROFILES["smoke"]
+    r = m["results"]
+    assert [r["steps"][c] for c in m["checkpoints"]] == [0, 15, 30]
+    assert list(r["eq19"][m["final_model"]]) == list(prof.layers)
+    assert m["run"]["environment"]["threads"] == torch.get_num_threads()
+    assert m["run"]["environment"]["torch"] == torch.__version__ and m["run"]["environment"]["device"] == "cpu"
+    page = report.read_text()
+    assert page.count("<script type='text/javascript'>") == 1          # plotly.js embedded once
+    assert page.count('class="plotly-graph-div"') == 3                   # the three interactive curves
+    outside_js = re.sub(r"<script type='text/javascript'>.*?</script>", "", page, count=1, flags=re.S)
+    assert not re.search(r"<(script|img|link|iframe)[^>]*(src|href)=['\"]?https?://", outside_js)  # nothing fetched
+    assert outside_js.count("data:image/png;base64,") == len(m["figures"]) == len(prof.layers) + prof.n_checkpoints - 1
+    for stage in STAGES[:-1]:
+        assert f"<td>{stage}</td>" in page
+    assert any("[stage 7/7] report" in l for l in lines) and any("left" in l for l in lines)
+
+
+def test_smoke_run_saves_a_study_that_loads(smoke_run):
+    out, _, _ = smoke_run
+    study = Study.load(out / "study")
+    m = json.loads((out / "metrics.json").read_text())
+    final = m["final_model"]
+    assert study.default_model == final and study.layers(final) == list(PROFILES["smoke"].layers)
+    assert study.results.eq19[final]["softmax"] == Estimate.from_json(m["results"]["eq19"][final]["softmax"])
+    assert study.results.to_json() == m["results"]
+    assert set(study.results.accuracy) == set(study.models) and study.meta["threads"] == torch.get_num_threads()
+    x = torch.zeros(2, 3, 28, 28)
+    assert study.sample(x, "softmax", n=3, generator=torch.Generator().manual_seed(0)).shape == (2, 3, 3, 28, 28)
+
+
+def test_validate_metrics_finds_problems(smoke_run):
+    good = json.loads((smoke_run[0] / "metrics.json").read_text())
+    final = good["final_model"]
+    copy = lambda: json.loads(json.dumps(good))
+    m = copy(); m["results"]["eq19"][final]["softmax"]["se"] = -0.1
+    assert validate_metrics(m) == [f"eq19[{final}][softmax]: standard error -0.1 < 0"]
+    m = copy(); m["checkpoints"].pop()
+    assert "2 checkpoints, the profile has 3" in validate_metrics(m)
+    m = copy(); m["results"]["eq20"][final]["softmax"]["bg"]["value"] = float("nan")
+    assert validate_metrics(m) == [f"eq20[{final}][softmax][bg] = nan ± 0.000 is not a share in [0, 1]".replace(
+        "0.000", f"{good['results']['eq20'][final]['softmax']['bg']['se']:.3f}")]
+    m = copy(); del m["results"]["image_variance"][final]
+    assert any("image_variance" in p for p in validate_metrics(m))
+    m = copy(); m["results"]["diagnostics"]["autoencoder"]["mse"] = -0.5
+    assert validate_metrics(m) == ["autoencoder mse -0.5 is not >= 0"]
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(smoke_run, tmp_path):
+    out = tmp_path / "run"
+    assert run_colormnist(out, "smoke", until="classifier", **quiet) is None
+    state = json.loads((out / "state.json").read_text())
+    assert list(state["stages"]) == ["data", "autoencoder", "classifier"] and not state["finished"]
+    lines = []
+    run_colormnist(out, "smoke", device="cpu", progress=False, log=lines.append)
+    assert any("resuming the smoke run" in l for l in lines)
+    assert numbers(out) == numbers(smoke_run[0])
+
+
+def test_finished_run_is_not_redone_without_force(smoke_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)
+    before = (out / "metrics.json").read_bytes()
+    lines = []
+    run_colormnist(out, "smoke", device="cpu", progress=False, log=lines.append)
+    assert "Nothing to do" in lines[-1] and (out / "metrics.json").read_bytes() == before
+    with pytest.raises(RunError, match="holds a run with profile 'smoke' and seed 0; this run asks for profile 'smoke' and seed 1"):
+        run_colormnist(out, "smoke", seed=1, log=lambda s: None)
+    changed = dataclasses.replace(PROFILES["smoke"], t_steps=41)          # same name, other settings
+    with pytest.raises(RunError, match=r"made with other settings \(t_steps differ"):
+        run_colormnist(out, changed, log=lambda s: None)
+    lines = []
+    run_colormnist(out, "smoke", seed=1, device="cpu", force=True, progress=False, log=lines.append)
+    assert lines[0].startswith("--force: deleting the earlier run")
+    assert json.loads((out / "state.json").read_text())["seed"] == 1
+
+
+def test_a_copied_run_folder_uses_its_own_checkpoints(smoke_run, tmp_path):
+    "records.json holds paths relative to the folder: --force on the original does not leak into the copy."
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_run[0], copy)
+    records = json.loads((copy / "train" / "classifier" / "records.json").read_text())
+    assert all(not r["file"].startswith("/") for r in records)
+    for r in records: (smoke_run[0] / "train" / "classifier" / r["file"]).rename(tmp_path / r["file"])   # the original's go away
+    try:
+        state = json.loads((copy / "state.json").read_text()); state["finished"] = False
+        (copy / "state.json").write_text(json.dumps(state))
+        run_colormnist(copy, "smoke", **quiet)
+        assert numbers(copy) == numbers(smoke_run[0])
+    finally:
+        for r in records: (tmp_path / r["file"]).rename(smoke_run[0] / "train" / "classifier" / r["file"])
+
+
+def test_other_data_is_refused(smoke_run, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)
+    real = colormnist.load_mnist
+    def shifted(root=None):
+        d = real(root)
+        x, y = d["train"]
+        return {**d, "train": (255 - x, y)}
+    monkeypatch.setattr(colormnist, "load_mnist", shifted)
+    with pytest.raises(RunError, match="holds a run on other data"):
+        run_colormnist(out, "smoke", **quiet)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    with runs.run_lock(out):
+        with pytest.raises(RunError, match=r"in use by another invnb run \(pid \d+, started"):
+            run_colormnist(out, "smoke", **quiet)
+
+
+def test_damaged_files_are_found_and_redone(smoke_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)
+    t_file = sorted((out / "study" / "t").glob("*.safetensors"))[0]
+    t_file.write_bytes(t_file.read_bytes()[:1000])                      # truncated
+    (out / "report.html").write_text("")                                 # emptied
+    assert main(["check", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert t_file.name in err and "report.html" in err
+    lines = []
+    run_colormnist(out, "smoke", device="cpu", progress=False, log=lines.append)
+    assert not any("Nothing to do" in l for l in lines)
+    assert check_run(out) == [] and numbers(out) == numbers(smoke_run[0])
+    (out / "metrics.json").write_text('{"format": 2, "res')                # truncated metrics: a message, no traceback
+    assert main(["check", str(out)]) == 1
+    assert "metrics.json is damaged" in capsys.readouterr().err
+
+
+def test_a_truncated_state_is_named_and_force_still_works(smoke_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)
+    (out / "state.json").write_text('{"profile": "sm')
+    with pytest.raises(RunError, match=r"state.json is damaged .* --force"):
+        run_colormnist(out, "smoke", **quiet)
+    run_colormnist(out, "smoke", force=True, until="data", **quiet)
+    assert list(json.loads((out / "state.json").read_text())["stages"]) == ["data"]
+
+
+def test_bad_input_gives_clear_messages(tmp_path, monkeypatch, capsys):
+    assert main(["colormnist", "--profile", "medium", "--out", str(tmp_path / "a")]) == 2
+    assert "unknown profile 'medium'; choose one of smoke, quick, paper" in capsys.readouterr().err
+    (tmp_path / "b").mkdir(); (tmp_path / "b" / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="is not empty and holds no invnb run"):
+        run_colormnist(tmp_path / "b", "smoke", log=lambda s: None)
+    with pytest.raises(RunError, match="unknown stage 'train'"):
+        run_colormnist(tmp_path / "c", "smoke", until="train", log=lambda s: None)
+    assert main(["colormnist", "--profile", "smoke", "--device", "tpu", "--out", str(tmp_path / "t")]) == 2
+    assert "unknown or unavailable device 'tpu'" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["colormnist", "--profile", "smoke", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["colormnist", "--profile", "smoke", "--out", str(tmp_path / "file" / "run")]) == 2   # not creatable
+    assert "cannot write to" in capsys.readouterr().err
+    Usage = type("Usage", (), {"free": 10 * 2 ** 20})
+    monkeypatch.setattr(runs.shutil, "disk_usage", lambda p: Usage)
+    with pytest.raises(RunError, match="not enough disk space .* 10 MB free, the smoke profile needs about 50 MB"):
+        run_colormnist(tmp_path / "d", "smoke", log=lambda s: None)
+
+
+def test_disk_full_during_a_stage_says_so(tmp_path, monkeypatch):
+    def full(*args): raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(colormnist, "autoencoder_stage", full)
+    with pytest.raises(RunError, match="no space left on the device while writing to .* in stage 'autoencoder'"):
+        run_colormnist(tmp_path / "e", "smoke", **quiet)
+
+
+def test_ctrl_c_says_where_and_how_to_continue(tmp_path, monkeypatch, capsys):
+    def interrupted(*args): raise KeyboardInterrupt
+    monkeypatch.setattr(colormnist, "factors_stage", interrupted)
+    with pytest.raises(RunInterrupted, match="interrupted in stage 'factors'.*run the same command to continue"):
+        run_colormnist(tmp_path / "f", "smoke", **quiet)
+    assert main(["colormnist", "--profile", "smoke", "--no-progress", "--out", str(tmp_path / "f")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted in stage 'factors'" in err[0]
+
+
+def test_check_command(smoke_run, tmp_path, capsys):
+    assert main(["check", str(smoke_run[0])]) == 0
+    assert main(["check", str(tmp_path)]) == 1
+    assert "lacks metrics.json" in capsys.readouterr().err
+
+
+def test_curve_explorer_reads_a_run(smoke_run):
+    from invnb.widgets import CurveExplorer
+    study = Study.load(smoke_run[0] / "study")
+    r = numbers(smoke_run[0])
+    ce = CurveExplorer(study)
+    ce.view_pick.value = CurveExplorer.VIEWS[1]
+    assert ce.checkpoint_layer == "features.12" and list(ce.data) == [0, 15, 30]
+    assert ce.data[30]["bg"].value == r["eq20"]["step000030"]["features.12"]["bg"]["value"]
+    assert ce.figure.data[-1].name == "accuracy" and list(ce.figure.data[-1].y) == [r["accuracy"][c] for c in study.models]
+    ce.view_pick.value = CurveExplorer.VIEWS[2]
+    assert list(ce.data) == list(PROFILES["smoke"].layers) and ce.error is None
