@@ -17,9 +17,18 @@ from .inn import _init_layers
 from .train import History, fit
 
 # %% auto #0
-__all__ = ['Autoencoder', 'SmallAE', 'ConditionalBatchNorm', 'GeneratorBlock', 'NonLocalBlock', 'BigGANDecoder', 'ResNetEncoder',
-           'BigAE', 'PatchDiscriminator', 'kl_standard_normal', 'pixel_nll', 'AELoss', 'train_autoencoder',
-           'reconstruction_metrics']
+__all__ = ['sample_gaussian', 'Autoencoder', 'SmallAE', 'ResNetEncoder', 'ConditionalBatchNorm', 'GeneratorBlock',
+           'NonLocalBlock', 'BigGANDecoder', 'BigAE', 'PatchDiscriminator', 'kl_standard_normal', 'pixel_nll', 'AELoss',
+           'train_autoencoder', 'reconstruction_metrics']
+
+# %% ../nbs/05_autoencoder.ipynb #c266eb76
+def sample_gaussian(mean: torch.Tensor,                          # means (B, D)
+                    logvar: torch.Tensor,                        # log-variances (B, D)
+                    generator: torch.Generator | None = None,    # a CPU generator: the source of ε
+                   ) -> torch.Tensor:
+    "z = mean + exp(logvar/2)·ε, ε ~ N(0, 1) drawn on the CPU from `generator` (reparameterised: differentiable)."
+    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+    return mean + (0.5 * logvar).exp() * eps
 
 # %% ../nbs/05_autoencoder.ipynb #94d001fb
 class Autoencoder(Checkpointable, nn.Module):
@@ -46,15 +55,12 @@ class Autoencoder(Checkpointable, nn.Module):
 
     def sample_zbar(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         "z̄ ~ N(mean, diag(exp(logvar))) for each image (reparameterised: differentiable)."
-        mean, logvar = self.encode(x)
-        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
-        return mean + (0.5 * logvar).exp() * eps
+        return sample_gaussian(*self.encode(x), generator)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
         "(x̄, mean, logvar) with z̄ sampled."
         mean, logvar = self.encode(x)
-        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
-        return self.decode(mean + (0.5 * logvar).exp() * eps), mean, logvar
+        return self.decode(sample_gaussian(mean, logvar, generator)), mean, logvar
 
     @property
     def last_layer(self) -> torch.Tensor:
@@ -89,7 +95,30 @@ class SmallAE(Autoencoder):
         self.decoder = nn.Sequential(*dec, nn.ConvTranspose2d(chs[0], channels, 4, 2, 1), nn.Tanh())
         _init_layers(self, torch.Generator().manual_seed(seed))
 
-# %% ../nbs/05_autoencoder.ipynb #c3f8843b
+# %% ../nbs/05_autoencoder.ipynb #50867b0c
+class ResNetEncoder(nn.Module):
+    "Tab. S8: torchvision ResNet (default ResNet-101) with a linear head to (μ, log σ²)."
+    def __init__(self, zdim: int = 128, layers=(3, 4, 23, 3), width_per_group: int = 64, pretrained: bool = False):
+        super().__init__()
+        from torchvision.models.resnet import Bottleneck, ResNet
+        self.net = ResNet(Bottleneck, list(layers), width_per_group=width_per_group)
+        if pretrained:
+            if tuple(layers) != (3, 4, 23, 3) or width_per_group != 64:
+                raise ValueError("pretrained weights exist only for the full ResNet-101 (layers (3, 4, 23, 3), width 64).")
+            from torchvision.models import ResNet101_Weights
+            try:
+                self.net.load_state_dict(ResNet101_Weights.IMAGENET1K_V2.get_state_dict(progress=False))
+            except Exception as e:
+                raise RuntimeError(f"could not download torchvision's ResNet-101 ImageNet weights ({type(e).__name__}). "
+                                   "Go online once (they are cached under ~/.cache/torch/hub/checkpoints) or use pretrained=False.") from None
+        self.net.fc = nn.Linear(self.net.fc.in_features, 2 * zdim)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406])[:, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225])[:, None, None], persistent=False)
+
+    def forward(self, x):
+        return self.net(((x + 1) / 2 - self.mean) / self.std)
+
+# %% ../nbs/05_autoencoder.ipynb #732eb5b1
 class ConditionalBatchNorm(nn.Module):
     "BatchNorm whose gain and bias are linear functions of a conditioning vector (BigGAN)."
     def __init__(self, ch: int, cond_dim: int):
@@ -116,7 +145,7 @@ class GeneratorBlock(nn.Module):
         h = self.c2(F.relu(self.n2(h, cond)))
         return h + self.skip(up(x))
 
-
+# %% ../nbs/05_autoencoder.ipynb #3be73dae
 class NonLocalBlock(nn.Module):
     "Self-attention over positions (SAGAN/BigGAN); starts as the identity (gamma = 0)."
     def __init__(self, ch: int):
@@ -134,7 +163,7 @@ class NonLocalBlock(nn.Module):
         o = self.o((g @ attn.transpose(1, 2)).view(b, c // 2, h, w))
         return x + self.gamma * o
 
-
+# %% ../nbs/05_autoencoder.ipynb #68fe73e4
 class BigGANDecoder(nn.Module):
     "Tab. S9: z̄ -> image, BigGAN-style with z̄-predicted pseudo-class conditioning."
     def __init__(self, zdim: int = 128, size: int = 128, ch: int = 96, n_classes: int = 1000,
@@ -165,30 +194,7 @@ class BigGANDecoder(nn.Module):
         if self.attention is not None: x = self.attention(x)
         return self.out(self.last_block(x, cond))
 
-
-class ResNetEncoder(nn.Module):
-    "Tab. S8: torchvision ResNet (default ResNet-101) with a linear head to (μ, log σ²)."
-    def __init__(self, zdim: int = 128, layers=(3, 4, 23, 3), width_per_group: int = 64, pretrained: bool = False):
-        super().__init__()
-        from torchvision.models.resnet import Bottleneck, ResNet
-        self.net = ResNet(Bottleneck, list(layers), width_per_group=width_per_group)
-        if pretrained:
-            if tuple(layers) != (3, 4, 23, 3) or width_per_group != 64:
-                raise ValueError("pretrained weights exist only for the full ResNet-101 (layers (3, 4, 23, 3), width 64).")
-            from torchvision.models import ResNet101_Weights
-            try:
-                self.net.load_state_dict(ResNet101_Weights.IMAGENET1K_V2.get_state_dict(progress=False))
-            except Exception as e:
-                raise RuntimeError(f"could not download torchvision's ResNet-101 ImageNet weights ({type(e).__name__}). "
-                                   "Go online once (they are cached under ~/.cache/torch/hub/checkpoints) or use pretrained=False.") from None
-        self.net.fc = nn.Linear(self.net.fc.in_features, 2 * zdim)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406])[:, None, None], persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225])[:, None, None], persistent=False)
-
-    def forward(self, x):
-        return self.net(((x + 1) / 2 - self.mean) / self.std)
-
-
+# %% ../nbs/05_autoencoder.ipynb #c3f8843b
 class BigAE(Autoencoder):
     "Tab. S7: ResNet-101 encoder + BigGAN decoder, z̄ ∈ R^128, 128 px; smaller with `layers`, `width_per_group`, `ch`."
     def __init__(self, size: int = 128, zdim: int = 128, layers=(3, 4, 23, 3), width_per_group: int = 64, ch: int = 96,

@@ -5,23 +5,26 @@
 # %% ../nbs/02_checkpoint.ipynb #4aa686b7
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.modules.module import register_module_buffer_registration_hook, register_module_parameter_registration_hook
 
 import invnb
-from .flows import InvertibleModule
-from .inn import FactorINN, InvarianceINN  # imported so that t and e are known to load_model
 
 # %% auto #0
 __all__ = ['FORMAT', 'CheckpointError', 'save_tensors', 'write_text_atomic', 'write_json_atomic', 'read_meta', 'load_tensors',
-           'save_model', 'load_model', 'Checkpointable']
+           'Checkpointable', 'save_model', 'load_model']
 
 # %% ../nbs/02_checkpoint.ipynb #3c42be6c
 class CheckpointError(ValueError):
@@ -72,7 +75,15 @@ def read_meta(path: str | Path) -> dict:
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file but not an invnb checkpoint (no 'invnb' metadata). "
                               "Load third-party weights into a model with model.load_state_dict(...).")
-    return json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: its invnb metadata is not valid JSON ({e.msg} at character {e.pos}); "
+                              "the file was edited or damaged, re-save it from its source.") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its invnb metadata is a JSON {type(meta).__name__}, not an object; "
+                              "the file was edited or damaged, re-save it from its source.")
+    return meta
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
@@ -87,27 +98,67 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> tuple[
 
 # %% ../nbs/02_checkpoint.ipynb #51cd59da
 FORMAT = 1
+_REGISTRY: dict[str, dict[str, type]] = {}   # class name -> {module: class}, filled as classes are defined
 
 
-def _subclasses(cls: type) -> list[type]:
-    out = []
-    for sub in cls.__subclasses__(): out += [sub, *_subclasses(sub)]
-    return out
+class Checkpointable:
+    """Base of every invnb model: `model.save(path)` and `Model.load(path)`. Needs `self.config`.
+
+    Defining a subclass registers it (by class name, with its module), which is how `load_model` finds it."""
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY.setdefault(cls.__name__, {})[cls.__module__] = cls
+
+    def save(self, path: str | Path) -> Path:
+        "Save to one safetensors file with the config in its metadata (atomic)."
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu"):
+        "Rebuild a model saved with `save`; the file must hold this class."
+        return load_model(path, cls, device)
+
+# %% ../nbs/02_checkpoint.ipynb #35342a7d
+_INVNB_MODULE = re.compile(r"invnb(\.[A-Za-z_]\w*)*")
+# where invnb's models live (a module that does not exist in this version is skipped)
+_MODEL_MODULES = ("invnb.flows", "invnb.inn", "invnb.autoencoder", "invnb.classifier", "invnb.probe")
 
 
-def _model_classes() -> dict[str, type]:
-    "invnb's loadable model classes by name: every subclass of InvertibleModule or Checkpointable."
-    return {c.__name__: c for base in (InvertibleModule, Checkpointable)
-            for c in [base, *_subclasses(base)] if c.__module__.startswith("invnb")}
+def _registered(name: str, module: str | None) -> type | None:
+    "The registered class `name` of `module`; with `module=None`, the one of that name in invnb."
+    classes = _REGISTRY.get(name, {})
+    if module is not None: return classes.get(module)
+    return next((c for m, c in classes.items() if _INVNB_MODULE.fullmatch(m)), None)
 
 
+def _find_class(path, name: str, module: str | None, version=None) -> type:
+    "The class a file names. Imports the recorded module only if it is part of invnb; nothing else, ever."
+    klass = _registered(name, module)
+    if klass is None and module is not None and not _INVNB_MODULE.fullmatch(module):
+        raise CheckpointError(f"{path} holds {module}.{name}, which is not registered, and load_model imports only "
+                              f"invnb's own modules. Import {module} yourself (its {name} must derive from "
+                              "Checkpointable), then load again.")
+    # an invnb class: its recorded module first; then, for files written before the module was recorded (or a
+    # class that has moved since), the invnb modules that define models, looked up by class name
+    for mod in ([module] if module else []) + list(_MODEL_MODULES):
+        if klass is not None: break
+        try: importlib.import_module(mod)
+        except ImportError: continue
+        klass = _registered(name, module) or _registered(name, None)
+    if klass is None:
+        raise CheckpointError(f"{path} holds a {name!r}, which is not a model class of this invnb "
+                              f"(file version {version}, installed {invnb.__version__}).")
+    return klass
+
+# %% ../nbs/02_checkpoint.ipynb #e2be4b98
 def save_model(model: nn.Module, path: str | Path) -> Path:
-    "Save `model` (state dict + JSON config) to one safetensors file, atomically."
+    "Save `model` (state dict + JSON config + its class and module) to one safetensors file, atomically."
     config = getattr(model, "config", None)
     if config is None:
         raise TypeError(f"{type(model).__name__} has no `config` of constructor arguments, so it cannot be rebuilt "
                         "from a file; give it one (see invnb.checkpoint).")
-    meta = dict(format=FORMAT, kind="model", version=invnb.__version__, config=config, **{"class": type(model).__name__})
+    meta = dict(format=FORMAT, kind="model", version=invnb.__version__, config=config,
+                module=type(model).__module__, **{"class": type(model).__name__})
     return save_tensors(path, model.state_dict(), meta)
 
 
@@ -126,40 +177,52 @@ def _check_state(path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> No
         raise CheckpointError("\n".join(lines))
 
 
+class _TooManyTensors(Exception): pass
+
+
+@contextmanager
+def _tensor_budget(limit: int):
+    "Stop a model's construction (in this thread) once it has registered more than `limit` parameters and buffers."
+    count, me = [0], threading.get_ident()
+
+    def hook(module, name, value):
+        if value is not None and threading.get_ident() == me:
+            count[0] += 1
+            if count[0] > limit: raise _TooManyTensors
+    handles = [register_module_parameter_registration_hook(hook), register_module_buffer_registration_hook(hook)]
+    try: yield
+    finally:
+        for h in handles: h.remove()
+
+
+def _check_config(path, klass: type, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    "Build `klass(**config)` on the meta device (no memory, bounded work) and check it against the stored tensors."
+    limit = 2 * len(tensors) + 100                 # slack for non-persistent buffers and replaced layers
+    try:
+        with torch.device("meta"), _tensor_budget(limit): model = klass(**config)
+    except _TooManyTensors:
+        raise CheckpointError(f"{path}: its config builds a {klass.__name__} with far more tensors than the "
+                              f"{len(tensors)} the file holds; the file was edited or written by another version, "
+                              "re-save the model from its source.") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot rebuild {klass.__name__} from its stored config "
+                              f"({type(e).__name__}: {e}).") from None
+    _check_state(path, model, tensors)
+
+
 def load_model(path: str | Path, cls: type | None = None, device: str | torch.device = "cpu") -> nn.Module:
     "Rebuild the model stored in `path`; with `cls`, insist that the file holds that class (or a subclass)."
     tensors, meta = load_tensors(path, device)
-    name = meta.get("class")
-    if meta.get("kind") != "model" or name is None:
+    name, module, config = meta.get("class"), meta.get("module"), meta.get("config")
+    if meta.get("kind") != "model" or not isinstance(name, str):
         raise CheckpointError(f"{path} is an invnb file of kind {meta.get('kind')!r}, not a saved model.")
-    classes = _model_classes()
-    if name not in classes:
-        raise CheckpointError(f"{path} holds a {name!r}, which is not a model class of this invnb "
-                              f"(file version {meta.get('version')}, installed {invnb.__version__}).")
-    klass = classes[name]
+    if not isinstance(config, dict) or not (module is None or isinstance(module, str)):
+        raise CheckpointError(f"{path}: its metadata is damaged (config must be a JSON object, module a string); "
+                              "re-save the model from its source.")
+    klass = _find_class(path, name, module, meta.get("version"))
     if cls is not None and not issubclass(klass, cls):
         raise CheckpointError(f"{path} holds a {name}, not a {cls.__name__}; load it with {name}.load(path).")
-    try:
-        model = klass(**meta["config"])
-    except TypeError as e:
-        raise CheckpointError(f"{path}: cannot rebuild {name} from its stored config: {e}") from None
-    _check_state(path, model, tensors)
+    _check_config(path, klass, config, tensors)    # before anything real is allocated
+    model = klass(**config)
     model.load_state_dict(tensors)
     return model.to(device)
-
-
-class Checkpointable:
-    "Mixin for invnb models: `model.save(path)` and `Model.load(path)`. Needs `self.config`."
-    def save(self, path: str | Path) -> Path:
-        "Save to one safetensors file with the config in its metadata (atomic)."
-        return save_model(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu"):
-        "Rebuild a model saved with `save`; the file must hold this class."
-        return load_model(path, cls, device)
-
-
-# the invertible layers and both INNs of the earlier notebooks get the same two methods
-InvertibleModule.save = Checkpointable.save
-InvertibleModule.load = Checkpointable.__dict__["load"]  # the classmethod itself, unbound

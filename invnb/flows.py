@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import Checkpointable
+
 # %% auto #0
 __all__ = ['FAST_CPU_INFERENCE', 'InvertibleModule', 'ActNorm', 'ScaleShiftNet', 'DoubleAffineCoupling', 'Shuffle', 'FlowBlock',
            'Flow']
@@ -34,12 +36,12 @@ def _check_condition(h, cond_dim: int, batch: int) -> None:
         raise ValueError(f"conditioning h must have shape ({batch}, {cond_dim}) to match x; got {tuple(h.shape)}.")
 
 
-class InvertibleModule(nn.Module):
+class InvertibleModule(Checkpointable, nn.Module):
     """Base of every invertible layer: `y, logdet = m(x, h=None)` and `x = m.inverse(y, h=None)`.
 
     Subclasses implement `_forward_t(xt, ht)` and `_inverse_t(yt, ht)` on feature-major tensors (D, B)
-    and record their constructor arguments in `self.config` (a JSON-able dict) so that checkpoints can
-    rebuild them."""
+    and record their constructor arguments in `self.config` (a JSON-able dict), so that `save`/`load`
+    (from `Checkpointable`, see 02_checkpoint) can rebuild them."""
     dim: int
     cond_dim: int = 0
 
@@ -68,6 +70,9 @@ class ActNorm(InvertibleModule):
 
     @torch.no_grad()
     def _init_from(self, xt: torch.Tensor, reverse: bool) -> None:
+        if xt.shape[1] == 0:
+            raise ValueError("ActNorm cannot initialise from an empty batch (0 rows): its statistics would be NaN, "
+                             "and so would every later output. Pass at least one example (ideally a full batch) first.")
         mean = xt.mean(1)
         std = xt.std(1, correction=0)
         std = torch.where(std > self.eps, std, torch.ones_like(std))  # zero variance: keep unit scale

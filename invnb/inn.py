@@ -69,9 +69,17 @@ class Embedder(nn.Module):
 # %% ../nbs/01_inn.ipynb #d9d34a79
 class InvarianceINN(InvertibleModule):
     "t(z̄|z): v = t(z̄|z) ~ N(0, 1) are the invariances of the representation z (Sec. 3.1, A.3)."
-    def __init__(self, in_dim: int, cond_shape: int | Sequence[int], n_blocks: int = 20, hidden: int = 1024,
-                 depth: int = 2, embed_dim: int = 128, embed_width: int = 64, scale_bound: float = 2.0,
-                 init_scale: float = 1e-2, seed: int = 0):
+    def __init__(self,
+                 in_dim: int,                       # size of z̄, the autoencoder's code
+                 cond_shape: int | Sequence[int],   # shape of one representation z: C for vectors or (C, H, W)
+                 n_blocks: int = 20,                # invertible blocks (Tab. S10: 20)
+                 hidden: int = 1024,                # width of the coupling networks
+                 depth: int = 2,                    # hidden-to-hidden layers per coupling network
+                 embed_dim: int = 128,              # size of the conditioning h = H(z)
+                 embed_width: int = 64,             # channels of H's first convolution (feature maps only)
+                 scale_bound: float = 2.0,          # soft bound on each coupling's log-scale
+                 init_scale: float = 1e-2,          # scale of the coupling networks' initial output layers
+                 seed: int = 0):                    # fixes every initial weight and permutation
         super().__init__()
         cond_shape = [cond_shape] if isinstance(cond_shape, int) else [int(s) for s in cond_shape]
         self.dim, self.cond_shape = in_dim, tuple(cond_shape)
@@ -88,58 +96,88 @@ class InvarianceINN(InvertibleModule):
         if z.shape[0] != zbar.shape[0]:
             raise ValueError(f"{name} and z must have the same batch size; got {zbar.shape[0]} and {z.shape[0]}.")
 
-    def embed(self, z: torch.Tensor) -> torch.Tensor:
+    def embed(self,
+              z: torch.Tensor,  # representations (B, *cond_shape) or flattened (B, prod(cond_shape))
+             ) -> torch.Tensor:
         "h = H(z), the conditioning vector (B, embed_dim)."
         return self.embedder(z)
 
-    def forward(self, zbar: torch.Tensor, z: torch.Tensor):
+    def forward(self,
+                zbar: torch.Tensor,  # codes z̄ (B, in_dim)
+                z: torch.Tensor,     # the representations they are conditioned on (B, *cond_shape)
+               ):
         "v, logdet = t(z̄|z)."
         self._check(zbar, z)
         return self.flow(zbar, self.embed(z))
 
-    def inverse(self, v: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def inverse(self,
+                v: torch.Tensor,  # invariances (B, in_dim)
+                z: torch.Tensor,  # representations (B, *cond_shape)
+               ) -> torch.Tensor:
         "z̄ = t⁻¹(v|z), exact."
         self._check(v, z, "v")
         return self.flow.inverse(v, self.embed(z))
 
-    def nll(self, zbar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def nll(self,
+            zbar: torch.Tensor,  # codes z̄ (B, in_dim)
+            z: torch.Tensor,     # representations (B, *cond_shape)
+           ) -> torch.Tensor:
         "-log p(z̄|z) in nats per example, (B,) (Eq. 3)."
         v, logdet = self(zbar, z)
         return 0.5 * v.pow(2).sum(1) + 0.5 * self.dim * math.log(2 * math.pi) - logdet
 
-    def bits_per_dim(self, zbar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def bits_per_dim(self,
+                     zbar: torch.Tensor,  # codes z̄ (B, in_dim)
+                     z: torch.Tensor,     # representations (B, *cond_shape)
+                    ) -> torch.Tensor:
         "The NLL in bits per dimension of z̄, (B,)."
         return self.nll(zbar, z) / (self.dim * math.log(2))
 
     @torch.no_grad()
-    def sample(self, z: torch.Tensor, n: int = 16, generator: torch.Generator | None = None,
-               temperature: float = 1.0) -> torch.Tensor:
+    def sample(self,
+               z: torch.Tensor,                            # representations (B, *cond_shape)
+               n: int = 16,                                # draws per representation
+               generator: torch.Generator | None = None,   # source of the draws v (on h's device)
+               temperature: float = 1.0,                   # v ~ N(0, temperature²)
+              ) -> torch.Tensor:
         "n draws z̄ ~ p(z̄|z) for each z (Eq. 2): (B, n, D), without autograd (use `inverse` for gradients)."
         if n < 1: raise ValueError(f"n must be at least 1; got {n}.")
         h = self.embed(z)
         b = h.shape[0]
+        if b == 0: raise ValueError("sample got an empty batch of z (0 rows); pass at least one representation.")
         v = torch.randn(b * n, self.dim, generator=generator, device=h.device, dtype=h.dtype) * temperature
         # the n draws of each z share its condition: pass h once per z (the couplings broadcast it)
         return self.flow._inverse_t(v.t(), h.t()).t().reshape(b, n, self.dim)
 
-# %% ../nbs/01_inn.ipynb #a34e42a7
-@torch.no_grad()
-def _inverse_grid(self: InvarianceINN, v: torch.Tensor, z: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
-    "z̄[i, j] = t⁻¹(v[j] | z[i]) for v (n_v, D) and z (n_z, ...): (n_z, n_v, D), without autograd."
-    _check_vectors(v, self.dim, "v")
-    h = self.embed(z)
-    per = max(1, batch_size // len(v))                                  # z's per chunk
-    out = [self.flow._inverse_t(v.repeat(len(hc), 1).t(), hc.t()).t().reshape(len(hc), len(v), self.dim)
-           for hc in h.split(per)]
-    return torch.cat(out)
-
-InvarianceINN.inverse_grid = _inverse_grid
+    @torch.no_grad()
+    def inverse_grid(self,
+                     v: torch.Tensor,          # invariances (n_v, in_dim)
+                     z: torch.Tensor,          # representations (n_z, *cond_shape)
+                     batch_size: int = 8192,   # z̄'s decoded per chunk (bounds memory)
+                    ) -> torch.Tensor:
+        "z̄[i, j] = t⁻¹(v[j] | z[i]): (n_z, n_v, D), embedding each z once, without autograd."
+        _check_vectors(v, self.dim, "v")
+        h = self.embed(z)
+        if len(v) == 0 or len(h) == 0:
+            raise ValueError(f"inverse_grid got an empty batch ({len(v)} v, {len(h)} z); pass at least one of each.")
+        per = max(1, batch_size // len(v))                                  # z's per chunk
+        out = [self.flow._inverse_t(v.repeat(len(hc), 1).t(), hc.t()).t().reshape(len(hc), len(v), self.dim)
+               for hc in h.split(per)]
+        return torch.cat(out)
 
 # %% ../nbs/01_inn.ipynb #ec70bfab
 class FactorINN(InvertibleModule):
     "e(z̄) = (e_0 residual, e_1..e_K named factors), trained on pairs that share a factor (Sec. 3.2, A.2)."
-    def __init__(self, in_dim: int, factors: dict[str, int], n_blocks: int = 12, hidden: int = 512,
-                 depth: int = 2, rho: float = 0.9, scale_bound: float = 2.0, init_scale: float = 1e-2, seed: int = 0):
+    def __init__(self,
+                 in_dim: int,                # size of z̄, the autoencoder's code
+                 factors: dict[str, int],    # name -> number of dimensions of each named factor, in code order
+                 n_blocks: int = 12,         # invertible blocks
+                 hidden: int = 512,          # width of the coupling networks
+                 depth: int = 2,             # hidden-to-hidden layers per coupling network
+                 rho: float = 0.9,           # correlation of a shared factor within a pair (Sec. A.2)
+                 scale_bound: float = 2.0,   # soft bound on each coupling's log-scale
+                 init_scale: float = 1e-2,   # scale of the coupling networks' initial output layers
+                 seed: int = 0):             # fixes every initial weight and permutation
         super().__init__()
         factors = dict(factors)
         bad = [k for k, s in factors.items() if not isinstance(s, int) or s < 1]
@@ -161,27 +199,40 @@ class FactorINN(InvertibleModule):
         for i, n in enumerate(self.names): masks[i, self.slices[n]] = True
         self.register_buffer("masks", masks, persistent=False)  # (K+1, D): which dims belong to factor i
 
-    def forward(self, zbar: torch.Tensor):
+    def forward(self,
+                zbar: torch.Tensor,  # codes z̄ (B, in_dim)
+               ):
         "codes, logdet = e(z̄)."
         return self.flow(zbar)
 
-    def inverse(self, codes: torch.Tensor) -> torch.Tensor:
+    def inverse(self,
+                codes: torch.Tensor,  # factor codes (B, in_dim), residual first
+               ) -> torch.Tensor:
         "z̄ = e⁻¹(codes)."
         return self.flow.inverse(codes)
 
-    def split(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    def split(self,
+              codes: torch.Tensor,  # factor codes (B, in_dim), as returned by `forward`
+             ) -> dict[str, torch.Tensor]:
         "{'residual': e_0, name: e_i, ...}"
         _check_vectors(codes, self.dim, "codes")
         return {n: codes[:, s] for n, s in self.slices.items()}
 
-    def merge(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    def merge(self,
+              parts: dict[str, torch.Tensor],  # every part of `split`: 'residual' and each factor
+             ) -> torch.Tensor:
         "Inverse of `split`."
         missing = [n for n in self.names if n not in parts]
         if missing: raise ValueError(f"merge needs every part {self.names}; missing {missing}.")
         return torch.cat([parts[n] for n in self.names], 1)
 
-    def factor_index(self, factor) -> int | torch.Tensor:
+    def factor_index(self,
+                     factor,  # a name, an int (0 = residual) or an int tensor (B,) of them
+                    ) -> int | torch.Tensor:
         "A factor's index: 0 = residual, 1..K = the named factors in order. Accepts a name, an int or an int tensor."
+        if isinstance(factor, bool) or (isinstance(factor, torch.Tensor) and factor.dtype == torch.bool):
+            raise ValueError(f"factor must be a name in {self.names} or an int index, not a bool ({factor!r}): "
+                             f"True would silently mean factor 1 ({self.names[1]!r}). Pass the factor's name.")
         if isinstance(factor, str):
             if factor not in self.names:
                 raise ValueError(f"unknown factor {factor!r}; this e has {self.names}.")
@@ -196,11 +247,17 @@ class FactorINN(InvertibleModule):
         if isinstance(factor, int) and 0 <= factor < k: return factor
         raise ValueError(f"factor must be a name in {self.names}, an int in 0..{k - 1} or an int tensor; got {factor!r}.")
 
-    def pair_loss(self, zbar_a: torch.Tensor, zbar_b: torch.Tensor, factor) -> torch.Tensor:
+    def pair_loss(self,
+                  zbar_a: torch.Tensor,  # first codes of the pairs (B, in_dim)
+                  zbar_b: torch.Tensor,  # second codes (B, in_dim); pair i shares `factor` (or factor[i])
+                  factor,                # the shared factor: a name, an int or an int tensor (B,)
+                 ) -> torch.Tensor:
         "Batch mean of Eq. 12 (Eq. 13 plus both log-dets, constants dropped) for pairs sharing `factor`."
         idx = self.factor_index(factor)
         if zbar_a.shape != zbar_b.shape:
             raise ValueError(f"pairs must have equal shapes; got {tuple(zbar_a.shape)} and {tuple(zbar_b.shape)}.")
+        if zbar_a.ndim > 0 and zbar_a.shape[0] == 0:
+            raise ValueError("pair_loss got an empty batch (0 pairs): its mean would be NaN. Pass at least one pair.")
         if isinstance(idx, torch.Tensor) and idx.shape != (zbar_a.shape[0],):
             raise ValueError(f"a factor tensor needs one index per pair, shape ({zbar_a.shape[0]},); got {tuple(idx.shape)}.")
         codes, logdet = self(torch.cat([zbar_a, zbar_b]))

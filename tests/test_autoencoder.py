@@ -93,3 +93,19 @@ def test_attention_appears_at_its_resolution():
     ae = BigAE(size=32, zdim=8, layers=(1, 1, 1, 1), width_per_group=16, ch=4, n_classes=4, embed_dim=4, attention_res=16)
     assert ae.decoder.attention is not None
     assert ae.decode(torch.zeros(2, 8)).shape == (2, 3, 32, 32)
+
+
+def test_sample_gaussian_is_the_one_reparameterisation():
+    from invnb.autoencoder import sample_gaussian
+    g = lambda: torch.Generator().manual_seed(3)
+    mean, logvar = torch.randn(5, 4), torch.randn(5, 4)
+    # bit-identical to the formula the autoencoders used before (eps drawn on the CPU from the generator)
+    assert torch.equal(sample_gaussian(mean, logvar, g()), mean + (0.5 * logvar).exp() * torch.randn(5, 4, generator=g()))
+    ae = SmallAE(width=8)
+    x = torch.rand(2, 3, 28, 28) * 2 - 1
+    m, lv = ae.encode(x)
+    assert torch.equal(ae.sample_zbar(x, g()), sample_gaussian(m, lv, g()))
+    assert torch.equal(ae(x, g())[0], ae.decode(sample_gaussian(m, lv, g())))
+    mean.requires_grad_(True)
+    sample_gaussian(mean, logvar, g()).sum().backward()
+    assert torch.equal(mean.grad, torch.ones_like(mean))        # reparameterised: differentiable in the mean

@@ -1,13 +1,20 @@
 "Checkpoints: bit-exact round trips, atomic writes, clear errors for bad files, no pickle."
 import json
 import os
+import subprocess
+import sys
+import textwrap
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import randomize_
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.modules.module import register_module_buffer_registration_hook, register_module_parameter_registration_hook
 
-from invnb.checkpoint import CheckpointError, load_model, read_meta, save_tensors
+from invnb.checkpoint import CheckpointError, Checkpointable, load_model, read_meta, save_model, save_tensors
 from invnb.flows import ActNorm, Flow
 from invnb.inn import FactorINN, InvarianceINN
 
@@ -116,3 +123,174 @@ def test_no_pickle_in_the_package():
             lines = open(os.path.join(root, name)).read().splitlines()
             assert not any("import pickle" in line for line in lines), name
             assert all("weights_only=True" in line for line in lines if "torch.load(" in line), name
+
+
+def _tamper(path, out, **config):
+    "A copy of the checkpoint at `path` with `config` entries changed (and the tensors untouched)."
+    meta = read_meta(path)
+    meta["config"].update(config)
+    return save_tensors(out, load_file(path), meta)
+
+
+class _RunAway(BaseException):
+    "Raised by the watcher below; a BaseException, so no `except Exception` in load_model can hide it."
+
+
+@contextmanager
+def _watch_tensors(stop_after: int | None = None):
+    "Record (device type, numel) of every parameter and buffer registered; stop a build that registers too many."
+    seen = []
+
+    def hook(module, name, value):
+        if value is not None:
+            seen.append((value.device.type, value.numel()))
+            if stop_after is not None and len(seen) > stop_after: raise _RunAway(f"{len(seen)} tensors registered")
+    handles = [register_module_parameter_registration_hook(hook), register_module_buffer_registration_hook(hook)]
+    try: yield seen
+    finally:
+        for h in handles: h.remove()
+
+
+def test_tampered_width_is_refused_before_allocating(t, tmp_path):
+    path = _tamper(t.save(tmp_path / "t.safetensors"), tmp_path / "wide.safetensors", hidden=512)
+    with _watch_tensors() as seen, pytest.raises(CheckpointError, match="do not match its config"):
+        load_model(path)
+    # the (2, 512, 512) layers the config asks for exist only on the meta device, never in real memory
+    assert max((n for dev, n in seen if dev != "meta"), default=0) < 512 * 512
+    assert any(dev == "meta" and n == 2 * 512 * 512 for dev, n in seen)
+
+
+def test_tampered_block_count_is_refused_quickly(t, tmp_path):
+    path = _tamper(t.save(tmp_path / "t.safetensors"), tmp_path / "deep.safetensors", n_blocks=10**5)
+    n_file = len(load_file(path))
+    with _watch_tensors(stop_after=50 * n_file), pytest.raises(CheckpointError, match="far more tensors"):
+        load_model(path)     # without the budget: 2.3 million tensors built, minutes
+
+
+def test_tampered_config_of_an_autoencoder_is_refused(tmp_path):
+    from invnb.autoencoder import SmallAE
+    path = _tamper(SmallAE(width=8).save(tmp_path / "ae.safetensors"), tmp_path / "bad.safetensors", width=4096)
+    with _watch_tensors() as seen, pytest.raises(CheckpointError, match="do not match its config"):
+        load_model(path)
+    assert all(dev == "meta" for dev, n in seen)
+    bad = _tamper(path, tmp_path / "bad2.safetensors", width=8, size=30)
+    with pytest.raises(CheckpointError, match="cannot rebuild SmallAE"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("raw", ["[1, 2, 3]", "\"a string\"", "42", "null", "{not json", ""])
+def test_metadata_that_is_not_a_json_object_is_a_one_line_error(tmp_path, raw):
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.zeros(1)}, path, metadata={"invnb": raw})
+    for fn in (read_meta, load_model):
+        with pytest.raises(CheckpointError) as info:
+            fn(path)
+        msg = str(info.value)
+        assert str(path) in msg and "\n" not in msg and ("not valid JSON" in msg or "not an object" in msg), msg
+
+
+def test_damaged_model_metadata_is_a_clear_error(t, tmp_path):
+    path = t.save(tmp_path / "t.safetensors")
+    for change, pattern in [(dict(config=[1, 2]), "config must be a JSON object"),
+                            (dict(module=7), "module a string"), ({"class": ["x"]}, "not a saved model")]:
+        meta = {**read_meta(path), **change}
+        save_tensors(tmp_path / "d.safetensors", load_file(path), meta)
+        with pytest.raises(CheckpointError, match=pattern):
+            load_model(tmp_path / "d.safetensors")
+
+
+class Toy(Checkpointable, nn.Module):
+    "A model defined outside invnb: registered by being defined."
+    def __init__(self, n: int = 3):
+        super().__init__()
+        self.config = dict(n=n)
+        self.w = nn.Parameter(torch.arange(float(n)))
+
+
+def test_registry_finds_user_classes_and_keeps_same_names_apart(tmp_path):
+    import invnb.flows
+
+    class Flow(Checkpointable, nn.Module):
+        "A user class that shares a name with invnb's Flow; it must not shadow it."
+        def __init__(self):
+            super().__init__()
+            self.config = {}
+    toy = Toy(4)
+    path = toy.save(tmp_path / "toy.safetensors")
+    assert read_meta(path)["module"] == Toy.__module__
+    toy2 = load_model(path)
+    assert type(toy2) is Toy and torch.equal(toy2.w, toy.w)
+    f = randomize_(invnb.flows.Flow(4, 2, 8))
+    f2 = load_model(f.save(tmp_path / "f.safetensors"))
+    assert type(f2) is invnb.flows.Flow and torch.equal(f2.blocks[0].norm.loc, f.blocks[0].norm.loc)
+    assert type(load_model(Flow().save(tmp_path / "mine.safetensors"))) is Flow
+
+
+def test_files_without_a_recorded_module_still_load(t, tmp_path):
+    path = t.save(tmp_path / "t.safetensors")
+    meta = read_meta(path)
+    del meta["module"]
+    save_tensors(tmp_path / "old.safetensors", load_file(path), meta)
+    t2 = InvarianceINN.load(tmp_path / "old.safetensors")
+    zbar, z = torch.randn(3, 8), torch.randn(3, 4, 3, 3)
+    assert torch.equal(t2(zbar, z)[0], t(zbar, z)[0])
+    meta["module"] = "invnb.flows"                       # an invnb class that has moved: found by name in invnb
+    save_tensors(tmp_path / "moved.safetensors", load_file(path), meta)
+    assert torch.equal(load_model(tmp_path / "moved.safetensors")(zbar, z)[0], t(zbar, z)[0])
+    toy = Toy()
+    meta = dict(read_meta(toy.save(tmp_path / "toy.safetensors")))
+    del meta["module"]                                   # an old file names only invnb's own classes
+    save_tensors(tmp_path / "old_toy.safetensors", toy.state_dict(), meta)
+    with pytest.raises(CheckpointError, match="not a model class"):
+        load_model(tmp_path / "old_toy.safetensors")
+
+
+def test_only_invnb_modules_are_imported(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_mod.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nclass Evil: pass\n")
+    (tmp_path / "invnb_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nclass Evil: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("evil_mod", "invnb_evil", "os"):
+        save_tensors(tmp_path / "x.safetensors", {"w": torch.zeros(1)},
+                     dict(format=1, kind="model", version="0", config={}, module=module, **{"class": "Evil"}))
+        with pytest.raises(CheckpointError, match="imports only invnb's own modules"):
+            load_model(tmp_path / "x.safetensors")
+    assert not marker.exists() and "evil_mod" not in sys.modules and "invnb_evil" not in sys.modules
+    save_tensors(tmp_path / "y.safetensors", {"w": torch.zeros(1)},
+                 dict(format=1, kind="model", version="0", config={}, module="invnb.nonexistent", **{"class": "X"}))
+    with pytest.raises(CheckpointError, match="not a model class"):
+        load_model(tmp_path / "y.safetensors")
+
+
+def _fresh_python(code: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                         cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_a_fresh_process_loads_any_invnb_model_without_importing_its_module(tmp_path):
+    from invnb.autoencoder import SmallAE
+    ae = SmallAE(width=8, seed=3)
+    ae_path = ae.save(tmp_path / "ae.safetensors")
+    meta = read_meta(ae_path)
+    del meta["module"]
+    save_tensors(tmp_path / "ae_old.safetensors", load_file(ae_path), meta)
+    out = _fresh_python(f"""
+        import sys
+        import invnb.checkpoint
+        print("flows" if "invnb.flows" in sys.modules else "-", "inn" if "invnb.inn" in sys.modules else "-")
+        from invnb.checkpoint import load_model
+        for name in ("ae.safetensors", "ae_old.safetensors"):
+            m = load_model({str(tmp_path)!r} + "/" + name)
+            print(type(m).__module__, type(m).__name__, float(m.log_gamma), m.config["seed"])
+    """)
+    assert out.split("\n")[:3] == ["- -", "invnb.autoencoder SmallAE 0.0 3", "invnb.autoencoder SmallAE 0.0 3"], out
+
+
+def test_checkpoint_does_not_import_the_models():
+    import invnb.checkpoint
+    src = Path(invnb.checkpoint.__file__).read_text()
+    assert "from .flows" not in src and "from .inn" not in src and "InvertibleModule.save" not in src

@@ -179,3 +179,25 @@ def test_cuda(cuda, dtype):
     torch.testing.assert_close(m.inverse(y, h), x, atol=1e-4 if dtype == torch.float32 else 1e-10, rtol=0)
     m_cpu = m.cpu()
     torch.testing.assert_close(m_cpu(x.cpu(), h.cpu())[0], y.cpu(), atol=1e-4, rtol=1e-4)
+
+
+def test_empty_first_batch_is_refused_and_does_not_poison_the_layer():
+    x = torch.randn(16, 4) * 3 + 1
+    for call in (lambda m, x: m(x), lambda m, x: m.inverse(x), lambda m, x: m.initialize(x)):
+        an = ActNorm(4)
+        with pytest.raises(ValueError, match="empty batch"):
+            call(an, x[:0])
+        assert not an._initialized and not bool(an.initialized)
+        assert torch.isfinite(an(x)[0]).all()                   # the next real batch initialises it as usual
+    f = Flow(4, 3, 16, cond_dim=2)
+    with pytest.raises(ValueError, match="empty batch"):
+        f(x[:0], torch.randn(0, 2))
+    y, logdet = f(x, torch.randn(16, 2))
+    assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
+
+
+def test_layers_are_checkpointable_without_patching():
+    from invnb.checkpoint import Checkpointable
+    from invnb.flows import InvertibleModule
+    assert issubclass(InvertibleModule, Checkpointable) and issubclass(Flow, Checkpointable)
+    assert "save" not in InvertibleModule.__dict__ and "load" not in InvertibleModule.__dict__

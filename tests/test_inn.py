@@ -5,7 +5,10 @@ import pytest
 import torch
 from conftest import randomize_
 
-from invnb.cli import TOY_SIGMA, toy_conditional
+try:
+    from invnb.demo import TOY_SIGMA, toy_conditional
+except ImportError:  # before the toy demo moved out of invnb.cli
+    from invnb.cli import TOY_SIGMA, toy_conditional
 from invnb.inn import Embedder, FactorINN, InvarianceINN
 
 FACTORS = {"digit": 3, "fg": 2, "bg": 2}
@@ -206,3 +209,50 @@ def test_sample_shares_each_condition_exactly(dtype):
     with torch.enable_grad():
         ref = t.inverse(v, z.repeat_interleave(4, 0)).detach()
     torch.testing.assert_close(s.reshape(12, 8), ref, atol=1e-4 if dtype == torch.float32 else 1e-10, rtol=0)
+
+
+def test_empty_batch_does_not_poison_a_fresh_t_or_e():
+    t, e = make_t(), make_e()
+    zbar, z = torch.randn(16, 8), torch.randn(16, 4, 3, 3)
+    with pytest.raises(ValueError, match="empty batch"):
+        t(zbar[:0], z[:0])
+    with pytest.raises(ValueError, match="empty batch"):
+        t.inverse(zbar[:0], z[:0])
+    with pytest.raises(ValueError, match="empty batch"):
+        t.sample(z[:0], 4)
+    with pytest.raises(ValueError, match="empty batch"):
+        t.inverse_grid(zbar[:0], z)
+    with pytest.raises(ValueError, match="empty batch"):
+        e(torch.randn(0, 10))
+    v, logdet = t(zbar, z)
+    codes, ld = e(torch.randn(16, 10))
+    assert all(torch.isfinite(a).all() for a in (v, logdet, codes, ld))
+    assert torch.isfinite(t.sample(z[:2], 3, torch.Generator().manual_seed(0))).all()
+
+
+def test_pair_loss_refuses_a_bool_factor_and_an_empty_batch():
+    e = randomize_(make_e())
+    za, zb = torch.randn(4, 10), torch.randn(4, 10)
+    for bad in (True, False, torch.tensor([True, False, True, True])):
+        with pytest.raises(ValueError, match="not a bool"):
+            e.pair_loss(za, zb, bad)
+    with pytest.raises(ValueError, match="empty batch"):
+        e.pair_loss(za[:0], zb[:0], "digit")
+    with pytest.raises(ValueError, match="empty batch"):
+        e.pair_loss(za[:0], zb[:0], torch.zeros(0, dtype=torch.long))
+    assert torch.isfinite(e.pair_loss(za, zb, 1))
+
+
+def test_inverse_grid_is_an_ordinary_method():
+    assert "inverse_grid" in InvarianceINN.__dict__
+    assert InvarianceINN.inverse_grid.__qualname__ == "InvarianceINN.inverse_grid"
+
+
+def test_constructors_and_main_methods_document_every_parameter():
+    from fastcore.docments import docments
+    for fn in (InvarianceINN.__init__, InvarianceINN.forward, InvarianceINN.inverse, InvarianceINN.nll,
+               InvarianceINN.sample, InvarianceINN.inverse_grid, FactorINN.__init__, FactorINN.pair_loss,
+               FactorINN.factor_index, FactorINN.split, FactorINN.merge):
+        docs = docments(fn)
+        missing = [k for k, v in docs.items() if k not in ("self", "return") and not v]
+        assert not missing, (fn.__qualname__, missing)
