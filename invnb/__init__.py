@@ -6,6 +6,17 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #effb5a30
-# importing the package adds `save`/`load` to every invnb model (see 02_checkpoint)
-from . import checkpoint as _checkpoint
+# %% ../nbs/index.ipynb #0eeacd57
+# the public API at the top level: `from invnb import Study, Probe, ...`
+from .analysis import eq19, eq20, fit_factors, fit_invariances, fit_invariances_over, layer_features
+from .autoencoder import BigAE, SmallAE, train_autoencoder
+from .checkpoint import load_model
+from .inn import FactorINN, InvarianceINN
+from .probe import Adapted, Probe, list_layers, preset
+from .results import Estimate, StudyResults
+from .study import Study
+from .train import encode_dataset, fit
+
+__all__ = ["Adapted", "BigAE", "Estimate", "FactorINN", "InvarianceINN", "Probe", "SmallAE", "Study", "StudyResults",
+           "encode_dataset", "eq19", "eq20", "fit", "fit_factors", "fit_invariances", "fit_invariances_over",
+           "layer_features", "list_layers", "load_model", "preset", "train_autoencoder"]

@@ -99,7 +99,7 @@ def _check_resume(path: Path, meta: dict, tensors: dict, model: nn.Module, steps
         raise CheckpointError(f"{path} has already trained {meta['step']} steps, more than the steps={steps} asked for; "
                               f"ask for steps >= {meta['step']} to go on, or {fix}.")
 
-
+# %% ../nbs/03_train.ipynb #a16704b8
 def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval mode
         step_fn: Callable,  # `step_fn(model, generator, step) -> loss | {group: loss}`
         steps: int,  # total steps of the run, those done before a resume included

@@ -55,3 +55,13 @@ def colormnist_study():
                        steps=1200, batch_size=128, n_blocks=2, hidden=64, device="cpu", progress=False)
     results = {"eq19": {"final": {"features.8": [0.3, 0.01], "softmax": [0.9, 0.01]}}}
     return Study(ae, {"final": clf}, ts, e, results), ds
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    "(run folder, report path, log lines) of one `invnb colormnist --profile smoke` run, shared by the tests that read it."
+    from invnb.colormnist import run_colormnist
+    out = tmp_path_factory.mktemp("colormnist") / "run"
+    lines = []
+    report = run_colormnist(out, "smoke", device="cpu", progress=False, log=lines.append)
+    return out, report, lines

@@ -17,14 +17,6 @@ from invnb.study import Study
 quiet = dict(device="cpu", progress=False, log=lambda s: None)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("colormnist") / "run"
-    lines = []
-    report = run_colormnist(out, "smoke", device="cpu", progress=False, log=lines.append)
-    return out, report, lines
-
-
 def numbers(out):
     return json.loads((out / "metrics.json").read_text())["results"]
 

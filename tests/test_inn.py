@@ -5,10 +5,7 @@ import pytest
 import torch
 from conftest import randomize_
 
-try:
-    from invnb.demo import TOY_SIGMA, toy_conditional
-except ImportError:  # before the toy demo moved out of invnb.cli
-    from invnb.cli import TOY_SIGMA, toy_conditional
+from invnb.demo import TOY_SIGMA, toy_conditional
 from invnb.inn import Embedder, FactorINN, InvarianceINN
 
 FACTORS = {"digit": 3, "fg": 2, "bg": 2}

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from invnb.results import Estimate
 from invnb import plots
 
-EQ19 = {"features.5": (0.41, 0.011), "features.11": (0.56, 0.02), "softmax": {"value": 0.98, "se": 0.001}}
+EQ19 = {"features.5": (0.41, 0.011), "features.11": (0.56, 0.02), "softmax": Estimate(0.98, 0.001)}
 EQ20 = {0: {"digit": (0.45, 0.01), "fg": (0.55, 0.02)}, 600: {"digit": (0.66, 0.03), "fg": (0.76, 0.01)}}
 
 

@@ -68,3 +68,26 @@ def test_errors(study, tmp_path):
         Study.load(tmp_path)
     with pytest.raises(ValueError, match="at least one model"):
         Study(SmallAE(width=8), {})
+
+
+def test_names_cannot_leave_the_folder_and_the_index_cannot_point_outside(study, tmp_path):
+    import json
+    from invnb.checkpoint import CheckpointError
+    hostile = Study(study.ae, {"../../m": study.models["final"]}, {("../../m", "../x"): study.t("features.11")})
+    folder = hostile.save(tmp_path / "a" / "s")
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.safetensors"))
+    assert written == ["a/s/ae.safetensors", "a/s/models/m.safetensors", "a/s/t/m__x.safetensors"]
+    assert list(Study.load(folder).ts) == [("../../m", "../x")]
+    idx = json.loads((folder / "study.json").read_text())
+    idx["ts"][0]["file"] = "../outside.safetensors"
+    (folder / "study.json").write_text(json.dumps(idx))
+    with pytest.raises(CheckpointError, match="outside the study folder"):
+        Study.load(folder)
+    (folder / "study.json").write_text('{"format": 2, "models": [')
+    with pytest.raises(CheckpointError, match="study.json is damaged"):
+        Study.load(folder)
+
+
+def test_repr_says_what_the_study_holds(study):
+    r = repr(study)
+    assert "2 model(s)" in r and "features.11" in r and "'digit'" in r and "results:" in r

@@ -192,3 +192,27 @@ def test_divergence_before_the_first_checkpoint_says_none_was_written(tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite at step 0.*no checkpoint") as e:
         fit(Bad(), lambda model, g, s: model.w.sqrt().sum(), steps=5, ckpt_dir=tmp_path / "b", progress=False, device="cpu")
     assert "last.safetensors" not in str(e.value)
+
+
+def test_validation_keeps_the_best_weights_and_survives_a_resume(tmp_path):
+    "With val_fn the model ends with its best held-out weights; validating does not change the run; resume keeps it."
+    from invnb.train import fit
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Linear(1, 1)
+    x = torch.linspace(-1, 1, 64)[:, None]
+    def step_fn(m, g, step):                     # fits y = 2x ...
+        return ((m(x) - 2 * x) ** 2).mean()
+    def val_fn(m):                               # ... but the held-out target is y = 0: the early weights are best
+        return (m(x) ** 2).mean().item()
+    plain = make(); h0 = fit(plain, step_fn, 40, lr=0.05, device="cpu", progress=False)
+    m = make(); h = fit(m, step_fn, 40, lr=0.05, device="cpu", progress=False, val_fn=val_fn, val_every=10)
+    assert h["model"] == h0["model"]                                        # the same training run
+    assert [s for s, _ in h["val"]] == [10, 20, 30, 40] and h.best_step == 10
+    assert val_fn(m) == pytest.approx(min(v for _, v in h["val"])) and val_fn(m) < val_fn(plain)
+    r = make()
+    fit(r, step_fn, 40, lr=0.05, device="cpu", progress=False, val_fn=val_fn, val_every=10, ckpt_dir=tmp_path,
+        ckpt_every=10, stop_after=25)
+    hr = fit(r, step_fn, 40, lr=0.05, device="cpu", progress=False, val_fn=val_fn, val_every=10, ckpt_dir=tmp_path,
+             ckpt_every=10, resume=True)
+    assert hr.best_step == 10 and hr["val"] == h["val"] and torch.equal(r.weight, m.weight)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from invnb.study import Study
 from invnb.widgets import CurveExplorer, FactorEditor, LayerExplorer, png
 
 
@@ -101,3 +102,12 @@ def test_curve_explorer_follows_the_selection(parts):
 def test_png_is_a_png():
     data = png([[torch.zeros(3, 4, 4)]], scale=2)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_names_are_escaped_in_widget_html(parts):
+    study, _, x, _ = parts
+    evil = "<img src=x onerror=alert(1)>"
+    hostile = Study(study.ae, {evil: study.models[study.default_model]},
+                    {(evil, l): study.t(l) for l in study.layers()})
+    lx = LayerExplorer(hostile, x)
+    assert lx.error is None and "<img src=x" not in lx.status.value and "&lt;img" in lx.status.value
