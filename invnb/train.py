@@ -64,9 +64,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class History(dict):
-    "Losses per step ({name: [float, ...]}), plus `steps_done` and `seconds`."
+    "Losses per step ({name: [float, ...]}; 'val': [[step, held-out loss], ...]), plus `steps_done`, `seconds` and, with validation, `best_step` and `best_val`."
     steps_done: int = 0
     seconds: float = 0.0
+    best_step: int | None = None
+    best_val: float | None = None
 
 
 def _rng_tensors(g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -116,12 +118,19 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
         progress: bool = True,  # show a progress bar
         desc: str = "train",  # the progress bar's label, also the prefix of `TrainingDiverged` messages
         stop_after: int | None = None,  # end this call after that many of its steps (tests of interruption)
-       ) -> History:  # losses per step of the whole run, `steps_done`, `seconds`
+        val_fn: Callable | None = None,  # `val_fn(model) -> float`, a held-out loss (lower is better), run in eval mode
+        val_every: int = 100,  # steps between validations (one is also run at the end)
+       ) -> History:  # losses per step, `val` [(step, held-out loss)], `steps_done`, `seconds`, `best_step`
     """Train `model` for `steps` steps of `step_fn`; checkpoint, resume, stop on NaN.
 
     A resumed checkpoint must match the model's class, config and tensor shapes and have done at most `steps`
     steps (else `CheckpointError`). A different `lr` on resume is applied on purpose: it replaces the stored lr
-    in every parameter group, with a warning; the optimizer's moment estimates are kept."""
+    in every parameter group, with a warning; the optimizer's moment estimates are kept.
+
+    With `val_fn`, the model is validated every `val_every` steps and at the end, and ends with the weights of its
+    best validation (kept in the training state too, so a resumed run keeps it); `hist['val']` lists
+    [step, loss] pairs and `hist.best_step` says which step's weights the model holds. `val_fn` must draw its
+    own randomness (a fixed generator), so that validating does not change the training run."""
     if steps < 0: raise ValueError(f"steps must be >= 0; got {steps}.")
     dev = pick_device(device)
     model.to(dev)
@@ -132,6 +141,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     g = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)
     hist, start, saved = History(), 0, None   # saved: the step of this run's checkpoint on disk
+    best = None                               # (loss, step, state dict) of the best validation so far
     path = Path(ckpt_dir) / "last.safetensors" if ckpt_dir is not None else None
 
     if resume and path is not None and path.exists():
@@ -158,6 +168,9 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
                           f"applies to every parameter group from step {meta['step']} on (optimizer moments are kept).",
                           stacklevel=2)
         g.set_state(tensors["rng/loop"]); torch.set_rng_state(tensors["rng/torch"])
+        if "best" in meta:
+            best = (meta["best"]["loss"], meta["best"]["step"],
+                    {k[5:]: v for k, v in tensors.items() if k.startswith("best/")})
         start = saved = meta["step"]
         hist.update(meta["history"]); hist.seconds = meta["seconds"]
     hist.steps_done = start
@@ -170,8 +183,12 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
             t, m = optimizer_to_tensors(opt, prefix=f"optim/{k}")
             tensors.update(t); optim_meta[k] = m
         tensors.update(_rng_tensors(g))
+        extra = {}
+        if best is not None:
+            tensors.update({f"best/{k}": v for k, v in best[2].items()})
+            extra["best"] = {"loss": best[0], "step": best[1]}
         save_tensors(path, tensors, dict(kind="train_state", step=step, groups=sorted(opts), optim=optim_meta,
-                                         history=dict(hist), seconds=hist.seconds,
+                                         history=dict(hist), seconds=hist.seconds, **extra,
                                          model_class=type(model).__name__, model_config=getattr(model, "config", None)))
         return step
 
@@ -180,6 +197,16 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
         if path is None: return "no checkpoint is kept (no ckpt_dir was given)"
         if saved is None: return "no checkpoint was written yet, so there is nothing to resume from"
         return f"last good checkpoint: {path} (step {saved}, not overwritten)"
+
+    def validate(step):
+        "Run `val_fn` and keep the model's weights when they are the best so far."
+        nonlocal best
+        model.eval()
+        with torch.no_grad(): loss = float(val_fn(model))
+        model.train()
+        hist.setdefault("val", []).append([step, loss])
+        if math.isfinite(loss) and (best is None or loss < best[0]):
+            best = (loss, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
     end = steps if stop_after is None else min(steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=steps, desc=desc, disable=not progress, leave=False)
@@ -210,12 +237,17 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
             opt.zero_grad(set_to_none=True)
         for k, loss in losses.items(): hist.setdefault(k, []).append(loss.item())
         hist.steps_done = step + 1
-        if progress: bar.set_postfix({k: f"{v[-1]:.4g}" for k, v in hist.items()})
+        if val_fn is not None and val_every and (step + 1) % val_every == 0 and step + 1 < steps: validate(step + 1)
+        if progress: bar.set_postfix({k: f"{v[-1]:.4g}" if k != "val" else f"{v[-1][1]:.4g}" for k, v in hist.items()})
         if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < end:
             hist.seconds += time.perf_counter() - t0; t0 = time.perf_counter()
             saved = save(step + 1)
     hist.seconds += time.perf_counter() - t0
+    if val_fn is not None and end == steps and end > start: validate(end)
     if end > start or not (path and path.exists()): save(end)
+    if val_fn is not None and end == steps and best is not None:
+        model.load_state_dict(best[2])
+        hist.best_step, hist.best_val = best[1], best[0]
     model.eval()
     return hist
 
