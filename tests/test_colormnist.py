@@ -33,7 +33,7 @@ def test_smoke_run_writes_a_well_formed_report_and_metrics(smoke_run):
     assert m["run"]["environment"]["torch"] == torch.__version__ and m["run"]["environment"]["device"] == "cpu"
     page = report.read_text()
     assert page.count("<script type='text/javascript'>") == 1          # plotly.js embedded once
-    assert page.count('class="plotly-graph-div"') == 3                   # the three interactive curves
+    assert page.count('class="plotly-graph-div"') == 5                   # Eq. 19; share and Eq. 20 over steps and layers
     outside_js = re.sub(r"<script type='text/javascript'>.*?</script>", "", page, count=1, flags=re.S)
     assert not re.search(r"<(script|img|link|iframe)[^>]*(src|href)=['\"]?https?://", outside_js)  # nothing fetched
     assert outside_js.count("data:image/png;base64,") == len(m["figures"]) == len(prof.layers) + prof.n_checkpoints - 1
@@ -70,6 +70,8 @@ def test_validate_metrics_finds_problems(smoke_run):
     assert any("image_variance" in p for p in validate_metrics(m))
     m = copy(); m["results"]["diagnostics"]["autoencoder"]["mse"] = -0.5
     assert validate_metrics(m) == ["autoencoder mse -0.5 is not >= 0"]
+    m = copy(); del m["results"]["share"]["step000000"]
+    assert any("share[step000000][features.11]" in p for p in validate_metrics(m))
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(smoke_run, tmp_path):
@@ -215,8 +217,11 @@ def test_curve_explorer_reads_a_run(smoke_run):
     r = numbers(smoke_run[0])
     ce = CurveExplorer(study)
     ce.view_pick.value = CurveExplorer.VIEWS[1]
-    assert ce.checkpoint_layer == "features.12" and list(ce.data) == [0, 15, 30]
-    assert ce.data[30]["bg"].value == r["eq20"]["step000030"]["features.12"]["bg"]["value"]
+    assert ce.checkpoint_layer == "features.11" and list(ce.data) == [0, 15, 30]
+    assert ce.kind_pick.value == "identifiable share"
+    assert ce.data[30]["bg"].value == r["share"]["step000030"]["features.11"]["bg"]["value"]
+    ce.kind_pick.value = "Eq. 20 (paper)"
+    assert ce.data[30]["bg"].value == r["eq20"]["step000030"]["features.11"]["bg"]["value"]
     assert ce.figure.data[-1].name == "accuracy" and list(ce.figure.data[-1].y) == [r["accuracy"][c] for c in study.models]
     ce.view_pick.value = CurveExplorer.VIEWS[2]
     assert list(ce.data) == list(PROFILES["smoke"].layers) and ce.error is None
