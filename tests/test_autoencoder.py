@@ -1,11 +1,11 @@
-"Autoencoders: shapes, the per-pixel loss against hand computations, γ's optimum, save/load, the 128 px model."
+"Autoencoders: shapes, the per-pixel loss against hand computations, γ in closed form and learned, save/load, the 128 px model."
 import math
 
 import pytest
 import torch
 
-from invnb.autoencoder import (AELoss, BigAE, PatchDiscriminator, SmallAE, kl_standard_normal, pixel_nll,
-                               reconstruction_metrics, train_autoencoder)
+from invnb.autoencoder import (AELoss, BigAE, PatchDiscriminator, SmallAE, kl_standard_normal, optimal_log_gamma,
+                               pixel_nll, reconstruction_metrics, train_autoencoder)
 
 
 @pytest.mark.parametrize("size", [28, 32, 64])
@@ -33,7 +33,7 @@ def test_loss_is_the_per_pixel_form_by_hand():
     ae = SmallAE(width=8)
     with torch.no_grad(): ae.log_gamma.fill_(-1.3)
     x = torch.rand(2, 3, 28, 28) * 2 - 1
-    out = AELoss("l2")(ae, x, generator=torch.Generator().manual_seed(4))
+    out = AELoss("l2", gamma="learned")(ae, x, generator=torch.Generator().manual_seed(4))
     xr, mean, logvar = ae(x, torch.Generator().manual_seed(4))
     gamma, n = math.exp(-1.3), 3 * 28 * 28
     by_hand = []
@@ -109,3 +109,84 @@ def test_sample_gaussian_is_the_one_reparameterisation():
     mean.requires_grad_(True)
     sample_gaussian(mean, logvar, g()).sum().backward()
     assert torch.equal(mean.grad, torch.ones_like(mean))        # reparameterised: differentiable in the mean
+
+
+def _flat_colours(n=64, seed=0):
+    "Flat-colour images in [-1, 1]: an easy target a small AE reaches in a few dozen steps."
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 1, 1, generator=g).mul(2).sub(1).expand(-1, -1, 28, 28).contiguous()
+
+
+def test_optimal_gamma_is_the_batch_mean_distance_and_the_minimum():
+    ae = SmallAE(width=8).train()
+    x = torch.rand(4, 3, 28, 28) * 2 - 1
+    out = AELoss("l2")(ae, x, generator=torch.Generator().manual_seed(1))
+    xr = ae(x, torch.Generator().manual_seed(1))[0]
+    d = (x - xr).pow(2)
+    n = d[0].numel()
+    torch.testing.assert_close(out["gamma"], d.mean().detach())                 # γ* = batch MSE ([-1, 1] scale)
+    torch.testing.assert_close(out["rec"], n * (1 + d.mean().log()).detach())   # = N log MSE + N
+    for other in (0.5, 0.9, 1.1, 2.0):                                        # and it is the minimum over γ
+        assert pixel_nll(d, (d.mean() * other).log()).mean() > out["rec"]
+    torch.testing.assert_close(ae.log_gamma.detach(), d.mean().log().detach())  # step 0: the batch value
+    assert AELoss("l2").gamma == "optimal"                                   # the default
+    with pytest.raises(ValueError, match="gamma must be"): AELoss("l2", gamma="fixed")
+
+
+def test_optimal_gamma_gives_the_gradient_of_the_learned_loss_at_its_optimum():
+    "The σ-VAE form is A.1's loss minimised over γ: its E/D gradient is A.1's gradient with γ = γ*."
+    ae = SmallAE(width=8)
+    x = torch.rand(4, 3, 28, 28) * 2 - 1
+    g = lambda: torch.Generator().manual_seed(2)
+    grads = {}
+    for mode in ("optimal", "learned"):
+        ae.zero_grad()
+        if mode == "learned":
+            with torch.no_grad(): ae.log_gamma.copy_(optimal_log_gamma((x - ae(x, g())[0]).pow(2)))
+        AELoss("l2", gamma=mode)(ae.eval(), x, generator=g())["ae"].backward()
+        grads[mode] = [p.grad.clone() for p in ae.decoder.parameters()] + [p.grad.clone() for p in ae.encoder.parameters()]
+    assert ae.log_gamma.grad is not None and abs(ae.log_gamma.grad.item()) < 1e-2   # learned: at its optimum
+    for a, b in zip(grads["optimal"], grads["learned"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_closed_form_gamma_matches_the_achieved_mse_after_training():
+    imgs = _flat_colours()
+    ae = SmallAE(width=8)
+    h = train_autoencoder(ae, imgs, steps=60, batch_size=64, lr=3e-3, progress=False, device="cpu")
+    assert ae.log_gamma.grad is None                                          # not trained: written by the loss
+    m = reconstruction_metrics(ae, imgs)
+    assert set(m) == {"mse", "psnr", "mse_sampled", "gamma"}
+    assert m["gamma"] == pytest.approx(ae.log_gamma.exp().item() / 4)        # reported on the [0, 1] scale
+    assert m["gamma"] == pytest.approx(m["mse_sampled"], rel=0.25)            # γ tracks the error the loss sees
+    assert m["mse"] <= m["mse_sampled"]
+    assert m["gamma"] < ((imgs + 1) / 2).var().item() and h["model"][-1] < h["model"][0]   # below a constant guess
+
+
+def test_eval_mode_does_not_move_log_gamma():
+    ae = SmallAE(width=8).eval()
+    with torch.no_grad(): ae.log_gamma.fill_(-2.0)
+    AELoss("l2")(ae, torch.rand(2, 3, 28, 28) * 2 - 1, step=0)
+    assert ae.log_gamma.item() == -2.0
+
+
+def test_learned_gamma_path_still_trains():
+    imgs = _flat_colours()
+    ae = SmallAE(width=8)
+    h = train_autoencoder(ae, imgs, steps=40, batch_size=32, lr=1e-2, loss=AELoss("l2", gamma="learned"),
+                          progress=False, device="cpu")
+    assert ae.log_gamma.grad is None and ae.log_gamma.item() < -0.2            # moved down by gradient steps
+    assert all(math.isfinite(v) for v in h["model"]) and h["model"][-1] < h["model"][0]
+    assert reconstruction_metrics(ae, imgs)["gamma"] == pytest.approx(ae.log_gamma.exp().item() / 4)
+
+
+def test_running_gamma_resumes_exactly(tmp_path):
+    imgs = _flat_colours(32)
+    kw = dict(batch_size=16, lr=3e-3, progress=False, device="cpu", ckpt_dir=tmp_path / "a", ckpt_every=0)
+    a = SmallAE(width=8)
+    train_autoencoder(a, imgs, steps=12, **kw)
+    b = SmallAE(width=8)
+    train_autoencoder(b, imgs, steps=12, stop_after=5, **{**kw, "ckpt_dir": tmp_path / "b"})
+    b = SmallAE(width=8)
+    train_autoencoder(b, imgs, steps=12, resume=True, **{**kw, "ckpt_dir": tmp_path / "b"})
+    assert a.log_gamma.item() == b.log_gamma.item() != 0.0
