@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #0eeacd57
+# %% ../nbs/index.ipynb #d7aa1c21
 # the public API at the top level: `from invnb import Study, Probe, ...`
 from .analysis import eq19, eq20, fit_factors, fit_invariances, fit_invariances_over, layer_features
 from .autoencoder import BigAE, SmallAE, train_autoencoder
