@@ -10,7 +10,6 @@ from invnb.factors import (FactorReport, FactorSizes, check_factor_sizes, estima
 from invnb.inn import FactorINN
 from invnb.train import fit
 
-torch.set_num_threads(1)
 CUBE = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)], dtype=torch.float64) * 2 - 1
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from invnb.colormnist import run_colormnist
 from invnb.report import check_run
@@ -17,8 +18,11 @@ RUN = "import sys; from invnb.cli import main; sys.exit(main())"
 
 def kill_during(stage: int, out, delay: float) -> bool:
     "Start a smoke run in a subprocess, SIGKILL it `delay` s after stage `stage` starts; True if it was still running."
+    # CPU sums are bit-identical only at the same thread count: the killed run uses this process's
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     p = subprocess.Popen([sys.executable, "-u", "-c", RUN, "colormnist", "--profile", "smoke", "--device", "cpu",
-                          "--no-progress", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          "--no-progress", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=env)
     try:
         for line in p.stdout:
             if line.startswith(f"[stage {stage}/7]"): break
