@@ -23,10 +23,10 @@ from .results import Estimate
 from .train import History, fit, pick_device
 
 # %% auto #0
-__all__ = ['OnTheFly', 'layer_features', 'fit_invariances', 'fit_invariances_over', 'fit_factors', 'explained_by_invariances',
-           'explained_by_representation', 'eq19', 'representation_grid', 'eq20', 'identifiable_share', 'accuracy',
-           'sample_images', 'pixel_mean_var', 'nll_of', 'sample_fidelity', 'probe_accuracy', 'fgsm',
-           'attack_through_layers', 'mix_factors', 'swap_factor', 'factor_sensitivity']
+__all__ = ['OnTheFly', 'layer_features', 'fit_invariances', 'warm_start', 'fit_invariances_over', 'fit_factors',
+           'explained_by_invariances', 'explained_by_representation', 'eq19', 'representation_grid', 'eq20',
+           'identifiable_share', 'accuracy', 'sample_images', 'pixel_mean_var', 'nll_of', 'sample_fidelity',
+           'probe_accuracy', 'fgsm', 'attack_through_layers', 'mix_factors', 'swap_factor', 'factor_sensitivity']
 
 # %% ../nbs/07_analysis.ipynb #18afeb73
 class OnTheFly:
@@ -61,7 +61,7 @@ def layer_features(probe: Probe, images: torch.Tensor, batch_size: int = 256, bu
 
 # %% ../nbs/07_analysis.ipynb #c37dd9a8
 _FIT_KEYS = {"ckpt_dir", "ckpt_every", "resume", "clip", "device", "seed", "progress", "desc", "stop_after", "optimizer",
-             "val_fn", "val_every"}
+             "val_fn", "val_every", "schedule"}
 
 
 def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
@@ -96,6 +96,29 @@ def fit_invariances(codes: dict, features, t: InvarianceINN | None = None, steps
     return t, hist
 
 
+@torch.no_grad()
+def warm_start(t: InvarianceINN,           # the conditional t to start (changed in place)
+               base: InvarianceINN,        # a t of the same flow size trained on one constant condition: p(z̄)
+               condition: torch.Tensor | None = None,  # that constant condition, (1, *base.cond_shape); default zeros
+               cond_scale: float = 0.1,    # t's own conditioning weights are scaled by this (0: t starts exactly at base)
+              ) -> InvarianceINN:
+    """Start t(z̄|z) at the unconditional flow `base`: t's coupling and ActNorm weights become base's, base's constant
+    conditioning is folded into the coupling biases, and t's own conditioning weights are scaled by `cond_scale`.
+    t then begins as p(z̄) and its training spends its steps on what z adds."""
+    size = lambda f: {k: v for k, v in f.config.items() if k != "seed"}   # base's permutations are copied too
+    if size(t.flow) != size(base.flow):
+        raise ValueError(f"t and base need the same flow; got {size(t.flow)} and {size(base.flow)}.")
+    h0 = base.embed(condition if condition is not None else torch.zeros(1, *base.cond_shape))[0]
+    sd, own = dict(base.flow.state_dict()), t.flow.state_dict()
+    for name, w in list(sd.items()):
+        if name.endswith(".w_cond"):
+            stem = name[:-len("w_cond")]
+            sd[stem + "b_in"] = sd[stem + "b_in"] + (w @ h0)[:, None]
+            sd[name] = own[name] * cond_scale
+    t.flow.load_state_dict(sd)
+    return t
+
+
 def _key_name(key) -> str:
     "A file-system-safe folder name for a key of `fit_invariances_over` (a str or a tuple of str)."
     parts = key if isinstance(key, tuple) else (key,)
@@ -127,8 +150,15 @@ def fit_invariances_over(probes: dict, images: torch.Tensor, codes: dict, budget
 
 
 def fit_factors(codes: dict, pairs: FactorPairs, factors: dict[str, int] | None = None, e: FactorINN | None = None,
-                steps: int = 2000, batch_size: int = 128, lr: float = 1e-3, **kwargs) -> tuple[FactorINN, History]:
-    "Train e on pairs from `pairs` (names must match e's factors, in order); z̄ drawn from cached `codes`."
+                steps: int = 2000, batch_size: int = 128, lr: float = 1e-3, guide: float = 0.0,
+                **kwargs) -> tuple[FactorINN, History]:
+    """Train e on pairs from `pairs` (names must match e's factors, in order); z̄ drawn from cached `codes`.
+
+    `guide` > 0 adds `invnb.factors.guided_pair_loss`: each slice is pulled towards its factor's canonical variates
+    on the training pairs (`pair_targets`, closed form), with a weight annealed linearly from `guide` to 0 at the
+    last step, so the pair loss of Eq. 12 alone decides the end. `kwargs` go to `FactorINN` (when `e` is None) and
+    to `invnb.train.fit` (e.g. `schedule='cosine'`, `val_fn=invnb.factors.pair_val_fn(...)`)."""
+    from .factors import guided_pair_loss, pair_targets
     fit_kw, inn_kw = _split_kwargs(kwargs)
     if e is None:
         if factors is None: raise ValueError("give `factors` (name -> size) or a FactorINN `e`.")
@@ -136,10 +166,14 @@ def fit_factors(codes: dict, pairs: FactorPairs, factors: dict[str, int] | None 
     if list(e.factors) != pairs.names:
         raise ValueError(f"e's factors {list(e.factors)} and the pairs' factors {pairs.names} must be the same, in order.")
 
+    if guide < 0: raise ValueError(f"guide must be >= 0; got {guide}.")
+    targets = pair_targets(codes, pairs.labels, e.factors) if guide > 0 else None
+
     def step_fn(model, g, step):
         a, b, f = pairs.sample(batch_size, g)
         dev = next(model.parameters()).device
-        return model.pair_loss(_draw_zbar(codes, a, g).to(dev), _draw_zbar(codes, b, g).to(dev), f.to(dev))
+        za, zb = _draw_zbar(codes, a, g).to(dev), _draw_zbar(codes, b, g).to(dev)
+        return guided_pair_loss(model, za, zb, f.to(dev), targets, guide * (1 - step / max(1, steps)))
 
     fit_kw.setdefault("desc", "e")
     hist = fit(e, step_fn, steps, lr, **fit_kw)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import platform
 import shutil
 import time
@@ -22,6 +23,7 @@ from .autoencoder import SmallAE, train_autoencoder
 from .checkpoint import CheckpointError, load_model, write_json_atomic
 from .classifier import ColorMNISTClassifier, train_classifier
 from .data import ColorMNIST, FactorPairs, load_mnist
+from .factors import estimate_factor_sizes, factor_report, pair_val_fn
 from .inn import FactorINN, InvarianceINN
 from .runs import RunError, artifacts, prepare_run, run_lock
 from .study import Study
@@ -55,12 +57,15 @@ class Profile:
     ae_lr: float = 1e-3
     clf_lr: float = 1e-4                     # Adam; SqueezeNet diverges at 1e-3 on this data
     e_lr: float = 1e-3
+    e_guide: float = 300.0                   # weight of the closed-form guide of e (annealed to 0; 07b_factors)
+    e_val_every: int = 100                   # steps between held-out pair-loss checks of e (the best is kept)
     t_lr: float = 1e-3
     ckpt_every: int = 200                    # training-state checkpoints (for resuming), in steps
     t_val_every: int = 50                    # steps between held-out NLL checks of t (the best is kept)
     n_probe: int = 1000                      # training images for the linear probes (INN-free witness)
     n_check: int = 500                       # training images for t's training NLL (its held-out NLL uses all val)
     n_fidelity: int = 100                    # validation images for the sample fidelity of each t
+    fidelity_draws: int = 8                  # draws of v per image for the sample fidelity
     n_eval: int = 100                        # Eq. 19/20: n_outer = n_inner = n_eval
     n_grid: int = 6                          # sample grids: rows (inputs)
     n_draws: int = 8                         # sample grids: columns (draws of v, the same for every grid)
@@ -78,8 +83,9 @@ PROFILES = {
                      t_val_every=10, n_probe=300, n_check=100, n_fidelity=20,
                      est_seconds=dict(data=1, autoencoder=3, classifier=6, factors=1, invariances=6, analysis=4, report=3)),
     "quick": Profile("quick", None, None, ae_steps=6000, ae_width=32, clf_steps=1200, n_checkpoints=9,
-                     e_steps=1200, e_size=dict(n_blocks=6, hidden=192, depth=2),
-                     t_steps=450, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64), layers=_LAYERS,
+                     e_steps=800, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
+                     t_steps=150, t_val_every=25, n_probe=500, fidelity_draws=4, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
+                     layers=tuple(l for l in _LAYERS if l != "features.12"),
                      ae_batch_size=32, ae_lr=3e-3, disk_mb=300,
                      est_seconds=dict(data=1, autoencoder=65, classifier=125, factors=43, invariances=290, analysis=60,
                                       report=8)),
@@ -90,7 +96,7 @@ PROFILES = {
                      est_seconds=dict(data=30, autoencoder=1200, classifier=3000, factors=3000, invariances=80000,
                                       analysis=600, report=30)),
 }
-FACTORS = {"digit": 22, "fg": 11, "bg": 11}  # dims of z̄ (64) given to each factor; the residual gets the rest
+FACTORS = ("digit", "fg", "bg")  # e's named factors, in order; their sizes come from the data, the residual gets the rest
 STAGES = ("data", "autoencoder", "classifier", "factors", "invariances", "analysis", "report")
 
 
@@ -186,15 +192,31 @@ def classifier_stage(run: RunSpec, data: ColorMNISTData) -> dict[str, tuple[int,
     return {f"step{r['step']:06d}": (r["step"], load_model(folder / r["file"]).eval()) for r in recs}
 
 
-def factors_stage(run: RunSpec, data: ColorMNISTData, codes: dict) -> FactorINN:
-    "Stage 4: e with the factors of `FACTORS` (+ a residual), from pairs of training images that share one."
+def factors_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict) -> FactorINN:
+    """Stage 4: e with the factors of `FACTORS` (+ a residual). Slice sizes from the canonical correlations of
+    training pairs (saved as study/factor_sizes.json); trained on training pairs with the closed-form guide and a
+    cosine learning rate; kept at its best pair loss on held-out pairs from the first half of the validation images."""
     path, p = run.study_dir / "e.safetensors", run.prof
     e = _loads(path, FactorINN)
     if e is None:
-        e, _ = analysis.fit_factors(codes, FactorPairs(data.train.labels, list(FACTORS)), FACTORS, steps=p.e_steps,
-                                    batch_size=p.batch_size, lr=p.e_lr, **p.e_size, **run.fit_kwargs("e"))
+        names = list(FACTORS)
+        est = estimate_factor_sizes(codes, data.train.labels, names, seed=run.seed)
+        run.study_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run.study_dir / "factor_sizes.json", asdict(est))
+        half = _val_halves(data, codes_val)[0]
+        val_fn = pair_val_fn(half[0], half[1], names, seed=run.seed)
+        e, _ = analysis.fit_factors(codes, FactorPairs(data.train.labels, names), est.sizes, steps=p.e_steps,
+                                    batch_size=p.batch_size, lr=p.e_lr, guide=p.e_guide, schedule="cosine",
+                                    val_fn=val_fn, val_every=p.e_val_every, **p.e_size, **run.fit_kwargs("e"))
         e.save(path); run.drop_state("e")
     return e.eval().cpu()
+
+
+def _val_halves(data: ColorMNISTData, codes_val: dict) -> list[tuple[dict, dict]]:
+    "(codes, labels) of the two halves of the validation images: the first chooses e's weights, the second reports."
+    h = len(data.xv) // 2
+    cut = lambda d, s: {k: v[s] for k, v in d.items()}
+    return [(cut(codes_val, s), cut(data.val.labels, s)) for s in (slice(0, h), slice(h, None))]
 
 
 def invariance_jobs(prof: Profile, checkpoints: list[str]) -> list[tuple[str, str]]:
@@ -205,23 +227,31 @@ def invariance_jobs(prof: Profile, checkpoints: list[str]) -> list[tuple[str, st
     return jobs
 
 
-def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_feats, desc: str) -> InvarianceINN:
-    "One t (or the unconditional baseline), kept at its best held-out NLL; saved as study/t/<name> when trained."
+def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_feats, desc: str,
+           base: InvarianceINN | None = None) -> InvarianceINN:
+    """One t (or, without `base`, the unconditional baseline), started at `base` (`analysis.warm_start`), kept at its
+    best held-out NLL; saved as study/t/<name> with a record of the kept step."""
     p, path = run.prof, run.study_dir / "t" / f"{name}.safetensors"
     t = _loads(path, InvarianceINN)
     if t is None:
         val_fn = lambda m: analysis.nll_of(m, codes_val, val_feats, seed=run.seed)
-        t, _ = analysis.fit_invariances(codes, feats, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr, **p.t_size,
-                                        **{**run.fit_kwargs(f"t/{name}"), "desc": desc}, val_fn=val_fn,
-                                        val_every=p.t_val_every)
+        t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=run.seed, **p.t_size)
+        if base is not None: analysis.warm_start(t, base)
+        t, hist = analysis.fit_invariances(codes, feats, t=t, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr,
+                                           **{**run.fit_kwargs(f"t/{name}"), "desc": desc}, val_fn=val_fn,
+                                           val_every=p.t_val_every)
+        write_json_atomic(path.with_suffix(".training.json"),   # which step's weights t kept, and why
+                          {"best_step": hist.best_step, "best_val_nll": hist.best_val, "steps": p.t_steps,
+                           "val_nll": hist["val"]})
         t.save(path); run.drop_state(f"t/{name}")
     return t.eval().cpu()
 
 
 def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict, models: dict[str, nn.Module],
                       jobs: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], InvarianceINN], InvarianceINN]:
-    """Stage 5: one t per (model, layer) job, each kept at its best held-out NLL and saved as soon as it is trained;
-    and a baseline t of the same size with a constant condition (it models p(z̄) alone), for the information z adds."""
+    """Stage 5: first a t of the same size with a constant condition (it models p(z̄) alone: the baseline of the
+    information z adds); then one t per (model, layer) job, started at that baseline (`analysis.warm_start`), kept
+    at its best held-out NLL and saved as soon as it is trained."""
     ones = lambda n: torch.zeros(n, 1)
     base = _fit_t(run, "unconditional", codes, ones(len(data.xt)), codes_val, ones(len(data.xv)), "t unconditional")
     ts = {}
@@ -232,7 +262,8 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
             probe = models[model].probe(layer)
             feats = analysis.layer_features(probe, data.xt, device=run.device)
             val_feats = analysis.layer_features(probe, data.xv, device=run.device)
-        ts[(model, layer)] = _fit_t(run, f"{model}__{layer}", codes, feats, codes_val, val_feats, f"t {model} {layer}")
+        ts[(model, layer)] = _fit_t(run, f"{model}__{layer}", codes, feats, codes_val, val_feats, f"t {model} {layer}",
+                                    base)
     return ts, base
 
 # %% ../nbs/12_colormnist.ipynb #399a4bac
@@ -254,6 +285,13 @@ def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[
     names = list(study.models)
     final, xv, xt = names[-1], data.xv, data.xt
     study.compute_reconstruction(xv, data.val.labels["digit"], final)
+    h = len(xv) // 2                                      # e's table on the half of the images that did not choose e
+    study.compute_factor_report(xv[h:], {k: v[h:] for k, v in data.val.labels.items()}, seed=s)
+    training = {}
+    for f in sorted((run.study_dir / "t").glob("*.training.json")):
+        rec = json.loads(f.read_text())
+        training[f.name[:-len(".training.json")]] = {k: rec[k] for k in ("best_step", "best_val_nll", "steps")}
+    study.results.diagnostics["t_training"] = training
     study.compute_accuracy(xv, data.val.labels["digit"])
     study.compute_eq19(xv, final, p.layers, n_outer=p.n_eval, n_inner=p.n_eval, seed=s + 1)
     layers20 = list(dict.fromkeys([*p.layers, p.checkpoint_layer]))
@@ -270,7 +308,8 @@ def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[
     for m in names:
         layers = [l for mm, l in jobs if mm == m]
         study.compute_probes(xt[:p.n_probe], tl, xv, vl, m, layers)
-        study.compute_t_checks(xt[:p.n_check], xv, m, layers, n_fidelity=p.n_fidelity, seed=s, baseline_nll=base_nll)
+        study.compute_t_checks(xt[:p.n_check], xv, m, layers, n_fidelity=p.n_fidelity, n_samples=p.fidelity_draws,
+                               seed=s, baseline_nll=base_nll)
     # the same inputs and the same draws of v for every layer and checkpoint (the layout of Fig. S7)
     v = torch.randn(p.n_draws, study.ae.zdim, generator=torch.Generator().manual_seed(s + 4))
     x = xv[:p.n_grid]
@@ -359,7 +398,7 @@ def run_colormnist(out="runs/colormnist", # run folder
             stages("data", lambda: data, seconds=time.perf_counter() - t0)
             ae, codes, codes_val = stages("autoencoder", autoencoder_stage, run, data)
             checkpoints = stages("classifier", classifier_stage, run, data)
-            e = stages("factors", factors_stage, run, data, codes)
+            e = stages("factors", factors_stage, run, data, codes, codes_val)
             models = {n: m for n, (_, m) in checkpoints.items()}
             jobs = invariance_jobs(profile, list(models))
             ts, baseline = stages("invariances", invariances_stage, run, data, codes, codes_val, models, jobs)

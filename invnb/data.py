@@ -166,6 +166,7 @@ class FactorPairs:
             got = ", ".join(f"{f!r}: {s[0] if len(s) == 1 else s}" for f, s in sizes.items())
             raise ValueError(f"labels must be (N,) tensors of the same length, one label per example; got {got}.")
         self.names = factors
+        self.labels = {f: torch.as_tensor(labels[f]).long() for f in factors}   # name -> (N,) labels
         self._tables = []
         for f in factors:
             v = torch.as_tensor(labels[f]).long()

@@ -18,8 +18,9 @@ from .results import FACTOR_KINDS, StudyResults
 from .runs import damaged_artifacts
 
 # %% auto #0
-__all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'checks', 'run_metrics',
-           'validate_metrics', 'check_run', 'summary_png', 'write_report']
+__all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'FACTOR_OWN_MIN', 'FACTOR_OFF_MAX',
+           'CLASS_SHARE_MIN', 'checks', 'fig4_claim', 'run_metrics', 'validate_metrics', 'check_run', 'summary_png',
+           'write_report']
 
 # %% ../nbs/13_report.ipynb #5321cd05
 FORMAT = 2
@@ -27,6 +28,9 @@ PSNR_MIN = 24.0           # dB: the autoencoder reconstructs well enough to read
 RECON_ACC_DROP_MAX = 0.03  # f's accuracy on D(E(x)) at most 3 points below its accuracy on x
 NLL_GAP_MAX = 2.0         # nats: held-out minus training NLL of t; larger means t memorised training images
 AGREEMENT_MIN = 0.8       # f predicts on decoded samples at the softmax what it predicts on D(E(x))
+FACTOR_OWN_MIN = 0.7      # e: held-out pairs sharing a factor correlate at least this much in its slice (ρ = 0.9)
+FACTOR_OFF_MAX = 0.1      # e: ... and at most this much in any other slice
+CLASS_SHARE_MIN = 0.5     # e: the factor's label means explain at least half of its slice's variance
 
 
 def checks(m: dict) -> list[tuple[str, str, bool]]:
@@ -38,6 +42,16 @@ def checks(m: dict) -> list[tuple[str, str, bool]]:
         drop = ae["accuracy_x"] - ae["accuracy_reconstruction"]
         out.append(("accuracy on D(E(x)) within 3 points of x", f"{ae['accuracy_x']:.3f} → {ae['accuracy_reconstruction']:.3f}",
                     drop <= RECON_ACC_DROP_MAX))
+    fac = r.diagnostics.get("factors")
+    if fac:
+        for f, v in fac["own"].items():
+            out.append((f"e: held-out pairs sharing {f} correlate ≥ {FACTOR_OWN_MIN:g} in its slice", f"{v:.2f}",
+                        v >= FACTOR_OWN_MIN))
+        out.append((f"e: no slice correlates > {FACTOR_OFF_MAX:g} for pairs sharing another factor",
+                    f"{fac['max_off_diagonal']:.2f}", fac["max_off_diagonal"] <= FACTOR_OFF_MAX))
+        for f, v in fac["class_share"].items():
+            out.append((f"e: the {f} labels explain ≥ {CLASS_SHARE_MIN:.0%} of its slice's variance", f"{v:.2f}",
+                        v >= CLASS_SHARE_MIN))
     for model, layers in r.t_checks.items():
         for layer, c in layers.items():
             out.append((f"t {model} · {layer}: held-out − training NLL ≤ {NLL_GAP_MAX:g} nats", f"{c['nll_gap']:.2f}",
@@ -49,6 +63,24 @@ def checks(m: dict) -> list[tuple[str, str, bool]]:
         a = r.t_checks[final]["softmax"]["agreement"]
         out.append(("samples at the softmax keep f's prediction (≥ 80%)", f"{a:.2f}", a >= AGREEMENT_MIN))
     return out
+
+
+def fig4_claim(m: dict, kind: str = "share", rising: str = "digit", falling: str = "bg") -> dict:
+    """The paper's Fig. 4 reading at the checkpoint layer, tested from the first to the last checkpoint: `rising`
+    gains, `falling` loses, the two cross (falling above rising first, below it last), and every one of these
+    comparisons holds beyond the standard errors (value ± SE intervals apart). `kind`: 'share', 'eq20' or 'probes'
+    (held-out probe accuracy; no SE)."""
+    r, cl, names = StudyResults.from_json(m["results"]), m["checkpoint_layer"], m["checkpoints"]
+    first, last = names[0], names[-1]
+    if kind == "probes": get = lambda c, f: (float(r.probes[c][cl][f]), 0.0)
+    else: get = lambda c, f: tuple(map(float, r.factor_estimates(kind)[c][cl][f]))
+    (u0, su0), (u1, su1), (d0, sd0), (d1, sd1) = get(first, rising), get(last, rising), get(first, falling), get(last, falling)
+    apart = lambda a, sa, b, sb: abs(a - b) > sa + sb
+    return {"kind": kind, "layer": cl, "first": first, "last": last,
+            "values": {rising: [u0, u1], falling: [d0, d1]},
+            f"{rising}_rises": u1 > u0, f"{falling}_falls": d1 < d0, "cross": d0 > u0 and u1 > d1,
+            "beyond_se": all(apart(*x) for x in ((u0, su0, u1, su1), (d0, sd0, d1, sd1), (u0, su0, d0, sd0),
+                                                (u1, su1, d1, sd1)))}
 
 
 def run_metrics(study, *, profile: str, seed: int, settings: dict, data: dict, environment: dict,
@@ -86,6 +118,12 @@ def validate_metrics(m: dict) -> list[str]:
         ae = r.diagnostics["autoencoder"]
         if not (math.isfinite(ae["mse"]) and ae["mse"] >= 0): bad.append(f"autoencoder mse {ae['mse']} is not >= 0")
         if not math.isfinite(ae["psnr"]): bad.append("autoencoder psnr is not finite")
+        fac = r.diagnostics.get("factors")
+        if fac is None: bad.append("diagnostics lack e's factor report (diagnostics['factors'])")
+        elif sorted(fac["own"]) != sorted(factors[:-1]):
+            bad.append(f"e's factor report covers {sorted(fac['own'])}, expected {sorted(factors[:-1])}")
+        elif not all(-1.0 <= v <= 1.0 for row in fac["correlation"].values() for v in row.values()):
+            bad.append("e's pair correlations lie outside [-1, 1]")
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         bad.append(f"missing or malformed entry: {type(e).__name__}: {e}")
     return list(dict.fromkeys(bad))
@@ -191,18 +229,49 @@ def write_report(m: dict, path, figures_dir=None) -> Path:
                                                           for s, row in d[f"{k}_steps"].items()]),
                   f"<h2>{label} per layer (final classifier)</h2>", plots.to_html(curves[2 + 2 * i]),
                   _table(["layer"] + factors, [[l] + [str(row[f]) for f in factors] for l, row in d[f"{k}_layers"].items()])]
+    fac = r.diagnostics.get("factors")
+    if fac:
+        cols = list(next(iter(fac["correlation"].values())))
+        parts += ["<h2>e: does each slice hold its factor?</h2><p class=note>Held-out image pairs that share the row's "
+                  "factor: mean correlation between the two images' values of each slice of e (the pair loss asks for "
+                  "ρ = 0.9 in the shared slice and 0 elsewhere). Last column: the share of the slice's variance that "
+                  "the factor's label means explain.</p>",
+                  _table(["pairs share"] + cols + ["class-mean share"],
+                         [[f] + [row[c] for c in cols] + [fac["class_share"].get(f, float("nan"))]
+                          for f, row in fac["correlation"].items()])]
+    tests = {k: fig4_claim(m, k) for k in (*FACTOR_KINDS, "probes") if k != "probes" or cl in r.probes.get(final, {})}
+    yes = lambda b: "yes" if b else "no"
+    claims = [("digit rises", "digit_rises"), ("background colour falls", "bg_falls"),
+              ("they cross (bg above digit first, digit above bg last)", "cross"),
+              ("all of these beyond the standard errors", "beyond_se")]
+    shown = {"share": "identifiable share", "eq20": "Eq. 20 (paper)", "probes": "linear probes"}
+    verdict = ("shows" if all(tests["share"][k] for _, k in claims) else "does not show")
+    parts += [f"<h2>The Fig. 4 claim at {esc(cl)}, tested</h2><p class=note>From {esc(tests['share']['first'])} to "
+              f"{esc(tests['share']['last'])}. The identifiable share {verdict} the paper's finding"
+              + (f"; the INN-free linear probes {'show' if all(tests['probes'][k] for _, k in claims[:3]) else 'do not show'} "
+                 "it (they have no standard error)" if "probes" in tests else "")
+              + ". Where a t fails its diagnostics above, its shares are not evidence either way.</p>",
+              _table(["claim"] + [shown[k] for k in tests], [[c] + [yes(t[k]) for t in tests.values()] for c, k in claims]
+                     + [["digit, first → last"] + [" → ".join(f"{v:.3f}" for v in t["values"]["digit"]) for t in tests.values()],
+                        ["bg, first → last"] + [" → ".join(f"{v:.3f}" for v in t["values"]["bg"]) for t in tests.values()]])]
     probe_rows = [[mm, l] + [fmt(acc[f]) for f in sorted(acc)] for mm, ls in r.probes.items() for l, acc in ls.items()]
     if probe_rows:
         names = sorted(next(iter(next(iter(r.probes.values())).values())))
         parts += ["<h2>Linear probes: what a layer keeps, without an INN</h2><p class=note>Held-out accuracy of a "
                   "linear (ridge) classifier predicting each factor from z (chance: 0.1 for the digit, 0.125 for a colour)."
                   "</p>", _table(["model", "layer"] + names, probe_rows)]
-    t_rows = [[mm, l] + [fmt(c.get(k, float("nan"))) for k in ("train_nll", "val_nll", "nll_gap", "info_nats",
-                                                                "agreement", "phi_distance")]
+    kept = r.diagnostics.get("t_training", {})
+    t_rows = [[mm, l, kept.get(f"{mm}__{l}", {}).get("best_step", "")]
+              + [fmt(c.get(k, float("nan"))) for k in ("train_nll", "val_nll", "nll_gap", "info_nats", "agreement",
+                                                        "phi_distance")]
               for mm, ls in r.t_checks.items() for l, c in ls.items()]
     if t_rows:
-        parts += ["<h2>t: fit and sample fidelity</h2>", _table(["model", "layer", "train NLL", "held-out NLL", "gap",
-                                                                  "nats from z", "f agrees", "Φ distance"], t_rows)]
+        parts += ["<h2>t: fit and sample fidelity</h2><p class=note>Each t keeps the weights of its best held-out NLL "
+                  "(kept step). Nats from z: the held-out NLL of an unconditional flow of the same size minus t's. "
+                  "f agrees: how often f predicts on D(t⁻¹(v|Φ(x))) what it predicts on D(E(x)). Φ distance: "
+                  "‖Φ(sample) − Φ(x)‖ relative to the distance between Φ of two different images.</p>",
+                  _table(["model", "layer", "kept step", "train NLL", "held-out NLL", "gap", "nats from z", "f agrees",
+                          "Φ distance"], t_rows)]
     agree = r.t_checks.get(final, {}).get("softmax", {}).get("agreement")
     parts.append("<h2>Samples D(t⁻¹(v|Φ(x)))</h2><p class=note>Rows: validation inputs; columns: x, its "
                  "reconstruction, the same draws of v for every grid, then the samples' per-pixel mean and variance. "

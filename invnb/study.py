@@ -88,6 +88,24 @@ class StudyParts:
         if name not in self.models: raise KeyError(f"unknown model {name!r}; this study has {list(self.models)}.")
         return self.models[name]
 
+    def features(self, images: torch.Tensor, layer: str, model: str | None = None) -> torch.Tensor:
+        """Φ(images) at `layer` of `model`. Remembered while the same images (storage, shape, in-place version) and
+        the model's weights are unchanged, so the analyses of one layer share one pass over the images; the last
+        `FEATURE_CACHE` results are kept (set it to 0 to keep none)."""
+        name = model or self.default_model
+        m = self._model(name)
+        key = (name, layer, images.data_ptr(), tuple(images.shape), tuple(images.stride()), images._version,
+               str(images.device), sum(p._version for p in m.parameters()))
+        cache = self.__dict__.setdefault("_features", {})
+        if key in cache: return cache[key][1]
+        z = self.probe(layer, name).phi(images)
+        if self.FEATURE_CACHE > 0:
+            while len(cache) >= self.FEATURE_CACHE: cache.pop(next(iter(cache)))
+            cache[key] = (images, z)   # holding `images` keeps its storage alive, so its address is not reused
+        return z
+
+    FEATURE_CACHE = 48
+
     def _need_e(self):
         if self.e is None: raise ValueError("this study has no semantic INN e; train one with invnb.analysis.fit_factors.")
         return self.e
@@ -108,20 +126,20 @@ class StudyAnalyses(StudyParts):
     @torch.no_grad()
     def eq19(self, images, layer, model=None, *, n_outer=100, n_inner=100, generator=None) -> Estimate:
         "Eq. 19 at `layer` on validation `images`."
-        z = self.probe(layer, model).phi(images)
+        z = self.features(images, layer, model)
         return analysis.eq19(self.t(layer, model), z, n_outer=n_outer, n_inner=n_inner, generator=generator)
 
     @torch.no_grad()
     def share(self, images, layer, model=None, *, n_outer=100, n_inner=100, generator=None) -> dict[str, Estimate]:
         "The identifiable share Var_x(E_v e_i) / Var e_i per factor at `layer`: {factor: Estimate}."
-        z = self.probe(layer, model).phi(images)
+        z = self.features(images, layer, model)
         return analysis.identifiable_share(self.t(layer, model), self._need_e(), z, n_outer=n_outer, n_inner=n_inner,
                                            generator=generator)
 
     @torch.no_grad()
     def eq20(self, images, layer, model=None, *, n_outer=100, n_inner=100, generator=None) -> dict[str, Estimate]:
         "Eq. 20 per factor at `layer`: {factor: Estimate}."
-        z = self.probe(layer, model).phi(images)
+        z = self.features(images, layer, model)
         return analysis.eq20(self.t(layer, model), self._need_e(), z, n_outer=n_outer, n_inner=n_inner, generator=generator)
 
     def fgsm(self, x, labels=None, eps=0.02, model=None, layers=None):
@@ -177,8 +195,7 @@ class StudyComputations(StudyAnalyses):
         model, layers = self._layers(model, layers)
         res = {}
         for l in layers:
-            p = self.probe(l, model)
-            ft, fv = p.phi(images), p.phi(val_images)
+            ft, fv = self.features(images, l, model), self.features(val_images, l, model)
             res[l] = analysis.probe_accuracy(ft, labels, fv, val_labels)
         self.results.probes.setdefault(model, {}).update(res)
         return res
@@ -196,8 +213,8 @@ class StudyComputations(StudyAnalyses):
         res = {}
         for l in layers:
             p, t = self.probe(l, model), self.t(l, model)
-            train, val = (analysis.nll_of(t, codes, p.phi(images), seed=seed),
-                          analysis.nll_of(t, vcodes, p.phi(val_images), seed=seed))
+            train, val = (analysis.nll_of(t, codes, self.features(images, l, model), seed=seed),
+                          analysis.nll_of(t, vcodes, self.features(val_images, l, model), seed=seed))
             res[l] = {"train_nll": train, "val_nll": val, "nll_gap": val - train,
                       **analysis.sample_fidelity(self.ae, p, t, f, val_images[:n_fidelity], n=n_samples,
                                                  generator=torch.Generator().manual_seed(seed))}
@@ -230,6 +247,17 @@ class StudyComputations(StudyAnalyses):
                     "accuracy_reconstruction": analysis.accuracy(f, self.reconstruct(images), labels)}
         self.results.diagnostics["autoencoder"] = res
         return res
+
+    @torch.no_grad()
+    def compute_factor_report(self, images, labels: dict, *, n_pairs: int = 5000, seed: int = 0):
+        """e on held-out `images` and their factor `labels` (name -> (N,)): the pair-correlation matrix, class-mean
+        shares and warnings of `invnb.factors.factor_report`. Stored in `results.diagnostics['factors']`."""
+        from .factors import factor_report
+        if self.e is None: raise ValueError("this study has no semantic INN e; pass one to Study(..., e=...).")
+        codes = dict(zip(("mean", "logvar"), self.ae.encode(images)))
+        rep = factor_report(self.e, codes, labels, list(self.e.factors), n_pairs=n_pairs, seed=seed)
+        self.results.diagnostics["factors"] = rep.to_dict()
+        return rep
 
 # %% ../nbs/08_study.ipynb #7142b074
 class Study(StudyComputations):

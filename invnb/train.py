@@ -120,6 +120,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
         stop_after: int | None = None,  # end this call after that many of its steps (tests of interruption)
         val_fn: Callable | None = None,  # `val_fn(model) -> float`, a held-out loss (lower is better), run in eval mode
         val_every: int = 100,  # steps between validations (one is also run at the end)
+        schedule: str | None = None,  # None: constant lr; 'cosine': lr · ½(1 + cos(π · step / steps)), from the step
        ) -> History:  # losses per step, `val` [(step, held-out loss)], `steps_done`, `seconds`, `best_step`
     """Train `model` for `steps` steps of `step_fn`; checkpoint, resume, stop on NaN.
 
@@ -132,6 +133,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     [step, loss] pairs and `hist.best_step` says which step's weights the model holds. `val_fn` must draw its
     own randomness (a fixed generator), so that validating does not change the training run."""
     if steps < 0: raise ValueError(f"steps must be >= 0; got {steps}.")
+    if schedule not in (None, "cosine"): raise ValueError(f"schedule must be None or 'cosine'; got {schedule!r}.")
     dev = pick_device(device)
     model.to(dev)
     groups = {"model": model} if groups is None else dict(groups)
@@ -160,6 +162,8 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
             raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer ({e}); delete "
                                   "the folder or pass resume=False to start over.") from None
         stored = {k: [pg["lr"] for pg in opt.param_groups] for k, opt in opts.items()}
+        if schedule is not None:   # the stored lr is the schedule's value at the last step: compare the base lr
+            stored = {k: [meta.get("base_lr", lr)] * len(v) for k, v in stored.items()}
         if stored != asked:   # a new lr is applied on purpose, to every parameter group
             for k, opt in opts.items():
                 for pg, a in zip(opt.param_groups, asked[k]): pg["lr"] = a
@@ -188,7 +192,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
             tensors.update({f"best/{k}": v for k, v in best[2].items()})
             extra["best"] = {"loss": best[0], "step": best[1]}
         save_tensors(path, tensors, dict(kind="train_state", step=step, groups=sorted(opts), optim=optim_meta,
-                                         history=dict(hist), seconds=hist.seconds, **extra,
+                                         history=dict(hist), seconds=hist.seconds, base_lr=lr, **extra,
                                          model_class=type(model).__name__, model_config=getattr(model, "config", None)))
         return step
 
@@ -213,6 +217,9 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     model.train()
     t0 = time.perf_counter()
     for step in bar:
+        if schedule == "cosine":   # a function of the step alone, so a resumed run follows the same curve
+            for opt in opts.values():
+                for pg in opt.param_groups: pg["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
         out = step_fn(model, g, step)
         losses = {k: v for k, v in out.items() if k in opts} if isinstance(out, dict) else {"model": out}
         if sorted(losses) != sorted(opts):

@@ -117,6 +117,32 @@ def test_fit_factors_trains_on_pairs():
         fit_factors(codes, FactorPairs(labels, ["b", "a"]), {"a": 1, "b": 1}, steps=1)
 
 
+def test_fit_factors_guide_adds_the_annealed_target_term():
+    "guide=w adds w·Σ‖eᵢ(z̄ᵃ) − Tᵢ(z̄ᵃ)‖² at step 0 (T: the closed-form canonical variates), and nothing at the end."
+    from invnb.factors import pair_targets
+    from invnb.inn import FactorINN
+    g = torch.Generator().manual_seed(0)
+    labels = {"a": torch.randint(4, (500,), generator=g), "b": torch.randint(4, (500,), generator=g)}
+    mean = torch.randn(500, 6, generator=g) * 0.1
+    mean[:, 0] += labels["a"].float(); mean[:, 1] += labels["b"].float()
+    codes = {"mean": mean, "logvar": torch.full((500, 6), -4.0)}
+    kw = dict(steps=3, lr=0.0, n_blocks=2, hidden=16, progress=False, device="cpu", seed=1)
+    _, plain = fit_factors(codes, FactorPairs(labels), {"a": 1, "b": 1}, **kw)
+    _, guided = fit_factors(codes, FactorPairs(labels), {"a": 1, "b": 1}, guide=10.0, **kw)
+    # redo step 0 by hand: the same draws (the loop's generator), the same untrained e (lr = 0)
+    e = FactorINN(6, {"a": 1, "b": 1}, n_blocks=2, hidden=16)
+    gen = torch.Generator().manual_seed(1)
+    a, b, f = FactorPairs(labels).sample(128, gen)
+    za, zb = (codes["mean"][i] + torch.randn(128, 6, generator=gen) * codes["logvar"][i].mul(0.5).exp() for i in (a, b))
+    e.train(); e(torch.cat([za, zb])); e.eval()              # ActNorm initialises on the first batch, as in fit
+    targets = pair_targets(codes, labels, {"a": 1, "b": 1})(za)
+    extra = sum((e(za)[0][:, e.slices[k]] - v).pow(2).sum(1).mean() for k, v in targets.items()).item()
+    assert guided["model"][0] == pytest.approx(plain["model"][0] + 10.0 * extra, rel=1e-4)
+    assert guided["model"][0] > plain["model"][0]
+    with pytest.raises(ValueError, match="guide must be >= 0"):
+        fit_factors(codes, FactorPairs(labels), {"a": 1, "b": 1}, guide=-1.0, **kw)
+
+
 def test_features_are_computed_once_per_example():
     calls = []
     class Counting(nn.Module):
@@ -205,3 +231,20 @@ def test_fit_invariances_over_gives_each_key_its_own_state_and_skips_finished(tm
     again = analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **kw)
     for key in ts:
         for k, v in ts[key].state_dict().items(): assert torch.equal(again[key].state_dict()[k], v)
+
+
+def test_warm_start_begins_at_the_unconditional_flow():
+    "With cond_scale=0, a warm-started t gives base's NLL for any z (base: its constant condition); else it is near it."
+    from invnb.analysis import warm_start
+    from conftest import randomize_
+    base = randomize_(InvarianceINN(6, 1, n_blocks=3, hidden=16, embed_dim=8), seed=1).eval()
+    zbar, z = torch.randn(50, 6), torch.randn(50, 4, 3, 3) * 5
+    want = base.nll(zbar, torch.zeros(50, 1))
+    t = warm_start(InvarianceINN(6, (4, 3, 3), n_blocks=3, hidden=16, embed_dim=8, seed=3).eval(), base, cond_scale=0.0)
+    torch.testing.assert_close(t.nll(zbar, z), want, rtol=1e-5, atol=1e-4)
+    cold = InvarianceINN(6, (4, 3, 3), n_blocks=3, hidden=16, embed_dim=8, seed=3).eval()
+    assert (cold.nll(zbar, z) - want).abs().mean() > 1.0               # without it, t starts elsewhere
+    near = warm_start(InvarianceINN(6, (4, 3, 3), n_blocks=3, hidden=16, embed_dim=8, seed=3).eval(), base)
+    assert (near.nll(zbar, z) - want).abs().mean() < 0.5 and not torch.equal(near.nll(zbar, z), want)
+    with pytest.raises(ValueError, match="same flow"):
+        warm_start(InvarianceINN(6, (4, 3, 3), n_blocks=2, hidden=16, embed_dim=8), base)

@@ -72,6 +72,31 @@ def test_validate_metrics_finds_problems(smoke_run):
     assert validate_metrics(m) == ["autoencoder mse -0.5 is not >= 0"]
     m = copy(); del m["results"]["share"]["step000000"]
     assert any("share[step000000][features.11]" in p for p in validate_metrics(m))
+    m = copy(); del m["results"]["diagnostics"]["factors"]
+    assert validate_metrics(m) == ["diagnostics lack e's factor report (diagnostics['factors'])"]
+    m = copy(); m["results"]["diagnostics"]["factors"]["correlation"]["bg"]["fg"] = 1.5
+    assert validate_metrics(m) == ["e's pair correlations lie outside [-1, 1]"]
+
+
+def test_smoke_run_sizes_e_from_the_data_and_reports_it(smoke_run):
+    "e's slice sizes come from the pair statistics; its held-out table and each t's kept step reach the report."
+    from invnb.factors import FactorSizes
+    from invnb.report import checks
+    out, report, _ = smoke_run
+    sizes = FactorSizes(**json.loads((out / "study" / "factor_sizes.json").read_text()))
+    study = Study.load(out / "study")
+    assert dict(study.e.factors) == sizes.sizes and list(sizes.sizes) == list(colormnist.FACTORS)
+    m = json.loads((out / "metrics.json").read_text())
+    fac = m["results"]["diagnostics"]["factors"]
+    assert list(fac["correlation"]) == list(colormnist.FACTORS) and set(fac["own"]) == set(colormnist.FACTORS)
+    kept = m["results"]["diagnostics"]["t_training"]
+    prof = PROFILES["smoke"]
+    assert "unconditional" in kept and len(kept) == len(prof.layers) + prof.n_checkpoints - 1 + 1
+    assert all(0 < k["best_step"] <= prof.t_steps and k["best_step"] % prof.t_val_every == 0 for k in kept.values())
+    rows = {what: ok for what, _, ok in checks(m)}
+    assert all(any(w.startswith(f"e: held-out pairs sharing {f}") for w in rows) for f in colormnist.FACTORS)
+    page = report.read_text()
+    assert "e: does each slice hold its factor?" in page and "kept step" in page
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(smoke_run, tmp_path):
@@ -225,3 +250,23 @@ def test_curve_explorer_reads_a_run(smoke_run):
     assert ce.figure.data[-1].name == "accuracy" and list(ce.figure.data[-1].y) == [r["accuracy"][c] for c in study.models]
     ce.view_pick.value = CurveExplorer.VIEWS[2]
     assert list(ce.data) == list(PROFILES["smoke"].layers) and ce.error is None
+
+
+def test_fig4_claim_reads_the_crossing_from_the_numbers(smoke_run):
+    from invnb.report import fig4_claim
+    m = json.loads((smoke_run[0] / "metrics.json").read_text())
+    first, last, cl = m["checkpoints"][0], m["checkpoints"][-1], m["checkpoint_layer"]
+    def setting(d0, b0, d1, b1, se):
+        x = json.loads(json.dumps(m))
+        for c, (d, b) in ((first, (d0, b0)), (last, (d1, b1))):
+            x["results"]["share"][c][cl]["digit"] = {"value": d, "se": se}
+            x["results"]["share"][c][cl]["bg"] = {"value": b, "se": se}
+        return fig4_claim(x, "share")
+    got = setting(0.1, 0.6, 0.5, 0.2, 0.01)                  # the paper's picture
+    assert (got["digit_rises"], got["bg_falls"], got["cross"], got["beyond_se"]) == (True, True, True, True)
+    got = setting(0.1, 0.6, 0.5, 0.2, 0.15)                  # the same means, SEs that overlap at the end
+    assert got["cross"] and not got["beyond_se"]
+    got = setting(0.1, 0.6, 0.3, 0.4, 0.01)                  # digit rises, bg falls, no crossing
+    assert got["digit_rises"] and got["bg_falls"] and not got["cross"]
+    assert fig4_claim(m, "probes")["values"]["digit"] == [m["results"]["probes"][c][cl]["digit"] for c in (first, last)]
+    assert "The Fig. 4 claim at" in smoke_run[1].read_text()

@@ -91,3 +91,33 @@ def test_names_cannot_leave_the_folder_and_the_index_cannot_point_outside(study,
 def test_repr_says_what_the_study_holds(study):
     r = repr(study)
     assert "2 model(s)" in r and "features.11" in r and "'digit'" in r and "results:" in r
+
+
+def test_compute_factor_report_stores_e_s_held_out_table(colormnist_study):
+    study, ds = colormnist_study
+    x, labels = ds.images()[:300], {k: v[:300] for k, v in ds.labels.items()}
+    rep = study.compute_factor_report(x, labels, n_pairs=500)
+    got = study.results.diagnostics["factors"]
+    assert got == rep.to_dict() and list(got["correlation"]) == ["digit", "fg", "bg"]
+    assert all(-1 <= v <= 1 for row in got["correlation"].values() for v in row.values())
+    bare = Study(study.ae, study.models, study.ts, None)
+    with pytest.raises(ValueError, match="no semantic INN e"):
+        bare.compute_factor_report(x, labels)
+
+
+def test_features_are_remembered_only_while_images_and_model_are_unchanged(colormnist_study):
+    study, ds = colormnist_study
+    x = ds.images()[:40].clone()
+    a = study.features(x, "features.8")
+    assert study.features(x, "features.8") is a                              # the same images: one pass
+    torch.testing.assert_close(a, study.probe("features.8").phi(x))
+    assert study.features(x[:20], "features.8") is not a                     # other images (a view of fewer rows)
+    x.mul_(0.5)                                                              # changed in place: computed again
+    torch.testing.assert_close(study.features(x, "features.8"), study.probe("features.8").phi(x))
+    model = study.models[study.default_model]
+    p = next(model.parameters())
+    with torch.no_grad(): p.add_(1.0)                                        # weights changed: computed again
+    try:
+        torch.testing.assert_close(study.features(x, "features.8"), study.probe("features.8").phi(x))
+    finally:
+        with torch.no_grad(): p.sub_(1.0)
