@@ -32,6 +32,7 @@ setuptools.setup(
         "License :: " + lic[1],
         "Natural Language :: " + cfg["language"].title(),
         "Programming Language :: Python :: 3",
+        *[f"Programming Language :: Python :: 3.{v}" for v in range(int(cfg["min_python"].split(".")[1]), 14)],
     ],
     keywords=cfg["keywords"],
     # data/ (the bundled MNIST subset and its provenance) is installed as invnb/_bundled/, so that a plain

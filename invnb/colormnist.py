@@ -82,13 +82,13 @@ PROFILES = {
                      layers=("features.8", "features.11", "softmax"), batch_size=64, n_eval=20, n_grid=3, disk_mb=50,
                      t_val_every=10, n_probe=300, n_check=100, n_fidelity=20,
                      est_seconds=dict(data=1, autoencoder=3, classifier=6, factors=1, invariances=6, analysis=4, report=3)),
-    "quick": Profile("quick", None, None, ae_steps=6000, ae_width=32, clf_steps=1200, n_checkpoints=9,
-                     e_steps=800, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
-                     t_steps=150, t_val_every=25, n_probe=500, fidelity_draws=4, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
-                     layers=tuple(l for l in _LAYERS if l != "features.12"),
+    "quick": Profile("quick", None, None, ae_steps=6000, ae_width=32, clf_steps=1000, n_checkpoints=7,
+                     e_steps=700, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
+                     t_steps=150, t_val_every=25, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
+                     layers=tuple(l for l in _LAYERS if l not in ("features.12", "classifier")), n_probe=500, fidelity_draws=4,
                      ae_batch_size=32, ae_lr=3e-3, disk_mb=300,
-                     est_seconds=dict(data=1, autoencoder=65, classifier=125, factors=43, invariances=290, analysis=60,
-                                      report=8)),
+                     est_seconds=dict(data=1, autoencoder=120, classifier=170, factors=55, invariances=170, analysis=70,
+                                      report=2)),
     "paper": Profile("paper", None, None, ae_steps=20000, ae_width=64, clf_steps=40000, n_checkpoints=20,
                      e_steps=20000, e_size=dict(n_blocks=20, hidden=1024, depth=2),
                      t_steps=20000, t_size=dict(n_blocks=20, hidden=1024, depth=2, embed_dim=128),
@@ -249,12 +249,14 @@ def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_fea
 
 def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict, models: dict[str, nn.Module],
                       jobs: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], InvarianceINN], InvarianceINN]:
-    """Stage 5: first a t of the same size with a constant condition (it models p(z̄) alone: the baseline of the
-    information z adds); then one t per (model, layer) job, started at that baseline (`analysis.warm_start`), kept
-    at its best held-out NLL and saved as soon as it is trained."""
+    """Stage 5: first a t of the same size with a constant condition (it models p(z̄) alone); then one t per
+    (model, layer) job, started at that flow (`analysis.warm_start`), kept at its best held-out NLL and saved as soon
+    as it is trained; last the null control `shuffled_z`: a t trained the same way at the final model's checkpoint
+    layer on z shuffled across the training images. Its held-out NLL is the reference of the information z adds
+    (a t gains a little from its extra steps alone, with or without z). Returns the t's and the unconditional flow."""
     ones = lambda n: torch.zeros(n, 1)
     base = _fit_t(run, "unconditional", codes, ones(len(data.xt)), codes_val, ones(len(data.xv)), "t unconditional")
-    ts = {}
+    ts, final = {}, jobs[0][0]
     for k, (model, layer) in enumerate(jobs, 1):
         run.log(f"  t {k}/{len(jobs)}: {model} at {layer}")
         with warnings.catch_warnings():
@@ -264,6 +266,10 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
             val_feats = analysis.layer_features(probe, data.xv, device=run.device)
         ts[(model, layer)] = _fit_t(run, f"{model}__{layer}", codes, feats, codes_val, val_feats, f"t {model} {layer}",
                                     base)
+        if (model, layer) == (final, run.prof.checkpoint_layer): null_feats = feats, val_feats
+    run.log(f"  null control: {final} at {run.prof.checkpoint_layer}, z shuffled across images")
+    perm = torch.randperm(len(data.xt), generator=torch.Generator().manual_seed(run.seed + 7))
+    _fit_t(run, "shuffled_z", codes, null_feats[0][perm], codes_val, null_feats[1], "t shuffled z", base)
     return ts, base
 
 # %% ../nbs/12_colormnist.ipynb #399a4bac
@@ -276,8 +282,7 @@ def environment(device) -> dict:
 
 
 @torch.no_grad()
-def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[tuple[str, str]],
-                   baseline: InvarianceINN) -> dict[str, str]:
+def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[tuple[str, str]]) -> dict[str, str]:
     """Stage 6: every number of the report into `study.results` (Eq. 19 per layer; the identifiable share and Eq. 20
     per layer and per checkpoint; linear probes; t's diagnostics; image-space variance; accuracies; the
     reconstruction), the sample grids as PNGs; saves the study. Returns {'<model>__<layer>': grid file name}."""
@@ -303,13 +308,12 @@ def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[
         study.compute_share(xv, m, [p.checkpoint_layer], **kw, seed=s + 6)
     # the INN-free witness, and t's own diagnostics
     tl, vl = {k: v[:p.n_probe] for k, v in data.train.labels.items()}, data.val.labels
-    ones = lambda n: torch.zeros(n, 1)
-    base_nll = analysis.nll_of(baseline, dict(zip(("mean", "logvar"), study.ae.encode(xv))), ones(len(xv)), seed=s)
+    null_nll = training["shuffled_z"]["best_val_nll"]    # the held-out NLL of the null control (stage 5)
     for m in names:
         layers = [l for mm, l in jobs if mm == m]
         study.compute_probes(xt[:p.n_probe], tl, xv, vl, m, layers)
         study.compute_t_checks(xt[:p.n_check], xv, m, layers, n_fidelity=p.n_fidelity, n_samples=p.fidelity_draws,
-                               seed=s, baseline_nll=base_nll)
+                               seed=s, baseline_nll=null_nll)
     # the same inputs and the same draws of v for every layer and checkpoint (the layout of Fig. S7)
     v = torch.randn(p.n_draws, study.ae.zdim, generator=torch.Generator().manual_seed(s + 4))
     x = xv[:p.n_grid]
@@ -401,10 +405,10 @@ def run_colormnist(out="runs/colormnist", # run folder
             e = stages("factors", factors_stage, run, data, codes, codes_val)
             models = {n: m for n, (_, m) in checkpoints.items()}
             jobs = invariance_jobs(profile, list(models))
-            ts, baseline = stages("invariances", invariances_stage, run, data, codes, codes_val, models, jobs)
+            ts, _ = stages("invariances", invariances_stage, run, data, codes, codes_val, models, jobs)
             study = Study(ae, models, ts, e, {"steps": {n: s for n, (s, _) in checkpoints.items()}},
                           meta={"profile": profile.name, "seed": seed, "data": data.info, **environment(dev)})
-            figures = stages("analysis", analysis_stage, run, data, study, jobs, baseline)
+            figures = stages("analysis", analysis_stage, run, data, study, jobs)
 
             def report():
                 secs = {s: v["seconds"] for s, v in state["stages"].items()}

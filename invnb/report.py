@@ -267,7 +267,8 @@ def write_report(m: dict, path, figures_dir=None) -> Path:
               for mm, ls in r.t_checks.items() for l, c in ls.items()]
     if t_rows:
         parts += ["<h2>t: fit and sample fidelity</h2><p class=note>Each t keeps the weights of its best held-out NLL "
-                  "(kept step). Nats from z: the held-out NLL of an unconditional flow of the same size minus t's. "
+                  "(kept step). Nats from z: the held-out NLL of the null control (a t trained the same way on z shuffled "
+                  "across the training images) minus t's. "
                   "f agrees: how often f predicts on D(t⁻¹(v|Φ(x))) what it predicts on D(E(x)). Φ distance: "
                   "‖Φ(sample) − Φ(x)‖ relative to the distance between Φ of two different images.</p>",
                   _table(["model", "layer", "kept step", "train NLL", "held-out NLL", "gap", "nats from z", "f agrees",

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import analysis
 from .autoencoder import reconstruction_metrics
-from .checkpoint import CheckpointError, load_model, write_json_atomic
+from .checkpoint import Checkpointable, CheckpointError, load_model, load_tensors, save_tensors, write_json_atomic
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
 from .results import Estimate, StudyResults
@@ -204,7 +204,8 @@ class StudyComputations(StudyAnalyses):
     def compute_t_checks(self, images, val_images, model=None, layers=None, *, n_samples=8, n_fidelity=None, seed=0,
                          baseline_nll: float | None = None) -> dict[str, dict]:
         """Per t: NLL on `images` (training) and `val_images` (held out) and their gap, sample fidelity on
-        the first `n_fidelity` of `val_images` (default: all), and with `baseline_nll` (the held-out NLL of an unconditional flow of the same size) the
+        the first `n_fidelity` of `val_images` (default: all), and with `baseline_nll` (the held-out NLL of a reference: a t
+        trained the same way on z shuffled across images, or an unconditional flow of the same size) the
         information z adds, in nats. Stored in `results.t_checks[model]`."""
         model, layers = self._layers(model, layers)
         f = self._model(model)
@@ -275,7 +276,12 @@ class Study(StudyComputations):
             used.add(name); return name
         for name, m in self.models.items():
             file = f"models/{unique('models/' + _file_name(name))[7:]}.safetensors"
-            m.save(folder / file); models.append({"name": name, "file": file})
+            if isinstance(m, Checkpointable):   # rebuilt from its config on load
+                m.save(folder / file); models.append({"name": name, "file": file})
+            else:                               # a user's model: its weights only; `load` takes the model back
+                cls = f"{type(m).__module__}.{type(m).__qualname__}"
+                save_tensors(folder / file, m.state_dict(), {"kind": "weights", "class": cls})
+                models.append({"name": name, "file": file, "weights_only": True, "class": cls})
         for (m, layer), t in self.ts.items():
             file = f"t/{unique('t/' + _file_name(m) + '__' + _file_name(layer))[2:]}.safetensors"
             t.save(folder / file); ts.append({"model": m, "layer": layer, "file": file})
@@ -284,22 +290,41 @@ class Study(StudyComputations):
         return folder
 
     @classmethod
-    def load(cls, folder) -> "Study":
-        "A study written by `save`; every file it names must lie inside `folder`."
+    def load(cls, folder, models: dict[str, nn.Module] | None = None) -> "Study":
+        """A study written by `save`; every file it names must lie inside `folder`. A model that is not an invnb
+        model (a torchvision network, an `Adapted` one) was saved as weights only: pass it back in `models`
+        ({name: an instance of the same architecture}) and its weights are loaded into it."""
         folder = Path(folder)
         index = folder / "study.json"
         if not index.is_file():
             raise FileNotFoundError(f"{folder} holds no study.json; is it a folder written by Study.save?")
         try:
             idx = json.loads(index.read_text())
-            models = [m if isinstance(m, dict) else {"name": m, "file": f"models/{m}.safetensors"} for m in idx["models"]]
-            files = {m["name"]: m["file"] for m in models}
+            entries = [m if isinstance(m, dict) else {"name": m, "file": f"models/{m}.safetensors"} for m in idx["models"]]
+            files = {m["name"]: m["file"] for m in entries}
+            weights_only = {m["name"]: m.get("class", "?") for m in entries if m.get("weights_only")}
             tfiles = {(r["model"], r["layer"]): r["file"] for r in idx["ts"]}
             has_e, results, meta = bool(idx["e"]), idx["results"], idx["meta"]
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index} is damaged ({type(e).__name__}: {e}); save the study again, or delete the "
                                   "folder.") from None
-        models = {n: load_model(_inside(folder, f)) for n, f in files.items()}
+        given = dict(models or {})
+        if unknown := sorted(set(given) - set(files)):
+            raise ValueError(f"models {unknown} are not in this study; it has {sorted(files)}.")
+        if missing := [n for n in weights_only if n not in given]:
+            raise ValueError(f"{index}: the model(s) {missing} were saved as weights only (classes "
+                             f"{sorted({weights_only[n] for n in missing})} are not invnb models); pass them back, e.g. "
+                             f"Study.load({str(folder)!r}, models={{{missing[0]!r}: model}}), with model built as "
+                             "when the study was made.")
+        def model(n, f):
+            if n not in weights_only: return load_model(_inside(folder, f)) if n not in given else given[n]
+            tensors, _ = load_tensors(_inside(folder, f))
+            try: given[n].load_state_dict(tensors)
+            except RuntimeError as e:
+                raise ValueError(f"the model passed for {n!r} does not fit its saved weights ({str(e).splitlines()[0]}); "
+                                 f"pass a {weights_only[n]} of the same architecture.") from None
+            return given[n]
+        models = {n: model(n, f) for n, f in files.items()}
         ts = {k: InvarianceINN.load(_inside(folder, f)) for k, f in tfiles.items()}
         e = FactorINN.load(folder / "e.safetensors") if has_e else None
         return cls(load_model(folder / "ae.safetensors"), models, ts, e, results, meta)

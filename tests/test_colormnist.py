@@ -91,7 +91,7 @@ def test_smoke_run_sizes_e_from_the_data_and_reports_it(smoke_run):
     assert list(fac["correlation"]) == list(colormnist.FACTORS) and set(fac["own"]) == set(colormnist.FACTORS)
     kept = m["results"]["diagnostics"]["t_training"]
     prof = PROFILES["smoke"]
-    assert "unconditional" in kept and len(kept) == len(prof.layers) + prof.n_checkpoints - 1 + 1
+    assert {"unconditional", "shuffled_z"} <= set(kept) and len(kept) == len(prof.layers) + prof.n_checkpoints - 1 + 2
     assert all(0 < k["best_step"] <= prof.t_steps and k["best_step"] % prof.t_val_every == 0 for k in kept.values())
     rows = {what: ok for what, _, ok in checks(m)}
     assert all(any(w.startswith(f"e: held-out pairs sharing {f}") for w in rows) for f in colormnist.FACTORS)

@@ -121,3 +121,25 @@ def test_features_are_remembered_only_while_images_and_model_are_unchanged(color
         torch.testing.assert_close(study.features(x, "features.8"), study.probe("features.8").phi(x))
     finally:
         with torch.no_grad(): p.sub_(1.0)
+
+
+def test_a_study_of_a_user_model_saves_its_weights_and_takes_the_model_back(tmp_path):
+    "Models that are not invnb models (torchvision, `Adapted`) are saved as weights; `load` asks for the model back."
+    import torchvision
+    from invnb.autoencoder import SmallAE
+    from invnb.probe import Adapted, InputAdapter
+    make = lambda seed: (torch.manual_seed(seed), Adapted(torchvision.models.squeezenet1_1(num_classes=10), InputAdapter(64)))[1]
+    study = Study(SmallAE(width=8), {"final": make(0), "plain": torchvision.models.squeezenet1_1(num_classes=3)})
+    study.save(tmp_path / "s")
+    with pytest.raises(ValueError, match=r"saved as weights only .*invnb.probe.Adapted.*models=\{'final': model\}"):
+        Study.load(tmp_path / "s")
+    back = Study.load(tmp_path / "s", models={"final": make(1), "plain": torchvision.models.squeezenet1_1(num_classes=3)})
+    for name in ("final", "plain"):
+        for (k, a), b in zip(study.models[name].state_dict().items(), back.models[name].state_dict().values()):
+            assert torch.equal(a, b), (name, k)
+    x = torch.rand(2, 3, 28, 28) * 2 - 1
+    torch.testing.assert_close(back.models["final"](x), study.models["final"](x))
+    with pytest.raises(ValueError, match="does not fit its saved weights"):
+        Study.load(tmp_path / "s", models={"final": make(0), "plain": torchvision.models.squeezenet1_1(num_classes=5)})
+    with pytest.raises(ValueError, match=r"models \['other'\] are not in this study"):
+        Study.load(tmp_path / "s", models={"other": make(0)})
