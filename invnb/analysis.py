@@ -44,7 +44,7 @@ class OnTheFly:
 
 @torch.no_grad()
 def layer_features(probe: Probe, images: torch.Tensor, batch_size: int = 256, budget_mb: float = 2048,
-                   device: str | torch.device = "cpu") -> torch.Tensor | OnTheFly:
+                   device: str | torch.device = "auto") -> torch.Tensor | OnTheFly:
     "Φ(x) for every image, as one CPU tensor (N, *feature_shape) — or `OnTheFly` above `budget_mb`."
     check_images(images, channels=None)
     shape = probe.feature_shape(tuple(images.shape[1:]))
@@ -143,7 +143,7 @@ def fit_invariances_over(probes: dict, images: torch.Tensor, codes: dict, budget
             done = folder / "t.safetensors"
             if done.is_file():
                 out[key] = InvarianceINN.load(done); continue
-        feats = layer_features(probe, images, budget_mb=budget_mb, device=kwargs.get("device", "cpu"))
+        feats = layer_features(probe, images, budget_mb=budget_mb, device=kwargs.get("device", "auto"))
         out[key], _ = fit_invariances(codes, feats, desc=f"t {key}", ckpt_dir=folder and folder / "train", **kwargs)
         if folder is not None: out[key].save(folder / "t.safetensors")
     return out
@@ -184,10 +184,15 @@ def _sumvar(a: torch.Tensor, dims) -> torch.Tensor:
     return a.var(dim=dims, correction=0).sum(-1)
 
 
+def _wide(grid: torch.Tensor) -> torch.Tensor:
+    "The grid in float64 for the variance sums, or float32 where the device has no float64 (MPS)."
+    return grid.to(torch.float32 if grid.device.type == "mps" else torch.float64)
+
+
 def _grid_share(grid: torch.Tensor) -> Estimate:
     """Mean over the outer axis of Var_inner / Var_all for a grid (n_outer, n_inner, k), and its jackknife
     standard error over the outer samples (leave one outer block out, recompute numerator *and* denominator)."""
-    g = grid.double()
+    g = _wide(grid)
     n_out, n_in = g.shape[:2]
     inner = _sumvar(g, 1)                                               # (n_outer,)
     s1, s2 = g.sum(1), g.pow(2).sum(1)                                  # per-block sums (n_outer, k)
@@ -255,7 +260,7 @@ def eq20(t, # the conditional INN of the layer
 def _between_share(grid: torch.Tensor) -> Estimate:
     """Var_outer(E_inner) / Var_all for a grid (n_outer, n_inner, k), bias-corrected for the finite inner means, and
     its jackknife standard error over the outer samples."""
-    g = grid.double()
+    g = _wide(grid)
     n_out, n_in = g.shape[:2]
     if n_out < 3 or n_in < 2: raise ValueError(f"the share needs n_outer ≥ 3 and n_inner ≥ 2; got {n_out}, {n_in}.")
     means, inner = g.mean(1), g.var(1, correction=1)                    # (n_outer, k)

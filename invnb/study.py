@@ -88,6 +88,13 @@ class StudyParts:
         if name not in self.models: raise KeyError(f"unknown model {name!r}; this study has {list(self.models)}.")
         return self.models[name]
 
+    def to(self, device) -> "Study":
+        "Move the autoencoder, every model, t and e to `device` (in place); the analyses then run there."
+        self.ae.to(device)
+        for m in [*self.models.values(), *self.ts.values(), *([self.e] if self.e is not None else [])]: m.to(device)
+        self.__dict__.pop("_features", None)
+        return self
+
     def features(self, images: torch.Tensor, layer: str, model: str | None = None) -> torch.Tensor:
         """Φ(images) at `layer` of `model`. Remembered while the same images (storage, shape, in-place version) and
         the model's weights are unchanged, so the analyses of one layer share one pass over the images; the last

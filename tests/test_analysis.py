@@ -248,3 +248,15 @@ def test_warm_start_begins_at_the_unconditional_flow():
     assert (near.nll(zbar, z) - want).abs().mean() < 0.5 and not torch.equal(near.nll(zbar, z), want)
     with pytest.raises(ValueError, match="same flow"):
         warm_start(InvarianceINN(6, (4, 3, 3), n_blocks=2, hidden=16, embed_dim=8), base)
+
+
+def test_variance_sums_use_float64_except_where_the_device_has_none():
+    from invnb.analysis import _wide
+    assert _wide(torch.zeros(2, 3, 4)).dtype == torch.float64
+    meta_mps = torch.empty(2, 3, 4, device="meta")
+    assert _wide(meta_mps).dtype == torch.float64
+    # MPS has no float64: the rule keys on the device type (checked without an Apple GPU via a stand-in)
+    class FakeMPS:
+        device = torch.device("mps")
+        def to(self, dtype): return dtype
+    assert _wide(FakeMPS()) == torch.float32

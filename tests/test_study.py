@@ -143,3 +143,19 @@ def test_a_study_of_a_user_model_saves_its_weights_and_takes_the_model_back(tmp_
         Study.load(tmp_path / "s", models={"final": make(0), "plain": torchvision.models.squeezenet1_1(num_classes=5)})
     with pytest.raises(ValueError, match=r"models \['other'\] are not in this study"):
         Study.load(tmp_path / "s", models={"other": make(0)})
+
+
+def test_study_to_moves_every_part_and_forgets_cached_features():
+    from invnb.autoencoder import SmallAE
+    from invnb.classifier import ColorMNISTClassifier
+    from invnb.inn import FactorINN, InvarianceINN
+    ae = SmallAE(width=8)
+    study = Study(ae, {"final": ColorMNISTClassifier(size=32)},
+                  {("final", "softmax"): InvarianceINN(ae.zdim, 10, n_blocks=2, hidden=16, embed_dim=8)},
+                  FactorINN(ae.zdim, {"digit": 2}, n_blocks=2, hidden=16))
+    x = torch.rand(4, 3, 28, 28) * 2 - 1
+    study.features(x, "softmax")
+    assert "_features" in study.__dict__
+    assert study.to("meta") is study and "_features" not in study.__dict__
+    parts = [study.ae, *study.models.values(), *study.ts.values(), study.e]
+    assert all(p.device.type == "meta" for m in parts for p in m.parameters())
