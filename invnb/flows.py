@@ -167,6 +167,19 @@ class ScaleShiftNet(nn.Module):
         out = torch.baddbmm(self.b_out, self.w_out, a)
         return out[0], out[1]
 
+    def train(self, mode: bool = True):
+        """Also forgets the packed weights: a fused optimizer (Adam(fused=True), fit's default) updates weights in
+        place without bumping their version, so the cache key alone would miss its steps; `fit` switches to eval
+        mode before every validation, so each validation packs the current weights."""
+        self._packed, self._packed_key = None, None
+        return super().train(mode)
+
+    def __getstate__(self):
+        "Copies and pickles leave the packed weights behind (oneDNN tensors have no storage to copy)."
+        state = self.__dict__.copy()
+        state["_packed"], state["_packed_key"] = None, None
+        return state
+
     def _pack(self):
         key = tuple((p.data_ptr(), p._version) for p in self.parameters())
         if key != self._packed_key:

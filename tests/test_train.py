@@ -216,3 +216,23 @@ def test_validation_keeps_the_best_weights_and_survives_a_resume(tmp_path):
     hr = fit(r, step_fn, 40, lr=0.05, device="cpu", progress=False, val_fn=val_fn, val_every=10, ckpt_dir=tmp_path,
              ckpt_every=10, resume=True)
     assert hr.best_step == 10 and hr["val"] == h["val"] and torch.equal(r.weight, m.weight)
+
+
+def test_validation_sees_the_weights_of_its_step_with_a_fused_optimizer():
+    """fit's default Adam is fused: it updates weights in place without bumping their version. Validation under
+    no_grad (oneDNN packed weights on CPU) must still use the current weights: best_val equals a fresh evaluation
+    of the weights fit kept."""
+    import copy
+    from invnb.analysis import fit_invariances, nll_of
+    from invnb.inn import InvarianceINN
+    g = torch.Generator().manual_seed(0)
+    codes = {"mean": torch.randn(400, 6, generator=g), "logvar": torch.full((400, 6), -4.0)}
+    z = torch.randn(400, 3, generator=g)
+    val_codes = {"mean": torch.randn(200, 6, generator=g), "logvar": torch.full((200, 6), -4.0)}
+    vz = torch.randn(200, 3, generator=g)
+    val_fn = lambda m: nll_of(m, val_codes, vz)
+    t, hist = fit_invariances(codes, z, steps=60, lr=3e-3, n_blocks=2, hidden=32, embed_dim=8, device="cpu",
+                              progress=False, val_fn=val_fn, val_every=20)
+    fresh = copy.deepcopy(t).eval()
+    assert hist.best_val == pytest.approx(val_fn(fresh), abs=1e-4)
+    assert len({round(v, 3) for _, v in hist["val"]}) == len(hist["val"])   # the weights moved between validations
