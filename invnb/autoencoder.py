@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import Checkpointable
-from .data import check_images
+from .data import check_dtype, check_images
 from .inn import _init_layers
 from .train import History, fit
 
@@ -43,7 +43,7 @@ class Autoencoder(Checkpointable, nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "(mean, logvar) of E(x), each (B, zdim)."
-        check_images(x, self.channels, self.size)
+        check_dtype(check_images(x, self.channels, self.size), self, "images")
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
@@ -51,7 +51,7 @@ class Autoencoder(Checkpointable, nn.Module):
         "x̄ = D(z̄) in [-1, 1], (B, C, size, size)."
         if zbar.ndim != 2 or zbar.shape[1] != self.zdim:
             raise ValueError(f"z̄ must have shape (B, {self.zdim}); got {tuple(zbar.shape)}.")
-        return self.decoder(zbar)
+        return self.decoder(check_dtype(zbar, self, "z̄"))
 
     def sample_zbar(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         "z̄ ~ N(mean, diag(exp(logvar))) for each image (reparameterised: differentiable)."
@@ -316,7 +316,7 @@ class AELoss(nn.Module):
 def train_autoencoder(ae: Autoencoder, images: torch.Tensor, steps: int, batch_size: int = 64, lr: float = 1e-3,
                       loss: AELoss | None = None, **fit_kwargs) -> History:
     "Train `ae` on `images` (N, C, H, W) in [-1, 1] with A.1's loss (default `AELoss('l2')`: squared L2, γ in closed form, no discriminator)."
-    check_images(images, ae.channels, ae.size)
+    check_dtype(check_images(images, ae.channels, ae.size), ae, "images")
     loss = loss or AELoss("l2")
 
     def step_fn(model, g, step):

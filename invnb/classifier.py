@@ -41,10 +41,20 @@ class ColorMNISTClassifier(Checkpointable, nn.Module):
 
 # %% ../nbs/06a_classifier.ipynb #18b7c4c1
 def _read_records(path: Path) -> list[dict]:
-    try: return json.loads(path.read_text())
+    "The records of `path`; each must name a file inside its folder (a records.json cannot point elsewhere)."
+    fix = f"delete the folder {path.parent} to train the classifier again"
+    try:
+        recs = json.loads(path.read_text())
+        if not isinstance(recs, list) or not all(isinstance(r, dict) and isinstance(r.get("file", ""), str) for r in recs):
+            raise ValueError("not a list of {'step', 'file', 'val_accuracy'} records")
     except (ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is damaged ({e}); delete the folder {path.parent} to train the classifier "
-                              "again.") from None
+        raise CheckpointError(f"{path} is damaged ({e}); {fix}.") from None
+    root = path.parent.resolve()
+    for r in recs:
+        if "file" in r and not (path.parent / r["file"]).resolve().is_relative_to(root):
+            raise CheckpointError(f"{path} names the file {r['file']!r}, which lies outside {path.parent}; refusing to "
+                                  f"read it. The records were edited by hand or come from elsewhere: {fix}.")
+    return recs
 
 
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,

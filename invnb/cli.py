@@ -9,9 +9,11 @@ import argparse
 import sys
 
 from .checkpoint import CheckpointError
+from .data import DatasetNotFound
 from .colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist
 from .demo import demo
 from .report import check_run
+from .train import TrainingDiverged
 
 # %% auto #0
 __all__ = ['parser', 'main']
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser()
     a = ap.parse_args(argv)
     if a.command == "check":
-        problems = check_run(a.out)
+        try: problems = check_run(a.out)
+        except RunError as e: problems = [str(e)]
         for p in problems: print(f"invnb check: {p}", file=sys.stderr)
         if not problems: print(f"{a.out}: metrics.json, report.html and the run's files are well-formed and unchanged")
         return 1 if problems else 0
@@ -58,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:
         print(f"invnb colormnist: {e}", file=sys.stderr)
         return 130
-    except (RunError, CheckpointError, ValueError) as e:
+    except KeyboardInterrupt:   # before the first stage: while the data loads or the folder is checked
+        print(f"invnb colormnist: interrupted before the first stage; what finished is saved in {a.out}; run the same "
+              "command to continue.", file=sys.stderr)
+        return 130
+    except TrainingDiverged as e:
+        print(f"invnb colormnist: error: training diverged: {e} The profile fixes lr and clip; another --seed (with "
+              "another --out) draws another run.", file=sys.stderr)
+        return 2
+    except (RunError, CheckpointError, DatasetNotFound, ValueError) as e:
         print(f"invnb colormnist: error: {e}", file=sys.stderr)
         return 2
     return 0

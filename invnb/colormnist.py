@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import platform
 import shutil
 import time
 import warnings
@@ -23,87 +22,28 @@ from .autoencoder import SmallAE, train_autoencoder
 from .checkpoint import CheckpointError, load_model, write_json_atomic
 from .classifier import ColorMNISTClassifier, train_classifier
 from .data import ColorMNIST, FactorPairs, load_mnist
-from .factors import estimate_factor_sizes, factor_report, pair_val_fn
+from .factors import estimate_factor_sizes, pair_val_fn
 from .inn import FactorINN, InvarianceINN
+from .profiles import FACTORS, PROFILES, STAGES, TARGET, Profile
 from .runs import RunError, artifacts, prepare_run, run_lock
-from .study import Study
-from .train import encode_dataset, pick_device
+from .study import Study, environment
+from .train import TrainingDiverged, encode_dataset, pick_device
 
 # %% auto #0
-__all__ = ['PROFILES', 'FACTORS', 'STAGES', 'Profile', 'RunInterrupted', 'RunSpec', 'ColorMNISTData', 'load_data',
-           'autoencoder_stage', 'classifier_stage', 'factors_stage', 'invariance_jobs', 'invariances_stage',
-           'environment', 'analysis_stage', 'run_colormnist']
+__all__ = ['SEED_OFFSETS', 'RunInterrupted', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage',
+           'factors_stage', 'invariance_jobs', 'invariances_stage', 'analysis_stage', 'run_colormnist']
 
-# %% ../nbs/12_colormnist.ipynb #fbb46401
-@dataclass(frozen=True)
-class Profile:
-    "Sizes, steps and learning rates of one `invnb colormnist` run."
-    name: str
-    n_train: int | None                      # training digits (None: all there are)
-    n_val: int | None
-    ae_steps: int
-    ae_width: int
-    clf_steps: int
-    n_checkpoints: int
-    e_steps: int
-    e_size: dict
-    t_steps: int
-    t_size: dict
-    layers: tuple                            # layers of the final classifier that get a t
-    checkpoint_layer: str = "features.11"    # the penultimate Fire module (Sec. B.4, Tab. S15): t at every checkpoint
-    batch_size: int = 128                    # e and t
-    ae_batch_size: int = 64
-    clf_batch_size: int = 64
-    ae_lr: float = 1e-3
-    clf_lr: float = 1e-4                     # Adam; SqueezeNet diverges at 1e-3 on this data
-    e_lr: float = 1e-3
-    e_guide: float = 300.0                   # weight of the closed-form guide of e (annealed to 0; 07b_factors)
-    e_val_every: int = 100                   # steps between held-out pair-loss checks of e (the best is kept)
-    t_lr: float = 1e-3
-    ckpt_every: int = 200                    # training-state checkpoints (for resuming), in steps
-    t_val_every: int = 50                    # steps between held-out NLL checks of t (the best is kept)
-    n_probe: int = 1000                      # training images for the linear probes (INN-free witness)
-    n_check: int = 500                       # training images for t's training NLL (its held-out NLL uses all val)
-    n_fidelity: int = 100                    # validation images for the sample fidelity of each t
-    fidelity_draws: int = 8                  # draws of v per image for the sample fidelity
-    n_eval: int = 100                        # Eq. 19/20: n_outer = n_inner = n_eval
-    n_grid: int = 6                          # sample grids: rows (inputs)
-    n_draws: int = 8                         # sample grids: columns (draws of v, the same for every grid)
-    n_variance: int = 64                     # validation images for the image-space variance
-    disk_mb: int = 200                       # space the run needs
-    est_seconds: dict = field(default_factory=dict)  # per stage, on a 2-core CPU (for the time-left estimate)
-
-
-_LAYERS = ("features.5", "features.8", "features.10", "features.11", "features.12", "classifier", "softmax")
-PROFILES = {
-    "smoke": Profile("smoke", 600, 200, ae_steps=60, ae_width=16, clf_steps=30, n_checkpoints=3,
-                     e_steps=40, e_size=dict(n_blocks=2, hidden=32, depth=1),
-                     t_steps=40, t_size=dict(n_blocks=2, hidden=32, depth=1, embed_dim=16),
-                     layers=("features.8", "features.11", "softmax"), batch_size=64, n_eval=20, n_grid=3, disk_mb=50,
-                     t_val_every=10, n_probe=300, n_check=100, n_fidelity=20,
-                     est_seconds=dict(data=1, autoencoder=3, classifier=6, factors=1, invariances=6, analysis=4, report=3)),
-    "quick": Profile("quick", None, None, ae_steps=6000, ae_width=32, clf_steps=1000, n_checkpoints=7,
-                     e_steps=700, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
-                     t_steps=150, t_val_every=25, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
-                     layers=tuple(l for l in _LAYERS if l not in ("features.12", "classifier")), n_probe=500, fidelity_draws=4,
-                     ae_batch_size=32, ae_lr=3e-3, disk_mb=300,
-                     est_seconds=dict(data=1, autoencoder=120, classifier=170, factors=55, invariances=170, analysis=70,
-                                      report=2)),
-    "paper": Profile("paper", None, None, ae_steps=20000, ae_width=64, clf_steps=40000, n_checkpoints=20,
-                     e_steps=20000, e_size=dict(n_blocks=20, hidden=1024, depth=2),
-                     t_steps=20000, t_size=dict(n_blocks=20, hidden=1024, depth=2, embed_dim=128),
-                     layers=("features.2",) + _LAYERS, batch_size=64, disk_mb=20000,
-                     est_seconds=dict(data=30, autoencoder=1200, classifier=3000, factors=3000, invariances=80000,
-                                      analysis=600, report=30)),
-}
-FACTORS = ("digit", "fg", "bg")  # e's named factors, in order; their sizes come from the data, the residual gets the rest
-STAGES = ("data", "autoencoder", "classifier", "factors", "invariances", "analysis", "report")
-
-
+# %% ../nbs/12_colormnist.ipynb #746bf8db
 class RunInterrupted(KeyboardInterrupt):
     "Ctrl-C during a run; the message says where it stopped and how to continue."
 
-# %% ../nbs/12_colormnist.ipynb #746bf8db
+
+# Every draw of a run derives from its seed; these offsets keep the uses apart, and fixed, so that adding a use
+# does not move the draws of the others.
+SEED_OFFSETS = dict(val_colours=1, eq19=1, eq20=2, eq20_checkpoints=3, grids=4, share=5, share_checkpoints=6,
+                    null_permutation=7, t_seeds=1000)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     "Where and how a run works: its folder, profile, seed, device, progress bars and log."
@@ -117,9 +57,10 @@ class RunSpec:
     @property
     def study_dir(self) -> Path: return self.out / "study"
 
-    def fit_kwargs(self, name: str) -> dict:
+    def fit_kwargs(self, name: str, seed: int | None = None) -> dict:
         "Arguments of `invnb.train.fit` for the model `name`: its own resumable state folder under train/."
-        return dict(device=self.device, seed=self.seed, progress=self.progress, ckpt_dir=self.out / "train" / name,
+        return dict(device=self.device, seed=self.seed if seed is None else seed, progress=self.progress,
+                    ckpt_dir=self.out / "train" / name,
                     resume=True, ckpt_every=self.prof.ckpt_every)
 
     def drop_state(self, name: str):
@@ -160,7 +101,7 @@ def load_data(prof: Profile, seed: int, mnist_root: str | Path | None = None) ->
     (xt, yt), (xv, yv) = d["train"], d["val"]
     g = torch.Generator().manual_seed(seed)                  # a random subset: the splits are sorted by digit
     it, iv = torch.randperm(len(xt), generator=g)[:prof.n_train], torch.randperm(len(xv), generator=g)[:prof.n_val]
-    train, val = ColorMNIST(xt[it], yt[it], seed=seed), ColorMNIST(xv[iv], yv[iv], seed=seed + 1)
+    train, val = ColorMNIST(xt[it], yt[it], seed=seed), ColorMNIST(xv[iv], yv[iv], seed=seed + SEED_OFFSETS["val_colours"])
     info = {"source": d["source"], "n_train": len(it), "n_val": len(iv),
             "fingerprint": _fingerprint(xt[it], yt[it], xv[iv], yv[iv])}
     return ColorMNISTData(train, val, train.images(), val.images(), info)
@@ -184,8 +125,8 @@ def autoencoder_stage(run: RunSpec, data: ColorMNISTData) -> tuple[SmallAE, dict
 def classifier_stage(run: RunSpec, data: ColorMNISTData) -> dict[str, tuple[int, nn.Module]]:
     "Stage 3: SqueezeNet 1.1 checkpoints {name: (step, model)}, from step 0 to the last (named 'step000000', ...)."
     p, folder = run.prof, run.out / "train" / "classifier"
-    recs = train_classifier(ColorMNISTClassifier(seed=run.seed), data.xt, data.train.labels["digit"], data.xv,
-                            data.val.labels["digit"], steps=p.clf_steps, n_checkpoints=p.n_checkpoints, out_dir=folder,
+    recs = train_classifier(ColorMNISTClassifier(seed=run.seed), data.xt, data.train.labels[TARGET], data.xv,
+                            data.val.labels[TARGET], steps=p.clf_steps, n_checkpoints=p.n_checkpoints, out_dir=folder,
                             batch_size=p.clf_batch_size, lr=p.clf_lr, device=run.device, seed=run.seed,
                             progress=run.progress)
     run.drop_state("classifier/train")
@@ -212,11 +153,12 @@ def factors_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: di
     return e.eval().cpu()
 
 
-def _val_halves(data: ColorMNISTData, codes_val: dict) -> list[tuple[dict, dict]]:
-    "(codes, labels) of the two halves of the validation images: the first chooses e's weights, the second reports."
+def _val_halves(data: ColorMNISTData, per_image: dict) -> list[tuple[dict, dict]]:
+    """(per_image, labels) of the two halves of the validation images, for `per_image` = {name: (N, ...) tensor}
+    (codes, images): the first half chooses e's weights, the second reports on e."""
     h = len(data.xv) // 2
     cut = lambda d, s: {k: v[s] for k, v in d.items()}
-    return [(cut(codes_val, s), cut(data.val.labels, s)) for s in (slice(0, h), slice(h, None))]
+    return [(cut(per_image, s), cut(data.val.labels, s)) for s in (slice(0, h), slice(h, None))]
 
 
 def invariance_jobs(prof: Profile, checkpoints: list[str]) -> list[tuple[str, str]]:
@@ -228,17 +170,17 @@ def invariance_jobs(prof: Profile, checkpoints: list[str]) -> list[tuple[str, st
 
 
 def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_feats, desc: str,
-           base: InvarianceINN | None = None) -> InvarianceINN:
+           base: InvarianceINN | None = None, seed: int | None = None) -> InvarianceINN:
     """One t (or, without `base`, the unconditional baseline), started at `base` (`analysis.warm_start`), kept at its
     best held-out NLL; saved as study/t/<name> with a record of the kept step."""
-    p, path = run.prof, run.study_dir / "t" / f"{name}.safetensors"
+    p, path, seed = run.prof, run.study_dir / "t" / f"{name}.safetensors", run.seed if seed is None else seed
     t = _loads(path, InvarianceINN)
     if t is None:
-        val_fn = lambda m: analysis.nll_of(m, codes_val, val_feats, seed=run.seed)
-        t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=run.seed, **p.t_size)
+        val_fn = lambda m: analysis.nll_of(m, codes_val, val_feats, seed=run.seed)   # the same held-out draw for all
+        t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=seed, **p.t_size)
         if base is not None: analysis.warm_start(t, base)
         t, hist = analysis.fit_invariances(codes, feats, t=t, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr,
-                                           **{**run.fit_kwargs(f"t/{name}"), "desc": desc}, val_fn=val_fn,
+                                           **{**run.fit_kwargs(f"t/{name}", seed), "desc": desc}, val_fn=val_fn,
                                            val_every=p.t_val_every)
         write_json_atomic(path.with_suffix(".training.json"),   # which step's weights t kept, and why
                           {"best_step": hist.best_step, "best_val_nll": hist.best_val, "steps": p.t_steps,
@@ -248,14 +190,16 @@ def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_fea
 
 
 def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict, models: dict[str, nn.Module],
-                      jobs: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], InvarianceINN], InvarianceINN]:
+                      jobs: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], InvarianceINN], list[InvarianceINN]]:
     """Stage 5: first a t of the same size with a constant condition (it models p(z̄) alone); then one t per
     (model, layer) job, started at that flow (`analysis.warm_start`), kept at its best held-out NLL and saved as soon
     as it is trained; last the null control `shuffled_z`: a t trained the same way at the final model's checkpoint
     layer on z shuffled across the training images. Its held-out NLL is the reference of the information z adds
-    (a t gains a little from its extra steps alone, with or without z). Returns the t's and the unconditional flow."""
-    ones = lambda n: torch.zeros(n, 1)
-    base = _fit_t(run, "unconditional", codes, ones(len(data.xt)), codes_val, ones(len(data.xv)), "t unconditional")
+    (a t gains a little from its extra steps alone, with or without z); then the same t as the checkpoint layer's
+    of the final model with `t_seeds - 1` other seeds (the seed spread). Returns the t's and those other seeds' t's."""
+    constant_condition = lambda n: torch.zeros(n, 1)
+    base = _fit_t(run, "unconditional", codes, constant_condition(len(data.xt)), codes_val,
+                  constant_condition(len(data.xv)), "t unconditional")
     ts, final = {}, jobs[0][0]
     for k, (model, layer) in enumerate(jobs, 1):
         run.log(f"  t {k}/{len(jobs)}: {model} at {layer}")
@@ -268,54 +212,54 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
                                     base)
         if (model, layer) == (final, run.prof.checkpoint_layer): null_feats = feats, val_feats
     run.log(f"  null control: {final} at {run.prof.checkpoint_layer}, z shuffled across images")
-    perm = torch.randperm(len(data.xt), generator=torch.Generator().manual_seed(run.seed + 7))
+    perm = torch.randperm(len(data.xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
     _fit_t(run, "shuffled_z", codes, null_feats[0][perm], codes_val, null_feats[1], "t shuffled z", base)
-    return ts, base
+    seeds = []
+    for k in range(1, run.prof.t_seeds):
+        run.log(f"  seed spread: {final} at {run.prof.checkpoint_layer}, seed {k + 1}/{run.prof.t_seeds}")
+        seeds.append(_fit_t(run, f"{final}__{run.prof.checkpoint_layer}__seed{k}", codes, *null_feats[:1], codes_val,
+                            null_feats[1], f"t seed {k + 1}", base, seed=run.seed + SEED_OFFSETS["t_seeds"] * k))
+    return ts, seeds
 
 # %% ../nbs/12_colormnist.ipynb #399a4bac
-def environment(device) -> dict:
-    "What the numbers depend on besides the seed: thread count, versions, device."
-    import numpy, plotly, invnb
-    return {"device": str(device), "threads": torch.get_num_threads(), "invnb": invnb.__version__,
-            "torch": torch.__version__, "numpy": numpy.__version__, "plotly": plotly.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
 @torch.no_grad()
-def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[tuple[str, str]]) -> dict[str, str]:
+def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[tuple[str, str]],
+                   seed_ts: list[InvarianceINN] = ()) -> dict[str, str]:
     """Stage 6: every number of the report into `study.results` (Eq. 19 per layer; the identifiable share and Eq. 20
-    per layer and per checkpoint; linear probes; t's diagnostics; image-space variance; accuracies; the
-    reconstruction), the sample grids as PNGs; saves the study. Returns {'<model>__<layer>': grid file name}."""
-    p, s = run.prof, run.seed
+    per layer and per checkpoint; linear probes; t's diagnostics and seed spread; image-space variance; accuracies;
+    the reconstruction), the sample grids as PNGs; saves the study. Returns {'<model>__<layer>': grid file name}."""
+    p, s, off = run.prof, run.seed, SEED_OFFSETS
     names = list(study.models)
     final, xv, xt = names[-1], data.xv, data.xt
-    study.compute_reconstruction(xv, data.val.labels["digit"], final)
-    h = len(xv) // 2                                      # e's table on the half of the images that did not choose e
-    study.compute_factor_report(xv[h:], {k: v[h:] for k, v in data.val.labels.items()}, seed=s)
-    training = {}
-    for f in sorted((run.study_dir / "t").glob("*.training.json")):
+    study.compute_reconstruction(xv, data.val.labels[TARGET], final)
+    report_half = _val_halves(data, {"x": xv})[1]         # e's table on the half of the images that did not choose e
+    study.compute_factor_report(report_half[0]["x"], report_half[1], seed=s)
+    for f in sorted((run.study_dir / "t").glob("*.training.json")):      # how stage 5 trained each t
         rec = json.loads(f.read_text())
-        training[f.name[:-len(".training.json")]] = {k: rec[k] for k in ("best_step", "best_val_nll", "steps")}
-    study.results.diagnostics["t_training"] = training
-    study.compute_accuracy(xv, data.val.labels["digit"])
-    study.compute_eq19(xv, final, p.layers, n_outer=p.n_eval, n_inner=p.n_eval, seed=s + 1)
-    layers20 = list(dict.fromkeys([*p.layers, p.checkpoint_layer]))
+        study.record_t_training(f.name[:-len(".training.json")], best_step=rec["best_step"],
+                                best_val_nll=rec["best_val_nll"], steps=rec["steps"])
+    study.compute_accuracy(xv, data.val.labels[TARGET])
     kw = dict(n_outer=p.n_eval, n_inner=p.n_eval)
-    study.compute_eq20(xv, final, layers20, **kw, seed=s + 2)
-    study.compute_share(xv, final, layers20, **kw, seed=s + 5)
+    study.compute_eq19(xv, final, p.layers, **kw, seed=s + off["eq19"])
+    layers20 = list(dict.fromkeys([*p.layers, p.checkpoint_layer]))
+    study.compute_eq20(xv, final, layers20, **kw, seed=s + off["eq20"])
+    study.compute_share(xv, final, layers20, **kw, seed=s + off["share"])
     for m in names[:-1]:
-        study.compute_eq20(xv, m, [p.checkpoint_layer], **kw, seed=s + 3)
-        study.compute_share(xv, m, [p.checkpoint_layer], **kw, seed=s + 6)
+        study.compute_eq20(xv, m, [p.checkpoint_layer], **kw, seed=s + off["eq20_checkpoints"])
+        study.compute_share(xv, m, [p.checkpoint_layer], **kw, seed=s + off["share_checkpoints"])
+    if seed_ts:                    # the same draws as above, so the first seed's numbers are the reported ones
+        study.compute_seed_spread(xv, final, p.checkpoint_layer, seed_ts, **kw, seed_eq19=s + off["eq19"],
+                                  seed_share=s + off["share"])
     # the INN-free witness, and t's own diagnostics
     tl, vl = {k: v[:p.n_probe] for k, v in data.train.labels.items()}, data.val.labels
-    null_nll = training["shuffled_z"]["best_val_nll"]    # the held-out NLL of the null control (stage 5)
+    null_nll = study.results.diagnostics.t_training["shuffled_z"].best_val_nll   # the null control (stage 5)
     for m in names:
         layers = [l for mm, l in jobs if mm == m]
         study.compute_probes(xt[:p.n_probe], tl, xv, vl, m, layers)
         study.compute_t_checks(xt[:p.n_check], xv, m, layers, n_fidelity=p.n_fidelity, n_samples=p.fidelity_draws,
                                seed=s, baseline_nll=null_nll)
     # the same inputs and the same draws of v for every layer and checkpoint (the layout of Fig. S7)
-    v = torch.randn(p.n_draws, study.ae.zdim, generator=torch.Generator().manual_seed(s + 4))
+    v = torch.randn(p.n_draws, study.ae.zdim, generator=torch.Generator().manual_seed(s + off["grids"]))
     x = xv[:p.n_grid]
     recon = study.reconstruct(x)
     figs = run.out / "figures"; figs.mkdir(exist_ok=True)
@@ -339,6 +283,9 @@ class _Stages:
             "invariances": "train t per layer and per checkpoint", "analysis": "Eq. 19, Eq. 20, sample grids",
             "report": "write metrics.json and report.html"}
 
+    RESCALE_FROM = 0.2   # rescale the estimates once the finished stages have used ≥ 20% of their planned time
+    MINUTES_FROM = 90    # seconds left from which the line says minutes
+
     class Stop(Exception): "Raised after the `until` stage."
 
     def __init__(self, run: RunSpec, state: dict, until: str | None):
@@ -347,16 +294,18 @@ class _Stages:
     def left(self, stage: str) -> float:
         est, done = self.run.prof.est_seconds, [s for s in STAGES if s in self.state["stages"]]
         spent, planned = sum(self.state["stages"][s]["seconds"] for s in done), sum(est.get(s, 0) for s in done)
-        rate = spent / planned if planned > 1 and spent > 0.2 * planned else 1.0
+        rate = spent / planned if planned > 1 and spent > self.RESCALE_FROM * planned else 1.0
         return rate * sum(est.get(s, 0) for s in STAGES[STAGES.index(stage):] if s not in done)
 
     def __call__(self, stage: str, fn, *args, seconds: float = 0.0):
         left = self.left(stage)
         self.run.log(f"[stage {STAGES.index(stage) + 1}/{len(STAGES)}] {stage}: {self.WHAT[stage]} — about "
-                     + (f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s") + " left")
+                     + (f"{left / 60:.0f} min" if left >= self.MINUTES_FROM else f"{left:.0f} s") + " left")
         self.current, t0 = stage, time.perf_counter()
         try:
             out = fn(*args)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"stage {stage!r}: {e}") from None
         except OSError as e:
             if e.errno != errno.ENOSPC: raise
             raise RunError(f"no space left on the device while writing to {self.run.out} in stage {stage!r}; free "
@@ -405,16 +354,16 @@ def run_colormnist(out="runs/colormnist", # run folder
             e = stages("factors", factors_stage, run, data, codes, codes_val)
             models = {n: m for n, (_, m) in checkpoints.items()}
             jobs = invariance_jobs(profile, list(models))
-            ts, _ = stages("invariances", invariances_stage, run, data, codes, codes_val, models, jobs)
+            ts, seed_ts = stages("invariances", invariances_stage, run, data, codes, codes_val, models, jobs)
             study = Study(ae, models, ts, e, {"steps": {n: s for n, (s, _) in checkpoints.items()}},
-                          meta={"profile": profile.name, "seed": seed, "data": data.info, **environment(dev)})
-            figures = stages("analysis", analysis_stage, run, data, study, jobs)
+                          meta={"profile": profile.name, "seed": seed, "data": data.info, "environment": environment(dev)})
+            figures = stages("analysis", analysis_stage, run, data, study, jobs, seed_ts)
 
             def report():
                 secs = {s: v["seconds"] for s, v in state["stages"].items()}
                 m = run_metrics(study, profile=profile.name, seed=seed, settings=asdict(profile), data=data.info,
                                 environment=environment(dev), checkpoint_layer=profile.checkpoint_layer,
-                                layers=list(profile.layers), factors=[*FACTORS, "residual"], figures=figures,
+                                layers=list(profile.layers), factors=[*FACTORS, e.names[0]], figures=figures,
                                 seconds=secs | {"total": round(sum(secs.values()), 1)})
                 write_json_atomic(out / "metrics.json", m)
                 (out / "figures" / "summary.png").write_bytes(summary_png(m))

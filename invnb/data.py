@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import invnb
 
 # %% auto #0
-__all__ = ['PALETTE', 'CELEBA_FACTORS', 'check_images', 'load_mnist', 'ColorMNIST', 'FactorPairs', 'DatasetNotFound',
-           'image_transform', 'load_celeba', 'attribute_labels', 'load_image_folder']
+__all__ = ['PALETTE', 'CELEBA_FACTORS', 'check_images', 'check_dtype', 'DatasetNotFound', 'load_mnist', 'ColorMNIST',
+           'FactorPairs', 'image_transform', 'load_celeba', 'attribute_labels', 'load_image_folder']
 
 # %% ../nbs/04_data.ipynb #bb661c2b
 def check_images(x: torch.Tensor, channels: int | None = 3, size: int | None = None, name: str = "images") -> torch.Tensor:
@@ -36,7 +36,20 @@ def check_images(x: torch.Tensor, channels: int | None = 3, size: int | None = N
         raise ValueError(f"{name} must be {size}×{size}; got {h}×{w}. Resize them (e.g. F.interpolate) first.")
     return x
 
+
+def check_dtype(x: torch.Tensor, model: torch.nn.Module, name: str = "input") -> torch.Tensor:
+    "Check that `x` has the dtype of `model`'s parameters (torch's own error would not say which); return it unchanged."
+    dtype = next((p.dtype for p in model.parameters()), x.dtype)
+    if x.dtype != dtype:
+        raise ValueError(f"{name} must have the dtype of {type(model).__name__}'s parameters, {dtype}; got {x.dtype}. "
+                         f"Convert with x.to({dtype}) (e.g. x.float()), or the model with model.to({x.dtype}).")
+    return x
+
 # %% ../nbs/04_data.ipynb #f8888a20
+class DatasetNotFound(FileNotFoundError):
+    "A dataset that is not on disk (and could not be downloaded)."
+
+
 def _bundled_mnist_path() -> Path:
     try:
         p = files("invnb._bundled") / "mnist5k.npz"   # installed package data
@@ -71,6 +84,10 @@ def load_mnist(root: str | Path | None = None, download: bool = False, val_fract
             images = torch.cat([p.data for p in parts]).numpy(); labels = torch.cat([p.targets for p in parts]).numpy()
             source = "torchvision"
         except Exception as e:  # offline or missing files
+            if root is not None:
+                raise DatasetNotFound(f"no MNIST under {root} ({type(e).__name__}: {str(e)[:80]}); point root "
+                                      "(--mnist-root) to the folder that holds MNIST/raw, pass download=True while "
+                                      "online, or leave root unset for the 5,000 bundled digits.") from None
             warnings.warn(f"full MNIST not available ({type(e).__name__}: {str(e)[:80]}); using the 5,000 bundled digits. "
                           f"Get the full set with load_mnist(root='data/mnist', download=True) while online.")
     if images is None:
@@ -203,10 +220,6 @@ class FactorPairs:
 CELEBA_FACTORS = ["Black_Hair", "Eyeglasses", "Male", "No_Beard", "Young", "Smiling"]  # Sec. B.5
 
 
-class DatasetNotFound(FileNotFoundError):
-    "A dataset that is not on disk (and could not be downloaded)."
-
-
 def image_transform(size: int = 128):
     "Resize the short side, centre-crop to size×size, scale to [-1, 1]."
     from torchvision import transforms as T
@@ -244,12 +257,12 @@ def _load_rgb(path: str):
 
 
 def _unreadable(paths) -> list[tuple[str, str]]:
-    "(path, reason) of each file whose image header PIL cannot read (the pixels are not decoded)."
+    "(path, reason) of each file whose pixels PIL cannot decode (a bad header, or data cut off)."
     from PIL import Image
     bad = []
     for p in paths:
         try:
-            with Image.open(p): pass
+            with Image.open(p) as im: im.load()
         except Exception as e: bad.append((p, f"{type(e).__name__}: {e}"))
     return bad
 

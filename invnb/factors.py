@@ -11,7 +11,9 @@ from typing import Callable
 
 import torch
 
+from .autoencoder import sample_gaussian
 from .data import FactorPairs
+from .flows import check_trained
 
 # %% auto #0
 __all__ = ['FactorSizes', 'estimate_factor_sizes', 'check_factor_sizes', 'FactorReport', 'factor_report', 'pair_val_fn',
@@ -245,6 +247,7 @@ def factor_report(e,                                # a FactorINN
                   own_min: float | None = None,     # warn below this own correlation (default ρ/2)
                   off_max: float = 0.1) -> FactorReport:  # warn above this correlation in another slice
     "Held-out pair correlations of every slice of e, class-mean shares, and warnings (see above)."
+    check_trained(e, "e", "fit it (`fit_factors`) before asking for its factor report")
     z = _means(codes)
     names = _check_e(e, z, labels, names)
     names, labels = _labels(labels, names, len(z))
@@ -275,7 +278,7 @@ def pair_val_fn(codes, labels: dict, names: list[str] | None = None, *, n: int =
     g = torch.Generator().manual_seed(seed)
     a, b, f = FactorPairs(labels, names).sample(n, g)
     if sample and not (isinstance(codes, dict) and "logvar" in codes): raise ValueError("sample=True needs {'mean', 'logvar'} codes.")
-    if sample: z = z + torch.randn(z.shape, generator=g) * codes["logvar"].float().mul(0.5).exp()
+    if sample: z = sample_gaussian(z, codes["logvar"].float(), g)
 
     @torch.no_grad()
     def val_fn(e) -> float:

@@ -14,8 +14,8 @@ from torch import nn
 from .checkpoint import Checkpointable
 
 # %% auto #0
-__all__ = ['FAST_CPU_INFERENCE', 'InvertibleModule', 'ActNorm', 'ScaleShiftNet', 'DoubleAffineCoupling', 'Shuffle', 'FlowBlock',
-           'Flow']
+__all__ = ['FAST_CPU_INFERENCE', 'InvertibleModule', 'ActNorm', 'check_trained', 'ScaleShiftNet', 'DoubleAffineCoupling',
+           'Shuffle', 'FlowBlock', 'Flow']
 
 # %% ../nbs/00_flows.ipynb #918b3768
 def _check_vectors(x: torch.Tensor, dim: int, name: str = "x") -> None:
@@ -102,6 +102,12 @@ class ActNorm(InvertibleModule):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._initialized = bool(self.initialized)
+
+# %% ../nbs/00_flows.ipynb #9c6e4d50
+def check_trained(model: nn.Module, name: str = "this flow", fix: str = "train it (or load trained weights) first") -> None:
+    "Refuse a model holding an ActNorm layer that never saw data: an untrained flow."
+    if any(isinstance(m, ActNorm) and not m._initialized for m in model.modules()):
+        raise ValueError(f"{name} has not been trained: its ActNorm layers were never initialised; {fix}.")
 
 # %% ../nbs/00_flows.ipynb #bc6ea616
 def _uniform_(t: torch.Tensor, fan_in: int, generator: torch.Generator, gain: float = 1.0) -> torch.Tensor:

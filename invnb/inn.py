@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import check_dtype
 from .flows import Flow, InvertibleModule, _check_vectors, _uniform_
 
 # %% auto #0
@@ -93,6 +94,7 @@ class InvarianceINN(InvertibleModule):
 
     def _check(self, zbar, z, name="zbar"):
         _check_vectors(zbar, self.dim, name)
+        check_dtype(zbar, self, name)
         if z.shape[0] != zbar.shape[0]:
             raise ValueError(f"{name} and z must have the same batch size; got {zbar.shape[0]} and {z.shape[0]}.")
 
@@ -100,7 +102,7 @@ class InvarianceINN(InvertibleModule):
               z: torch.Tensor,  # representations (B, *cond_shape) or flattened (B, prod(cond_shape))
              ) -> torch.Tensor:
         "h = H(z), the conditioning vector (B, embed_dim)."
-        return self.embedder(z)
+        return self.embedder(check_dtype(z, self, "z"))
 
     def forward(self,
                 zbar: torch.Tensor,  # codes z̄ (B, in_dim)
@@ -157,6 +159,7 @@ class InvarianceINN(InvertibleModule):
                     ) -> torch.Tensor:
         "z̄[i, j] = t⁻¹(v[j] | z[i]): (n_z, n_v, D), embedding each z once, without autograd."
         _check_vectors(v, self.dim, "v")
+        check_dtype(v, self, "v")
         h = self.embed(z)
         if len(v) == 0 or len(h) == 0:
             raise ValueError(f"inverse_grid got an empty batch ({len(v)} v, {len(h)} z); pass at least one of each.")
@@ -203,13 +206,13 @@ class FactorINN(InvertibleModule):
                 zbar: torch.Tensor,  # codes z̄ (B, in_dim)
                ):
         "codes, logdet = e(z̄)."
-        return self.flow(zbar)
+        return self.flow(check_dtype(zbar, self, "zbar"))
 
     def inverse(self,
                 codes: torch.Tensor,  # factor codes (B, in_dim), residual first
                ) -> torch.Tensor:
         "z̄ = e⁻¹(codes)."
-        return self.flow.inverse(codes)
+        return self.flow.inverse(check_dtype(codes, self, "codes"))
 
     def split(self,
               codes: torch.Tensor,  # factor codes (B, in_dim), as returned by `forward`

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+
+from .analysis import pixel_mean_var
+from .results import Estimate
 
 BACKENDS = ("plotly", "matplotlib")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -27,24 +29,19 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
-def _value_se(v) -> tuple[float, float]:
-    "(value, se) of an `Estimate` (or any (value, se) pair); a bare number has se = 0."
-    if isinstance(v, (tuple, list)): return float(v[0]), float(v[1])
-    return float(v), 0.0
-
-
 def _mpl_figure(width=6.4, height=4.0):
     from matplotlib.figure import Figure  # no pyplot: no global state, nothing shown twice
     return Figure(figsize=(width, height), layout="constrained")
 
 # %% ../nbs/09_plots.ipynb #12bc41f5
-def invariance_curve(eq19: Mapping, image_variance: Mapping | None = None, backend: str = "plotly",
+def invariance_curve(eq19: Mapping[str, Estimate], image_variance: Mapping[str, float] | None = None,
+                     backend: str = "plotly",
                      title: str = "Invariances per layer (Eq. 19)"):
     """Eq. 19 per layer with ±1 SE error bars; with `image_variance` ({layer: mean per-pixel variance of the
     decoded samples}) a second panel shows it (Fig. 3 right)."""
     _check_backend(backend)
     layers = list(eq19)
-    vals, ses = zip(*(_value_se(eq19[l]) for l in layers)) if layers else ((), ())
+    vals, ses = [eq19[l].value for l in layers], [eq19[l].se for l in layers]
     var = [float(image_variance[l]) for l in layers] if image_variance else None
     ylab = "share of Var z̄ explained by invariances"
     if backend == "plotly":
@@ -77,7 +74,8 @@ def invariance_curve(eq19: Mapping, image_variance: Mapping | None = None, backe
     return fig
 
 # %% ../nbs/09_plots.ipynb #785df4ff
-def factor_curves(eq20: Mapping, accuracy: Mapping | None = None, xlabel: str | None = None,
+def factor_curves(eq20: Mapping[str | int, Mapping[str, Estimate]], accuracy: Mapping | None = None,
+                  xlabel: str | None = None,
                   factors: Sequence[str] | None = None, backend: str = "plotly",
                   title: str = "Factors captured by the representation", ylabel: str = "share of factor variance explained by z"):
     """Eq. 20 per factor against layers (str keys) or training steps (int keys) with ±1 SE bands; `accuracy`
@@ -89,15 +87,14 @@ def factor_curves(eq20: Mapping, accuracy: Mapping | None = None, xlabel: str | 
     factors = list(factors or (next(iter(eq20.values())) if xs else []))
     unknown = [f for f in factors if any(f not in eq20[x] for x in xs)]
     if unknown: raise KeyError(f"factors {unknown} are missing for some {xlabel}s; have {list(eq20[xs[0]])}.")
-    series = {f: [_value_se(eq20[x][f]) for x in xs] for f in factors}
+    series = {f: (np.array([eq20[x][f].value for x in xs]), np.array([eq20[x][f].se for x in xs])) for f in factors}
     acc = [float(accuracy[x]) for x in xs] if accuracy else None
     pos = xs if numeric else list(range(len(xs)))
     if backend == "plotly":
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
         fig = make_subplots(specs=[[{"secondary_y": bool(acc)}]])
-        for i, (f, vs) in enumerate(series.items()):
-            v, s = map(np.array, zip(*vs)) if vs else (np.array([]), np.array([]))
+        for i, (f, (v, s)) in enumerate(series.items()):
             c = COLORS[i % len(COLORS)]
             fig.add_trace(go.Scatter(x=list(xs) + list(xs)[::-1], y=list(v + s) + list(v - s)[::-1], fill="toself",
                                      fillcolor=c, opacity=0.2, line=dict(width=0), hoverinfo="skip",
@@ -115,8 +112,7 @@ def factor_curves(eq20: Mapping, accuracy: Mapping | None = None, xlabel: str | 
         return fig
     fig = _mpl_figure(6.4, 3.8)
     ax = fig.subplots()
-    for i, (f, vs) in enumerate(series.items()):
-        v, s = map(np.array, zip(*vs))
+    for i, (f, (v, s)) in enumerate(series.items()):
         c = COLORS[i % len(COLORS)]
         ax.plot(pos, v, marker="o", color=c, label=f)
         ax.fill_between(pos, v - s, v + s, color=c, alpha=0.2, linewidth=0)
@@ -166,7 +162,7 @@ def tile(rows, pad: int = 2) -> np.ndarray:
             out[y:y + h, x:x + w] = np.round(rgb * 255).astype(np.uint8)
     return out
 
-
+# %% ../nbs/09_plots.ipynb #48fd4e90
 def image_grid(rows, row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
                captions: Sequence[str] | None = None, title: str | None = None, backend: str = "plotly",
                scale: float = 2.0, pad: int = 2):
@@ -214,22 +210,21 @@ def samples_grid(x: torch.Tensor, samples: torch.Tensor, reconstruction: torch.T
     """Rows = inputs; columns = x, D(μ(x)), the samples D(t⁻¹(v|z)) (B, n, C, H, W), then their per-pixel mean
     and variance (Fig. 2 / S7)."""
     cols, rows = ["x"] + (["D(E(x))"] if reconstruction is not None else []), []
+    mean, var = pixel_mean_var(samples) if mean_var else (None, None)
     for b in range(len(x)):
         r = [x[b]] + ([reconstruction[b]] if reconstruction is not None else []) + list(samples[b])
-        if mean_var:
-            r += [samples[b].mean(0), samples[b].var(0, correction=0).sum(0, keepdim=True)]
-        rows.append(r)
+        rows.append(r + ([mean[b], var[b]] if mean_var else []))
     cols += [f"v{j + 1}" for j in range(samples.shape[1])] + (["mean", "variance"] if mean_var else [])
     return image_grid(rows, row_labels=row_labels, col_labels=cols, **kw)
 
 
 def fgsm_grid(x: torch.Tensor, x_adv: torch.Tensor, per_layer: Mapping[str, torch.Tensor],
-              shares: Mapping | None = None, index: int = 0, **kw):
+              shares: Mapping[str, Estimate | None] | None = None, index: int = 0, **kw):
     """Fig. 5: for one input, x and the attacked x*, then per layer (rows) the clean invariances decoded with the
     attacked representation. `shares` ({layer: Eq. 19}) are written into the row labels."""
     layers = list(per_layer)
     rows = [[x[index], x_adv[index]]] + [[per_layer[l][index]] for l in layers]
-    lab = ["input: x, x*"] + [f"{l} (Eq.19 {_value_se(shares[l])[0]:.2f})" if shares and shares.get(l) else l
+    lab = ["input: x, x*"] + [f"{l} (Eq.19 {shares[l].value:.2f})" if shares and shares.get(l) else l
                               for l in layers]
     return image_grid(rows, row_labels=lab, **kw)
 

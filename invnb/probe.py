@@ -13,7 +13,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .data import check_images
+from .data import check_dtype, check_images
 
 # %% auto #0
 __all__ = ['PSEUDO_LAYERS', 'IMAGENET', 'PRESETS', 'list_layers', 'InputAdapter', 'trace_model', 'graph_after', 'Probe', 'preset',
@@ -149,11 +149,7 @@ class Probe(nn.Module):
     # -- Φ ------------------------------------------------------------------------------------------
     def phi(self, x: torch.Tensor) -> torch.Tensor:
         "z = Φ(x): the layer's output for images x (B, C, H, W) in [-1, 1]."
-        check_images(x, channels=None)
-        dtype = next((p.dtype for p in self.model.parameters()), x.dtype)
-        if x.dtype != dtype:
-            raise ValueError(f"images are {x.dtype} but the model's weights are {dtype}; convert them with "
-                             f"x.to({dtype}) (or the model with model.to({x.dtype})).")
+        check_dtype(check_images(x, channels=None), self.model, "images")
         h = self.transform(x)
         if self.layer == "input": return h
         if self.layer == "softmax": return torch.softmax(self.model(h), dim=1)

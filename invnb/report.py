@@ -15,19 +15,32 @@ from pathlib import Path
 from . import plots
 from .checkpoint import write_text_atomic
 from .results import FACTOR_KINDS, StudyResults
-from .runs import damaged_artifacts
+from .runs import RunError, damaged_artifacts
 
 # %% auto #0
-__all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'FACTOR_OWN_MIN', 'FACTOR_OFF_MAX',
-           'CLASS_SHARE_MIN', 'checks', 'fig4_claim', 'run_metrics', 'validate_metrics', 'check_run', 'summary_png',
-           'write_report']
+__all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'AGREEMENT_LAYER', 'FACTOR_OWN_MIN',
+           'FACTOR_OFF_MAX', 'CLASS_SHARE_MIN', 'FIG4_RISING', 'FIG4_FALLING', 'run_metrics', 'checks', 'fig4_claim',
+           'validate_metrics', 'check_run', 'summary_png', 'write_report']
 
 # %% ../nbs/13_report.ipynb #5321cd05
 FORMAT = 2
+
+
+def run_metrics(study, *, profile: str, seed: int, settings: dict, data: dict, environment: dict,
+                checkpoint_layer: str, layers: list[str], factors: list[str], figures: dict, seconds: dict) -> dict:
+    "The `metrics.json` of a run: its description and `study.results` (models in `study.models` order, final last)."
+    return {"format": FORMAT, "run": {"profile": profile, "seed": seed, "settings": settings, "data": data,
+                                      "environment": environment},
+            "checkpoints": list(study.models), "final_model": list(study.models)[-1], "layers": list(layers),
+            "checkpoint_layer": checkpoint_layer, "factors": list(factors), "figures": figures, "seconds": seconds,
+            "results": study.results.to_json()}
+
+# %% ../nbs/13_report.ipynb #f634dcb1
 PSNR_MIN = 24.0           # dB: the autoencoder reconstructs well enough to read colours and digits
 RECON_ACC_DROP_MAX = 0.03  # f's accuracy on D(E(x)) at most 3 points below its accuracy on x
 NLL_GAP_MAX = 2.0         # nats: held-out minus training NLL of t; larger means t memorised training images
 AGREEMENT_MIN = 0.8       # f predicts on decoded samples at the softmax what it predicts on D(E(x))
+AGREEMENT_LAYER = "softmax"  # ... the layer where that is asked (its t keeps only what f predicts)
 FACTOR_OWN_MIN = 0.7      # e: held-out pairs sharing a factor correlate at least this much in its slice (ρ = 0.9)
 FACTOR_OFF_MAX = 0.1      # e: ... and at most this much in any other slice
 CLASS_SHARE_MIN = 0.5     # e: the factor's label means explain at least half of its slice's variance
@@ -35,37 +48,39 @@ CLASS_SHARE_MIN = 0.5     # e: the factor's label means explain at least half of
 
 def checks(m: dict) -> list[tuple[str, str, bool]]:
     "(what, measured, passed) for every diagnostic of a run with a threshold."
-    r = StudyResults.from_json(m["results"])
-    ae, out = r.diagnostics.get("autoencoder", {}), []
-    if "psnr" in ae: out.append(("autoencoder PSNR ≥ 24 dB", f"{ae['psnr']:.1f} dB", ae["psnr"] >= PSNR_MIN))
-    if "accuracy_reconstruction" in ae:
-        drop = ae["accuracy_x"] - ae["accuracy_reconstruction"]
-        out.append(("accuracy on D(E(x)) within 3 points of x", f"{ae['accuracy_x']:.3f} → {ae['accuracy_reconstruction']:.3f}",
-                    drop <= RECON_ACC_DROP_MAX))
-    fac = r.diagnostics.get("factors")
-    if fac:
-        for f, v in fac["own"].items():
+    r, out = StudyResults.from_json(m["results"]), []
+    ae, fac = r.diagnostics.autoencoder, r.diagnostics.factors
+    if ae is not None:
+        out.append((f"autoencoder PSNR ≥ {PSNR_MIN:g} dB", f"{ae.psnr:.1f} dB", ae.psnr >= PSNR_MIN))
+        if ae.accuracy_reconstruction is not None:
+            out.append((f"accuracy on D(E(x)) within {RECON_ACC_DROP_MAX * 100:g} points of x",
+                        f"{ae.accuracy_x:.3f} → {ae.accuracy_reconstruction:.3f}",
+                        ae.accuracy_x - ae.accuracy_reconstruction <= RECON_ACC_DROP_MAX))
+    if fac is not None:
+        for f, v in fac.own.items():
             out.append((f"e: held-out pairs sharing {f} correlate ≥ {FACTOR_OWN_MIN:g} in its slice", f"{v:.2f}",
                         v >= FACTOR_OWN_MIN))
         out.append((f"e: no slice correlates > {FACTOR_OFF_MAX:g} for pairs sharing another factor",
-                    f"{fac['max_off_diagonal']:.2f}", fac["max_off_diagonal"] <= FACTOR_OFF_MAX))
-        for f, v in fac["class_share"].items():
+                    f"{fac.max_off_diagonal:.2f}", fac.max_off_diagonal <= FACTOR_OFF_MAX))
+        for f, v in fac.class_share.items():
             out.append((f"e: the {f} labels explain ≥ {CLASS_SHARE_MIN:.0%} of its slice's variance", f"{v:.2f}",
                         v >= CLASS_SHARE_MIN))
     for model, layers in r.t_checks.items():
         for layer, c in layers.items():
-            out.append((f"t {model} · {layer}: held-out − training NLL ≤ {NLL_GAP_MAX:g} nats", f"{c['nll_gap']:.2f}",
-                        c["nll_gap"] <= NLL_GAP_MAX))
-            if "info_nats" in c:
-                out.append((f"t {model} · {layer}: z adds information (> 0 nats)", f"{c['info_nats']:.2f}", c["info_nats"] > 0))
-    final = m["final_model"]
-    if "softmax" in r.t_checks.get(final, {}):
-        a = r.t_checks[final]["softmax"]["agreement"]
-        out.append(("samples at the softmax keep f's prediction (≥ 80%)", f"{a:.2f}", a >= AGREEMENT_MIN))
+            out.append((f"t {model} · {layer}: held-out − training NLL ≤ {NLL_GAP_MAX:g} nats", f"{c.nll_gap:.2f}",
+                        c.nll_gap <= NLL_GAP_MAX))
+            if c.info_nats is not None:
+                out.append((f"t {model} · {layer}: z adds information (> 0 nats)", f"{c.info_nats:.2f}", c.info_nats > 0))
+    if c := r.t_checks.get(m["final_model"], {}).get(AGREEMENT_LAYER):
+        out.append((f"samples at the {AGREEMENT_LAYER} keep f's prediction (≥ {AGREEMENT_MIN:.0%})",
+                    f"{c.agreement:.2f}", c.agreement >= AGREEMENT_MIN))
     return out
 
+# %% ../nbs/13_report.ipynb #90bd38c1
+FIG4_RISING, FIG4_FALLING = "digit", "bg"   # the factors the paper's Fig. 4 sees gain and lose relevance
 
-def fig4_claim(m: dict, kind: str = "share", rising: str = "digit", falling: str = "bg") -> dict:
+
+def fig4_claim(m: dict, kind: str = "share", rising: str = FIG4_RISING, falling: str = FIG4_FALLING) -> dict:
     """The paper's Fig. 4 reading at the checkpoint layer, tested from the first to the last checkpoint: `rising`
     gains, `falling` loses, the two cross (falling above rising first, below it last), and every one of these
     comparisons holds beyond the standard errors (value ± SE intervals apart). `kind`: 'share', 'eq20' or 'probes'
@@ -82,16 +97,6 @@ def fig4_claim(m: dict, kind: str = "share", rising: str = "digit", falling: str
             "beyond_se": all(apart(*x) for x in ((u0, su0, u1, su1), (d0, sd0, d1, sd1), (u0, su0, d0, sd0),
                                                 (u1, su1, d1, sd1)))}
 
-
-def run_metrics(study, *, profile: str, seed: int, settings: dict, data: dict, environment: dict,
-                checkpoint_layer: str, layers: list[str], factors: list[str], figures: dict, seconds: dict) -> dict:
-    "The `metrics.json` of a run: its description and `study.results` (models in `study.models` order, final last)."
-    return {"format": FORMAT, "run": {"profile": profile, "seed": seed, "settings": settings, "data": data,
-                                      "environment": environment},
-            "checkpoints": list(study.models), "final_model": list(study.models)[-1], "layers": list(layers),
-            "checkpoint_layer": checkpoint_layer, "factors": list(factors), "figures": figures, "seconds": seconds,
-            "results": study.results.to_json()}
-
 # %% ../nbs/13_report.ipynb #9023d4a7
 def validate_metrics(m: dict) -> list[str]:
     "Problems with a run's `metrics.json` (empty list: well-formed)."
@@ -107,7 +112,7 @@ def validate_metrics(m: dict) -> list[str]:
         if sorted(r.accuracy) != sorted(names): bad.append(f"accuracies are given for {sorted(r.accuracy)}")
         for what, got in (("eq19", r.eq19.get(final, {})), ("image_variance", r.image_variance.get(final, {}))):
             if missing := [l for l in layers if l not in got]: bad.append(f"{what}[{final}] lacks layers {missing}")
-        for kind in ("share", "eq20"):
+        for kind in FACTOR_KINDS:
             for c in names:
                 for l in (layers if c == final else []) + [cl]:
                     got = r.factor_estimates(kind).get(c, {}).get(l)
@@ -115,14 +120,14 @@ def validate_metrics(m: dict) -> list[str]:
                         bad.append(f"{kind}[{c}][{l}] has factors {sorted(got or [])}, expected {sorted(factors)}")
         for k, v in m["seconds"].items():
             if not v >= 0: bad.append(f"seconds[{k}] = {v} < 0")
-        ae = r.diagnostics["autoencoder"]
-        if not (math.isfinite(ae["mse"]) and ae["mse"] >= 0): bad.append(f"autoencoder mse {ae['mse']} is not >= 0")
-        if not math.isfinite(ae["psnr"]): bad.append("autoencoder psnr is not finite")
-        fac = r.diagnostics.get("factors")
+        ae, fac = r.diagnostics.autoencoder, r.diagnostics.factors
+        if ae is None: bad.append("diagnostics lack the autoencoder's reconstruction (diagnostics['autoencoder'])")
+        elif not (math.isfinite(ae.mse) and ae.mse >= 0): bad.append(f"autoencoder mse {ae.mse} is not >= 0")
+        if ae is not None and not math.isfinite(ae.psnr): bad.append("autoencoder psnr is not finite")
         if fac is None: bad.append("diagnostics lack e's factor report (diagnostics['factors'])")
-        elif sorted(fac["own"]) != sorted(factors[:-1]):
-            bad.append(f"e's factor report covers {sorted(fac['own'])}, expected {sorted(factors[:-1])}")
-        elif not all(-1.0 <= v <= 1.0 for row in fac["correlation"].values() for v in row.values()):
+        elif sorted(fac.own) != sorted(factors[:-1]):
+            bad.append(f"e's factor report covers {sorted(fac.own)}, expected {sorted(factors[:-1])}")
+        elif not all(-1.0 <= v <= 1.0 for row in fac.correlation.values() for v in row.values()):
             bad.append("e's pair correlations lie outside [-1, 1]")
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         bad.append(f"missing or malformed entry: {type(e).__name__}: {e}")
@@ -142,7 +147,10 @@ def check_run(out) -> list[str]:
     if not rep.is_file() or rep.stat().st_size == 0: bad.append(f"{rep} is missing or empty")
     try: state = json.loads((out / "state.json").read_text())
     except (ValueError, OSError) as e: return bad + [f"{out / 'state.json'} is missing or damaged ({e})"]
-    if damaged := damaged_artifacts(out, state.get("artifacts", {})):
+    if not isinstance(state, dict): return bad + [f"{out / 'state.json'} is not a JSON object; run again with --force"]
+    try: damaged = damaged_artifacts(out, state.get("artifacts", {}))
+    except RunError as e: return bad + [str(e)]
+    if damaged:
         bad.append(f"files changed or missing since the run finished: {', '.join(damaged)}; run the same command "
                    "again to make them anew")
     if not state.get("artifacts"): bad.append("state.json records no finished artifacts; the run is not finished")
@@ -185,85 +193,102 @@ def summary_png(m: dict) -> bytes:
     return buf.getvalue()
 
 # %% ../nbs/13_report.ipynb #bd3d7bd8
-def write_report(m: dict, path, figures_dir=None) -> Path:
-    "Write the self-contained HTML report of a run from its metrics (and the PNG sample grids in `figures_dir`)."
-    from plotly.offline import get_plotlyjs
-    path, d, run = Path(path), _curves(m), m["run"]
-    r, esc, cl, final = d["results"], html.escape, m["checkpoint_layer"], m["final_model"]
-    factors, secs, env, ae = m["factors"], m["seconds"], run["environment"], d["results"].diagnostics["autoencoder"]
-    curves = [plots.invariance_curve(d["eq19"], d["variance"])]
-    for k in FACTOR_KINDS:
-        label = "identifiable share" if k == "share" else "Eq. 20 (paper)"
-        curves += [plots.factor_curves(d[f"{k}_steps"], accuracy=d["accuracy"], factors=factors, ylabel=label,
-                                       title=f"{label} at {cl} over training (accuracy dashed)"),
-                   plots.factor_curves(d[f"{k}_layers"], factors=factors, ylabel=label,
-                                       title=f"{label} per layer of the final classifier ({final})")]
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
-    checks_rows = [[what, got, "pass" if ok else "FAIL"] for what, got, ok in checks(m)]
-    parts = [f"<h1>invnb · ColorMNIST study ({esc(run['profile'])} profile)</h1>",
-             "<p class=note>Sec. 4.2 of Rombach, Esser &amp; Ommer (ECCV 2020) on this machine. Eq. 19: share of the "
-             "autoencoder code's variance explained by a layer's invariances (1 = the layer discards everything). "
-             "Identifiable share: Var<sub>x</sub>(E<sub>v</sub> e<sub>i</sub>) / Var e<sub>i</sub>, the share of a "
-             "semantic factor's variance that the representation z determines (1 = fully kept, 0 = discarded); it "
-             "depends only on p(z̄|z). Eq. 20 is the paper's version, which also depends on how t parametrises the "
-             "invariances. ± values are jackknife standard errors over the sampled representations.</p>",
-             _table(["setting", "value"], [["profile", run["profile"]], ["seed", run["seed"]],
-                                           ["device, threads", f"{env['device']}, {env['threads']}"],
-                                           ["data", f"{run['data']['source']} MNIST: {run['data']['n_train']} train, "
-                                                    f"{run['data']['n_val']} validation digits"],
-                                           ["autoencoder (val)", f"MSE {ae['mse']:.4f}, PSNR {ae['psnr']:.1f} dB"
-                                            + (f", γ {ae['gamma']:.4f}" if "gamma" in ae else "")],
-                                           ["total time", f"{secs.get('total', sum(secs.values())):.0f} s"]]),
-             "<h2>Diagnostics</h2><p class=note>Each fitted model against its threshold; a failing model makes the "
-             "numbers that depend on it suspect.</p>", _table(["check", "measured", ""], checks_rows),
-             "<h2>Stage times</h2>", _table(["stage", "seconds"], [[k, float(v)] for k, v in secs.items()]),
-             "<h2>Classifier checkpoints</h2>",
-             _table(["checkpoint", "step", "validation accuracy"], [[c, r.steps[c], r.accuracy[c]] for c in m["checkpoints"]]),
-             "<h2>Eq. 19: what each layer discards</h2>", plots.to_html(curves[0]),
+def _heading(kind: str) -> str: return FACTOR_KINDS[kind][0].upper() + FACTOR_KINDS[kind][1:]   # a kind's label, capitalised
+
+
+def _overview(m: dict, d: dict) -> list[str]:
+    "The run's settings, the diagnostics against their thresholds, stage times and the checkpoints' accuracy."
+    run, r, esc = m["run"], d["results"], html.escape
+    secs, env, ae = m["seconds"], run["environment"], d["results"].diagnostics.autoencoder
+    return [f"<h1>invnb · ColorMNIST study ({esc(run['profile'])} profile)</h1>",
+            "<p class=note>Sec. 4.2 of Rombach, Esser &amp; Ommer (ECCV 2020) on this machine. Eq. 19: share of the "
+            "autoencoder code's variance explained by a layer's invariances (1 = the layer discards everything). "
+            "Identifiable share: Var<sub>x</sub>(E<sub>v</sub> e<sub>i</sub>) / Var e<sub>i</sub>, the share of a "
+            "semantic factor's variance that the representation z determines (1 = fully kept, 0 = discarded); it "
+            "depends only on p(z̄|z). Eq. 20 is the paper's version, which also depends on how t parametrises the "
+            "invariances. ± values are jackknife standard errors over the sampled representations.</p>",
+            _table(["setting", "value"], [["profile", run["profile"]], ["seed", run["seed"]],
+                                          ["device, threads", f"{env['device']}, {env['threads']}"],
+                                          ["data", f"{run['data']['source']} MNIST: {run['data']['n_train']} train, "
+                                                   f"{run['data']['n_val']} validation digits"],
+                                          ["autoencoder (val)", f"MSE {ae.mse:.4f}, PSNR {ae.psnr:.1f} dB"
+                                           + (f", γ {ae.gamma:.4f}" if ae.gamma is not None else "")],
+                                          ["total time", f"{secs.get('total', sum(secs.values())):.0f} s"]]),
+            "<h2>Diagnostics</h2><p class=note>Each fitted model against its threshold; a failing model makes the "
+            "numbers that depend on it suspect.</p>",
+            _table(["check", "measured", ""], [[what, got, "pass" if ok else "FAIL"] for what, got, ok in checks(m)]),
+            "<h2>Stage times</h2>", _table(["stage", "seconds"], [[k, float(v)] for k, v in secs.items()]),
+            "<h2>Classifier checkpoints</h2>",
+            _table(["checkpoint", "step", "validation accuracy"], [[c, r.steps[c], r.accuracy[c]] for c in m["checkpoints"]])]
+
+
+def _curve_sections(m: dict, d: dict) -> list[str]:
+    "Eq. 19 per layer, then each factor relevance over training and per layer: the curves and their tables."
+    cl, final, factors, esc = m["checkpoint_layer"], m["final_model"], m["factors"], html.escape
+    parts = ["<h2>Eq. 19: what each layer discards</h2>", plots.to_html(plots.invariance_curve(d["eq19"], d["variance"])),
              _table(["layer", "Eq. 19", "pixel variance of samples"],
                     [[l, str(v), d["variance"].get(l, float("nan"))] for l, v in d["eq19"].items()])]
-    for i, k in enumerate(FACTOR_KINDS):
-        label = "Identifiable share" if k == "share" else "Eq. 20 (paper)"
-        parts += [f"<h2>{label} over training at {esc(cl)}</h2>", plots.to_html(curves[1 + 2 * i]),
+    for k, label in FACTOR_KINDS.items():
+        over = plots.factor_curves(d[f"{k}_steps"], accuracy=d["accuracy"], factors=factors, ylabel=label,
+                                   title=f"{label} at {cl} over training (accuracy dashed)")
+        per_layer = plots.factor_curves(d[f"{k}_layers"], factors=factors, ylabel=label,
+                                        title=f"{label} per layer of the final classifier ({final})")
+        parts += [f"<h2>{_heading(k)} over training at {esc(cl)}</h2>", plots.to_html(over),
                   _table(["step", "accuracy"] + factors, [[s, d["accuracy"][s]] + [str(row[f]) for f in factors]
                                                           for s, row in d[f"{k}_steps"].items()]),
-                  f"<h2>{label} per layer (final classifier)</h2>", plots.to_html(curves[2 + 2 * i]),
+                  f"<h2>{_heading(k)} per layer (final classifier)</h2>", plots.to_html(per_layer),
                   _table(["layer"] + factors, [[l] + [str(row[f]) for f in factors] for l, row in d[f"{k}_layers"].items()])]
-    fac = r.diagnostics.get("factors")
-    if fac:
-        cols = list(next(iter(fac["correlation"].values())))
-        parts += ["<h2>e: does each slice hold its factor?</h2><p class=note>Held-out image pairs that share the row's "
-                  "factor: mean correlation between the two images' values of each slice of e (the pair loss asks for "
-                  "ρ = 0.9 in the shared slice and 0 elsewhere). Last column: the share of the slice's variance that "
-                  "the factor's label means explain.</p>",
-                  _table(["pairs share"] + cols + ["class-mean share"],
-                         [[f] + [row[c] for c in cols] + [fac["class_share"].get(f, float("nan"))]
-                          for f, row in fac["correlation"].items()])]
+    return parts
+
+# %% ../nbs/13_report.ipynb #0b51b062
+def _fmt(v) -> str: return "nan" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _e_section(r: StudyResults) -> list[str]:
+    "e's held-out pair correlations per slice, and the class-mean shares (empty without a factor report)."
+    fac = r.diagnostics.factors
+    if fac is None: return []
+    cols = list(next(iter(fac.correlation.values())))
+    return ["<h2>e: does each slice hold its factor?</h2><p class=note>Held-out image pairs that share the row's "
+            "factor: mean correlation between the two images' values of each slice of e (the pair loss asks for "
+            "ρ = 0.9 in the shared slice and 0 elsewhere). Last column: the share of the slice's variance that "
+            "the factor's label means explain.</p>",
+            _table(["pairs share"] + cols + ["class-mean share"],
+                   [[f] + [row[c] for c in cols] + [fac.class_share.get(f, float("nan"))]
+                    for f, row in fac.correlation.items()])]
+
+
+def _fig4_section(m: dict, r: StudyResults) -> list[str]:
+    "The Fig. 4 claim tested on each factor relevance (and on the linear probes, where computed)."
+    cl, final, esc, (up, down) = m["checkpoint_layer"], m["final_model"], html.escape, (FIG4_RISING, FIG4_FALLING)
     tests = {k: fig4_claim(m, k) for k in (*FACTOR_KINDS, "probes") if k != "probes" or cl in r.probes.get(final, {})}
     yes = lambda b: "yes" if b else "no"
-    claims = [("digit rises", "digit_rises"), ("background colour falls", "bg_falls"),
-              ("they cross (bg above digit first, digit above bg last)", "cross"),
+    claims = [(f"{up} rises", f"{up}_rises"), (f"{down} falls", f"{down}_falls"),
+              (f"they cross ({down} above {up} first, {up} above {down} last)", "cross"),
               ("all of these beyond the standard errors", "beyond_se")]
-    shown = {"share": "identifiable share", "eq20": "Eq. 20 (paper)", "probes": "linear probes"}
-    verdict = ("shows" if all(tests["share"][k] for _, k in claims) else "does not show")
-    parts += [f"<h2>The Fig. 4 claim at {esc(cl)}, tested</h2><p class=note>From {esc(tests['share']['first'])} to "
-              f"{esc(tests['share']['last'])}. The identifiable share {verdict} the paper's finding"
-              + (f"; the INN-free linear probes {'show' if all(tests['probes'][k] for _, k in claims[:3]) else 'do not show'} "
-                 "it (they have no standard error)" if "probes" in tests else "")
-              + ". Where a t fails its diagnostics above, its shares are not evidence either way.</p>",
-              _table(["claim"] + [shown[k] for k in tests], [[c] + [yes(t[k]) for t in tests.values()] for c, k in claims]
-                     + [["digit, first → last"] + [" → ".join(f"{v:.3f}" for v in t["values"]["digit"]) for t in tests.values()],
-                        ["bg, first → last"] + [" → ".join(f"{v:.3f}" for v in t["values"]["bg"]) for t in tests.values()]])]
-    probe_rows = [[mm, l] + [fmt(acc[f]) for f in sorted(acc)] for mm, ls in r.probes.items() for l, acc in ls.items()]
+    shown = {**FACTOR_KINDS, "probes": "linear probes"}
+    verdict = "shows" if all(tests["share"][k] for _, k in claims) else "does not show"
+    first_last = lambda f: [f"{f}, first → last"] + [" → ".join(f"{v:.3f}" for v in t["values"][f]) for t in tests.values()]
+    return [f"<h2>The Fig. 4 claim at {esc(cl)}, tested</h2><p class=note>From {esc(tests['share']['first'])} to "
+            f"{esc(tests['share']['last'])}. The {FACTOR_KINDS['share']} {verdict} the paper's finding"
+            + (f"; the INN-free linear probes {'show' if all(tests['probes'][k] for _, k in claims[:3]) else 'do not show'} "
+               "it (they have no standard error)" if "probes" in tests else "")
+            + ". Where a t fails its diagnostics above, its shares are not evidence either way.</p>",
+            _table(["claim"] + [shown[k] for k in tests], [[c] + [yes(t[k]) for t in tests.values()] for c, k in claims]
+                   + [first_last(up), first_last(down)])]
+
+
+def _t_sections(r: StudyResults) -> list[str]:
+    "The linear probes, and each t's fit and sample fidelity (empty parts are left out)."
+    parts = []
+    probe_rows = [[mm, l] + [_fmt(acc[f]) for f in sorted(acc)] for mm, ls in r.probes.items() for l, acc in ls.items()]
     if probe_rows:
         names = sorted(next(iter(next(iter(r.probes.values())).values())))
         parts += ["<h2>Linear probes: what a layer keeps, without an INN</h2><p class=note>Held-out accuracy of a "
                   "linear (ridge) classifier predicting each factor from z (chance: 0.1 for the digit, 0.125 for a colour)."
                   "</p>", _table(["model", "layer"] + names, probe_rows)]
-    kept = r.diagnostics.get("t_training", {})
-    t_rows = [[mm, l, kept.get(f"{mm}__{l}", {}).get("best_step", "")]
-              + [fmt(c.get(k, float("nan"))) for k in ("train_nll", "val_nll", "nll_gap", "info_nats", "agreement",
-                                                        "phi_distance")]
+    t_rows = [[mm, l, kept.best_step if (kept := r.diagnostics.training_of(mm, l)) else ""]
+              + [_fmt(v) for v in (c.train_nll, c.val_nll, c.nll_gap, c.info_nats, c.agreement, c.phi_distance)]
               for mm, ls in r.t_checks.items() for l, c in ls.items()]
     if t_rows:
         parts += ["<h2>t: fit and sample fidelity</h2><p class=note>Each t keeps the weights of its best held-out NLL "
@@ -273,18 +298,44 @@ def write_report(m: dict, path, figures_dir=None) -> Path:
                   "‖Φ(sample) − Φ(x)‖ relative to the distance between Φ of two different images.</p>",
                   _table(["model", "layer", "kept step", "train NLL", "held-out NLL", "gap", "nats from z", "f agrees",
                           "Φ distance"], t_rows)]
-    agree = r.t_checks.get(final, {}).get("softmax", {}).get("agreement")
-    parts.append("<h2>Samples D(t⁻¹(v|Φ(x)))</h2><p class=note>Rows: validation inputs; columns: x, its "
-                 "reconstruction, the same draws of v for every grid, then the samples' per-pixel mean and variance. "
-                 "What changes along a row is what the layer does not know about that input."
-                 + (f" At the final classifier's softmax, f predicts on {agree:.0%} of the decoded samples what it "
-                    "predicts on D(E(x))." if agree is not None else "") + "</p>")
+    if sp := r.diagnostics.seed_spread:
+        summ, dom = sp.summary(), sp.dominated()
+        rows = [[q, " · ".join(f"{e.value:.3f}" for e in es), f"{summ[q]['seed_sd']:.4f}", f"{summ[q]['mean_se']:.4f}",
+                 "yes" if q in dom else "no"] for q, es in sp.quantities().items()]
+        parts += [f"<h2>t's seed: how far the numbers move at {html.escape(sp.model)} · {html.escape(sp.layer)}</h2><p class=note>"
+                  f"The same t trained with {len(sp.eq19)} seeds, evaluated on the same images and draws. The standard "
+                  "errors elsewhere in this report cover only the sampling of x and v. "
+                  + (f"Here the spread over seeds exceeds the SE for {html.escape(', '.join(dom))}: compare differences in "
+                     "those curves with the seed SD, not the SE." if dom else
+                     "Here the spread over seeds stays within the SE.") + "</p>",
+                  _table(["quantity", "per seed", "seed SD", "mean SE", "seed spread dominates"], rows)]
+    return parts
+
+# %% ../nbs/13_report.ipynb #00cee012
+def _samples_section(m: dict, r: StudyResults, path: Path, figures_dir) -> list[str]:
+    "The sample grids of the run, embedded as PNGs."
+    check = r.t_checks.get(m["final_model"], {}).get(AGREEMENT_LAYER)
+    parts = ["<h2>Samples D(t⁻¹(v|Φ(x)))</h2><p class=note>Rows: validation inputs; columns: x, its "
+             "reconstruction, the same draws of v for every grid, then the samples' per-pixel mean and variance. "
+             "What changes along a row is what the layer does not know about that input."
+             + (f" At the final classifier's {AGREEMENT_LAYER}, f predicts on {check.agreement:.0%} of the decoded "
+                "samples what it predicts on D(E(x))." if check else "") + "</p>"]
     for key, name in m.get("figures", {}).items():
         f = Path(figures_dir or path.parent / "figures") / name
         if f.is_file():
-            parts.append(f"<h3>{esc(key.replace('__', ' · '))}</h3>"
-                         f"<img alt='{esc(key)}' src='data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}'>")
-    parts += ["<h2>Environment</h2>", _table(["", "value"], [[k, v] for k, v in env.items()])]
+            parts.append(f"<h3>{html.escape(key.replace('__', ' · '))}</h3><img alt='{html.escape(key)}' "
+                         f"src='data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}'>")
+    return parts
+
+
+def write_report(m: dict, path, figures_dir=None) -> Path:
+    "Write the self-contained HTML report of a run from its metrics (and the PNG sample grids in `figures_dir`)."
+    from plotly.offline import get_plotlyjs
+    path, d = Path(path), _curves(m)
+    r = d["results"]
+    parts = [*_overview(m, d), *_curve_sections(m, d), *_e_section(r), *_fig4_section(m, r), *_t_sections(r),
+             *_samples_section(m, r, path, figures_dir),
+             "<h2>Environment</h2>", _table(["", "value"], [[k, v] for k, v in m["run"]["environment"].items()])]
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>invnb ColorMNIST report</title><style>{_CSS}</style>"
            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>{''.join(parts)}</body></html>")
     return write_text_atomic(path, doc)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['FACTOR_KINDS', 'Estimate', 'StudyResults']
+__all__ = ['FACTOR_KINDS', 'Estimate', 'TCheck', 'AEDiagnostics', 'FactorTable', 'TTraining', 't_key', 'SeedSpread',
+           'Diagnostics', 'StudyResults']
 
 # %% ../nbs/07a_results.ipynb #fe03d9ef
 class Estimate(NamedTuple):
@@ -30,7 +31,160 @@ class Estimate(NamedTuple):
         raise ValueError(f"not an estimate (expected {{'value': v, 'se': s}}): {d!r}")
 
 # %% ../nbs/07a_results.ipynb #127171b8
-FACTOR_KINDS = {"share": "identifiable share Var_x(E_v e_i) / Var e_i", "eq20": "the paper's Eq. 20"}
+def _floats(d: dict, depth: int = 1) -> dict:
+    "A dict nested `depth` deep with float leaves."
+    return {k: _floats(v, depth - 1) if depth > 1 else float(v) for k, v in d.items()}
+
+
+def _record(cls, d: dict, derived: tuple = ()):
+    "A `cls` from its JSON form; the keys in `derived` are computed by `cls` and skipped."
+    if not isinstance(d, dict): raise TypeError(f"a {cls.__name__} must be a dict of its fields; got {d!r}")
+    return cls(**{k: v for k, v in d.items() if k not in derived})
+
+
+@dataclass
+class TCheck:
+    "Held-out diagnostics of one t (see `Study.compute_t_checks`)."
+    train_nll: float                  # mean -log p(z̄|z) in nats on training images
+    val_nll: float                    # the same on held-out images
+    agreement: float                  # share of decoded samples on which f predicts what it predicts on D(E(x))
+    phi_distance: float               # mean ‖Φ(sample) − Φ(x)‖ relative to the distance between Φ of two images
+    info_nats: float | None = None    # a reference's held-out NLL minus `val_nll`: the information z adds
+
+    @property
+    def nll_gap(self) -> float:
+        "Held-out minus training NLL; large when t memorised its training images."
+        return self.val_nll - self.train_nll
+
+    def to_json(self) -> dict:
+        d = {"train_nll": float(self.train_nll), "val_nll": float(self.val_nll), "nll_gap": float(self.nll_gap),
+             "agreement": float(self.agreement), "phi_distance": float(self.phi_distance)}
+        return d if self.info_nats is None else d | {"info_nats": float(self.info_nats)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TCheck": return _record(cls, d, derived=("nll_gap",))
+
+# %% ../nbs/07a_results.ipynb #43935832
+@dataclass
+class AEDiagnostics:
+    "The autoencoder on held-out images (see `Study.compute_reconstruction`); errors on the [0, 1] pixel scale."
+    mse: float                                      # of the reconstruction D(μ(x))
+    psnr: float                                     # of D(μ(x)), in dB
+    mse_sampled: float | None = None                # of D(z̄), z̄ ~ q(z̄|x)
+    gamma: float | None = None                      # the model's output variance γ, to compare with mse_sampled
+    accuracy_x: float | None = None                 # the model's accuracy on x
+    accuracy_reconstruction: float | None = None    # ... and on D(μ(x))
+
+    def to_json(self) -> dict: return {k: float(v) for k, v in vars(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "AEDiagnostics": return _record(cls, d)
+
+
+@dataclass
+class FactorTable:
+    "e on held-out pairs (see `invnb.factors.factor_report`, `Study.compute_factor_report`)."
+    correlation: dict[str, dict[str, float]]  # factor the pairs share -> slice of e -> mean correlation of the pair
+    own: dict[str, float]                     # each factor's correlation in its own slice (the diagonal)
+    max_off_diagonal: float                   # the largest correlation in a slice of another factor or the residual
+    class_share: dict[str, float]             # factor -> share of its slice's variance that its label means explain
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"correlation": _floats(self.correlation, 2), "own": _floats(self.own),
+                "max_off_diagonal": float(self.max_off_diagonal), "class_share": _floats(self.class_share),
+                "warnings": list(self.warnings)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "FactorTable": return _record(cls, d)
+
+# %% ../nbs/07a_results.ipynb #120c8398
+class TTraining(NamedTuple):
+    "How one t was trained: the step whose weights it kept, its held-out NLL there, and its step budget."
+    best_step: int | None
+    best_val_nll: float | None
+    steps: int
+
+    def to_json(self) -> dict: return self._asdict()
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TTraining": return _record(cls, d)
+
+
+def t_key(model: str, layer: str) -> str:
+    "The name under which the training of the t of (`model`, `layer`) is recorded: '<model>__<layer>'."
+    return f"{model}__{layer}"
+
+
+def _sd(values: list[float]) -> float:
+    "Sample standard deviation (n − 1); 0 for a single value."
+    n = len(values)
+    if n < 2: return 0.0
+    m = sum(values) / n
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+
+
+@dataclass
+class SeedSpread:
+    """Eq. 19 and the identifiable shares of one (model, layer) from t's trained with different seeds, on the same
+    images and draws: their spread over seeds next to the jackknife SE, which covers only the sampling of x and v."""
+    model: str
+    layer: str
+    eq19: list[Estimate]                      # one per seed; the first is the study's own t
+    share: dict[str, list[Estimate]]          # factor -> one per seed
+
+    def quantities(self) -> dict[str, list[Estimate]]: return {"eq19": self.eq19, **{f"share {k}": v for k, v in self.share.items()}}
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        "{quantity: {'seed_sd': SD of the values over seeds, 'mean_se': their mean SE}}."
+        return {q: {"seed_sd": _sd([e.value for e in es]), "mean_se": sum(e.se for e in es) / len(es)}
+                for q, es in self.quantities().items()}
+
+    def dominated(self) -> list[str]:
+        "The quantities whose spread over seeds exceeds their standard error: there the SE understates the uncertainty."
+        return [q for q, d in self.summary().items() if d["seed_sd"] > d["mean_se"]]
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "layer": self.layer, "eq19": [e.to_json() for e in self.eq19],
+                "share": {k: [e.to_json() for e in v] for k, v in self.share.items()}, "summary": self.summary()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SeedSpread":
+        if not isinstance(d, dict): raise TypeError(f"a SeedSpread must be a dict of its fields; got {d!r}")
+        return cls(d["model"], d["layer"], [Estimate.from_json(e) for e in d["eq19"]],
+                   {k: [Estimate.from_json(e) for e in v] for k, v in d["share"].items()})
+
+
+@dataclass
+class Diagnostics:
+    "How well a study's fitted parts work: the autoencoder, e, the training of each t, and t's spread over seeds."
+    autoencoder: AEDiagnostics | None = None
+    factors: FactorTable | None = None
+    t_training: dict[str, TTraining] = field(default_factory=dict)   # by `t_key(model, layer)` or a reference's name
+    seed_spread: SeedSpread | None = None
+
+    def training_of(self, model: str, layer: str) -> TTraining | None:
+        "The recorded training of the t of (`model`, `layer`), if any."
+        return self.t_training.get(t_key(model, layer))
+
+    def to_json(self) -> dict:
+        out = {"autoencoder": self.autoencoder and self.autoencoder.to_json(),
+               "factors": self.factors and self.factors.to_json(),
+               "t_training": {k: v.to_json() for k, v in self.t_training.items()} or None,
+               "seed_spread": self.seed_spread and self.seed_spread.to_json()}
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Diagnostics":
+        if unknown := sorted(set(d) - {"autoencoder", "factors", "t_training", "seed_spread"}):
+            raise ValueError(f"diagnostics hold unknown entries {unknown}; written by a newer invnb?")
+        return cls(AEDiagnostics.from_json(d["autoencoder"]) if "autoencoder" in d else None,
+                   FactorTable.from_json(d["factors"]) if "factors" in d else None,
+                   {k: TTraining.from_json(v) for k, v in d.get("t_training", {}).items()},
+                   SeedSpread.from_json(d["seed_spread"]) if "seed_spread" in d else None)
+
+# %% ../nbs/07a_results.ipynb #000862bd
+FACTOR_KINDS = {"share": "identifiable share", "eq20": "Eq. 20 (paper)"}   # kind -> its label in figures and tables
 
 
 def _map(d: dict, depth: int, fn) -> dict:
@@ -51,11 +205,11 @@ class StudyResults:
     eq20: dict[str, dict[str, dict[str, Estimate]]] = field(default_factory=dict)
     share: dict[str, dict[str, dict[str, Estimate]]] = field(default_factory=dict)
     probes: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    t_checks: dict[str, dict[str, dict]] = field(default_factory=dict)
+    t_checks: dict[str, dict[str, TCheck]] = field(default_factory=dict)
     image_variance: dict[str, dict[str, float]] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
-    diagnostics: dict[str, dict] = field(default_factory=dict)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
 
     # -- views -------------------------------------------------------------------------------------
     def factors_over_steps(self, layer: str, models: list[str] | None = None,
@@ -94,11 +248,12 @@ class StudyResults:
         return bad
 
     def to_json(self) -> dict:
-        "JSON-native form: estimates as {'value', 'se'}."
+        "JSON-native form: estimates as {'value', 'se'}, records as dicts of their fields."
         return {"eq19": _map(self.eq19, 2, Estimate.to_json), "eq20": _map(self.eq20, 3, Estimate.to_json),
                 "share": _map(self.share, 3, Estimate.to_json), "probes": _map(self.probes, 3, float),
-                "t_checks": self.t_checks, "image_variance": _map(self.image_variance, 2, float), "accuracy": _map(self.accuracy, 1, float),
-                "steps": _map(self.steps, 1, int), "diagnostics": self.diagnostics}
+                "t_checks": _map(self.t_checks, 2, TCheck.to_json), "image_variance": _map(self.image_variance, 2, float),
+                "accuracy": _map(self.accuracy, 1, float), "steps": _map(self.steps, 1, int),
+                "diagnostics": self.diagnostics.to_json()}
 
     @classmethod
     def from_json(cls, d: dict | None) -> "StudyResults":
@@ -110,8 +265,8 @@ class StudyResults:
         try:
             return cls(_map(d.get("eq19", {}), 2, Estimate.from_json), _map(d.get("eq20", {}), 3, Estimate.from_json),
                        _map(d.get("share", {}), 3, Estimate.from_json), _map(d.get("probes", {}), 3, float),
-                       dict(d.get("t_checks", {})), _map(d.get("image_variance", {}), 2, float),
+                       _map(d.get("t_checks", {}), 2, TCheck.from_json), _map(d.get("image_variance", {}), 2, float),
                        _map(d.get("accuracy", {}), 1, float), _map(d.get("steps", {}), 1, int),
-                       dict(d.get("diagnostics", {})))
+                       Diagnostics.from_json(d.get("diagnostics", {})))
         except (AttributeError, TypeError) as e:
             raise ValueError(f"malformed results: {e}") from None

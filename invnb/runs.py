@@ -58,23 +58,52 @@ def sha256(path: Path) -> str:
 
 
 def artifacts(out: Path) -> dict[str, str]:
-    "{path relative to `out`: SHA-256} of a run's results: the study's weights, metrics.json and report.html."
-    files = sorted((out / "study").rglob("*.safetensors")) + [out / "metrics.json", out / "report.html"]
+    """{path relative to `out`: SHA-256} of a run's finished files: everything in study/ (weights and JSON: the index,
+    e's factor sizes, t's training records), figures/*.png, metrics.json and report.html."""
+    files = sorted(p for p in (out / "study").rglob("*") if p.suffix in (".safetensors", ".json"))
+    files += sorted((out / "figures").glob("*.png")) + [out / "metrics.json", out / "report.html"]
     return {p.relative_to(out).as_posix(): sha256(p) for p in files if p.is_file()}
 
 
+def _inside(out: Path, key: str) -> Path:
+    "`out / key`, refused unless it lies inside the run folder (a state.json cannot name files elsewhere)."
+    path, root = (out / key).resolve(), out.resolve()
+    if path == root or not path.is_relative_to(root):
+        raise RunError(f"{out / 'state.json'} names the file {key!r}, which lies outside the run folder {out}; refusing "
+                       "to read or delete it. The state was edited by hand or comes from elsewhere: run again with "
+                       f"--force (it deletes only what is inside {out}) to start this run from scratch.")
+    return path
+
+
 def damaged_artifacts(out: Path, recorded: dict[str, str]) -> list[str]:
-    "The recorded artifacts that are missing or whose content changed."
-    return [k for k, h in recorded.items() if not (out / k).is_file() or sha256(out / k) != h]
+    "The recorded artifacts that are missing or whose content changed (`RunError` for a path outside `out`)."
+    if not isinstance(recorded, dict):
+        raise RunError(f"{out / 'state.json'} is damaged (its 'artifacts' are not a JSON object); run again with "
+                       "--force to start this run from scratch.")
+    paths = {k: _inside(out, k) for k in recorded}          # every path is checked before any file is read
+    return [k for k, h in recorded.items() if not paths[k].is_file() or sha256(paths[k]) != h]
+
+
+def _made_with(key: str) -> list[str]:
+    """The files a stage writes only together with `key`: they go too when `key` is damaged, so that the stage makes
+    both again (t's training record is written only when t is trained; e's factor sizes only when e is)."""
+    if key.endswith(".training.json"): return [key[:-len(".training.json")] + ".safetensors"]
+    if key == "study/factor_sizes.json": return ["study/e.safetensors"]
+    return []
 
 # %% ../nbs/12a_runs.ipynb #e80cb305
 def _read_state(path: Path) -> dict:
     try:
         state = json.loads(path.read_text())
         if not isinstance(state, dict): raise ValueError("not a JSON object")
+        stages = state.get("stages")
+        if not isinstance(stages, dict) or not all(isinstance(v, dict) and isinstance(v.get("seconds"), (int, float))
+                                                   for v in stages.values()):
+            raise ValueError("it lacks a valid 'stages' object, {stage: {'seconds': ...}}")
         return state
     except (ValueError, OSError) as e:
-        raise RunError(f"{path} is damaged ({e}); run again with --force to start this run from scratch.") from None
+        raise RunError(f"{path} is damaged ({e}); run again with --force (or delete {path.parent}) to start this run "
+                       "from scratch.") from None
 
 
 def _clear(out: Path):
@@ -125,7 +154,7 @@ def prepare_run(out: Path, # the run folder (locked by the caller)
                     "Nothing to do; --force runs it again from scratch.")
                 return None
             log(f"{out}: {len(bad)} finished file(s) are missing or changed ({', '.join(bad[:4])}); making them again.")
-            for k in bad: (out / k).unlink(missing_ok=True)
+            for k in bad + [m for k in bad for m in _made_with(k)]: _inside(out, k).unlink(missing_ok=True)
             state["finished"] = False
         log(f"resuming the {profile} run in {out}; finished stages: {', '.join(state['stages']) or 'none'}.")
         return state

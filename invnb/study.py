@@ -6,30 +6,34 @@
 from __future__ import annotations
 
 import json
-import re
+import platform
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import analysis
+from . import analysis, edits
 from .autoencoder import reconstruction_metrics
 from .checkpoint import Checkpointable, CheckpointError, load_model, load_tensors, save_tensors, write_json_atomic
+from .factors import factor_report
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
-from .results import Estimate, StudyResults
+from .flows import check_trained
+from .results import AEDiagnostics, Estimate, FactorTable, SeedSpread, StudyResults, TCheck, TTraining, t_key
 
 # %% auto #0
-__all__ = ['FORMAT', 'StudyParts', 'StudyAnalyses', 'StudyComputations', 'Study']
+__all__ = ['FORMAT', 'environment', 'StudyParts', 'StudyAnalyses', 'StudyComputations', 'StudyDiagnostics', 'Study']
 
 # %% ../nbs/08_study.ipynb #099d0ac3
 FORMAT = 2   # study.json: 2 records a file per model; 1 (invnb 0.1) is read too
 
 
-def _file_name(name: str) -> str:
-    "A name made safe for one path component: '.' and '..' parts dropped, separators and other characters replaced."
-    parts = [p for p in re.split(r"[/\\]", name) if p not in ("", ".", "..")]
-    return re.sub(r"[^A-Za-z0-9._-]", "_", "_".join(parts)).lstrip(".") or "_"
+def environment(device=None) -> dict:
+    "What a study's numbers depend on besides its seeds: the thread count (CPU sums differ with it), versions, device."
+    import numpy, invnb
+    return {"device": str(device) if device is not None else "cpu", "threads": torch.get_num_threads(),
+            "invnb": invnb.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def _inside(folder: Path, rel: str) -> Path:
@@ -119,7 +123,7 @@ class StudyParts:
 
 # %% ../nbs/08_study.ipynb #e80647b8
 class StudyAnalyses(StudyParts):
-    "The analyses of `invnb.analysis` on a study's parts (see `Study`)."
+    "The analyses of `invnb.analysis` and the edits of `invnb.edits` on a study's parts (see `Study`)."
     @torch.no_grad()
     def sample(self, x, layer, n=16, generator=None, temperature=1.0, model=None, v=None):
         "Decoded samples D(t⁻¹(v|Φ(x))): (B, n, C, H, W)."
@@ -152,19 +156,19 @@ class StudyAnalyses(StudyParts):
     def fgsm(self, x, labels=None, eps=0.02, model=None, layers=None):
         """(x*, {layer: D(t⁻¹(t(μ(x)|Φ(x)) | Φ(x*)))}, {layer: Eq. 19 or None}) for an untargeted FGSM attack.
         The Eq. 19 shares come from `results.eq19[model][layer]` where computed (see `compute_eq19`)."""
-        x_adv = analysis.fgsm(self._model(model), x, labels, eps)
+        x_adv = edits.fgsm(self._model(model), x, labels, eps)
         layers = layers or self.layers(model)
         parts = {l: (self.probe(l, model), self.t(l, model)) for l in layers}
         known = self.results.eq19.get(model or self.default_model, {})
-        return x_adv, analysis.attack_through_layers(self.ae, parts, x, x_adv), {l: known.get(l) for l in layers}
+        return x_adv, edits.attack_through_layers(self.ae, parts, x, x_adv), {l: known.get(l) for l in layers}
 
     def swap(self, x, x_other, factor, alpha=1.0):
         "x with `factor` moved towards x_other's (alpha = 1: swapped), decoded."
-        return analysis.swap_factor(self.ae, self._need_e(), x, x_other, factor, alpha)
+        return edits.swap_factor(self.ae, self._need_e(), x, x_other, factor, alpha)
 
     def sensitivity(self, x, x_other, model=None):
         "{factor: mean ‖f(x̄) − f(x*)‖, 'reconstruction': mean ‖f(x) − f(x̄)‖}."
-        return analysis.factor_sensitivity(self.ae, self._need_e(), self._model(model), x, x_other)
+        return edits.factor_sensitivity(self.ae, self._need_e(), self._model(model), x, x_other)
 
 # %% ../nbs/08_study.ipynb #95eed1c3
 class StudyComputations(StudyAnalyses):
@@ -208,29 +212,6 @@ class StudyComputations(StudyAnalyses):
         return res
 
     @torch.no_grad()
-    def compute_t_checks(self, images, val_images, model=None, layers=None, *, n_samples=8, n_fidelity=None, seed=0,
-                         baseline_nll: float | None = None) -> dict[str, dict]:
-        """Per t: NLL on `images` (training) and `val_images` (held out) and their gap, sample fidelity on
-        the first `n_fidelity` of `val_images` (default: all), and with `baseline_nll` (the held-out NLL of a reference: a t
-        trained the same way on z shuffled across images, or an unconditional flow of the same size) the
-        information z adds, in nats. Stored in `results.t_checks[model]`."""
-        model, layers = self._layers(model, layers)
-        f = self._model(model)
-        codes = {k: v for k, v in zip(("mean", "logvar"), self.ae.encode(images))}
-        vcodes = {k: v for k, v in zip(("mean", "logvar"), self.ae.encode(val_images))}
-        res = {}
-        for l in layers:
-            p, t = self.probe(l, model), self.t(l, model)
-            train, val = (analysis.nll_of(t, codes, self.features(images, l, model), seed=seed),
-                          analysis.nll_of(t, vcodes, self.features(val_images, l, model), seed=seed))
-            res[l] = {"train_nll": train, "val_nll": val, "nll_gap": val - train,
-                      **analysis.sample_fidelity(self.ae, p, t, f, val_images[:n_fidelity], n=n_samples,
-                                                 generator=torch.Generator().manual_seed(seed))}
-            if baseline_nll is not None: res[l]["info_nats"] = baseline_nll - val
-        self.results.t_checks.setdefault(model, {}).update(res)
-        return res
-
-    @torch.no_grad()
     def compute_image_variance(self, images, v, model=None, layers=None) -> dict[str, float]:
         "Mean per-pixel variance of D(t⁻¹(v|Φ(x))) over the draws `v` (n, D), per layer; in `results.image_variance`."
         model, layers = self._layers(model, layers)
@@ -244,31 +225,85 @@ class StudyComputations(StudyAnalyses):
         self.results.accuracy.update(res)
         return res
 
+# %% ../nbs/08_study.ipynb #62edb514
+class StudyDiagnostics(StudyComputations):
+    """`compute_t_checks`, `compute_seed_spread`, `compute_reconstruction`, `compute_factor_report`,
+    `record_t_training` (see `Study`)."""
     @torch.no_grad()
-    def compute_reconstruction(self, images, labels=None, model=None) -> dict:
+    def compute_t_checks(self, images, val_images, model=None, layers=None, *, n_samples=8, n_fidelity=None, seed=0,
+                         baseline_nll: float | None = None) -> dict[str, TCheck]:
+        """Per t: NLL on `images` (training) and `val_images` (held out) and their gap, sample fidelity on
+        the first `n_fidelity` of `val_images` (default: all), and with `baseline_nll` (the held-out NLL of a reference: a t
+        trained the same way on z shuffled across images, or an unconditional flow of the same size) the
+        information z adds, in nats. Stored in `results.t_checks[model]`."""
+        model, layers = self._layers(model, layers)
+        for l in layers: check_trained(self.t(l, model), f"the t of {model!r} at {l!r}", "fit it before asking for its diagnostics")
+        f = self._model(model)
+        codes, vcodes = analysis.encode_codes(self.ae, images), analysis.encode_codes(self.ae, val_images)
+        res = {}
+        for l in layers:
+            p, t = self.probe(l, model), self.t(l, model)
+            train, val = (analysis.nll_of(t, codes, self.features(images, l, model), seed=seed),
+                          analysis.nll_of(t, vcodes, self.features(val_images, l, model), seed=seed))
+            fidelity = analysis.sample_fidelity(self.ae, p, t, f, val_images[:n_fidelity], n=n_samples,
+                                                generator=torch.Generator().manual_seed(seed))
+            res[l] = TCheck(train, val, **fidelity, info_nats=None if baseline_nll is None else baseline_nll - val)
+        self.results.t_checks.setdefault(model, {}).update(res)
+        return res
+
+    @torch.no_grad()
+    def compute_reconstruction(self, images, labels=None, model=None) -> AEDiagnostics:
         """The autoencoder's MSE and PSNR on `images`; with `labels`, also `model`'s accuracy on x and on D(E(x))
-        (does reconstruction keep what the model needs?). Stored in `results.diagnostics['autoencoder']`."""
-        res = reconstruction_metrics(self.ae, images)
+        (does reconstruction keep what the model needs?). Stored in `results.diagnostics.autoencoder`."""
+        res = AEDiagnostics(**reconstruction_metrics(self.ae, images))
         if labels is not None:
             f = self._model(model)
-            res |= {"accuracy_x": analysis.accuracy(f, images, labels),
-                    "accuracy_reconstruction": analysis.accuracy(f, self.reconstruct(images), labels)}
-        self.results.diagnostics["autoencoder"] = res
+            res.accuracy_x = analysis.accuracy(f, images, labels)
+            res.accuracy_reconstruction = analysis.accuracy(f, self.reconstruct(images), labels)
+        self.results.diagnostics.autoencoder = res
         return res
 
     @torch.no_grad()
     def compute_factor_report(self, images, labels: dict, *, n_pairs: int = 5000, seed: int = 0):
         """e on held-out `images` and their factor `labels` (name -> (N,)): the pair-correlation matrix, class-mean
-        shares and warnings of `invnb.factors.factor_report`. Stored in `results.diagnostics['factors']`."""
-        from .factors import factor_report
+        shares and warnings of `invnb.factors.factor_report`. Stored in `results.diagnostics.factors`."""
         if self.e is None: raise ValueError("this study has no semantic INN e; pass one to Study(..., e=...).")
-        codes = dict(zip(("mean", "logvar"), self.ae.encode(images)))
-        rep = factor_report(self.e, codes, labels, list(self.e.factors), n_pairs=n_pairs, seed=seed)
-        self.results.diagnostics["factors"] = rep.to_dict()
+        rep = factor_report(self.e, analysis.encode_codes(self.ae, images), labels, list(self.e.factors),
+                            n_pairs=n_pairs, seed=seed)
+        self.results.diagnostics.factors = FactorTable.from_json(rep.to_dict())
         return rep
 
+    @torch.no_grad()
+    def compute_seed_spread(self, images, model, layer, others: list[InvarianceINN], *, n_outer=100, n_inner=100,
+                            seed_eq19: int = 0, seed_share: int = 0) -> SeedSpread:
+        """Eq. 19 and the identifiable shares at (`model`, `layer`) from the study's t and from `others`, t's of the
+        same size trained with other seeds, all on the same `images` and the same draws (generators seeded
+        `seed_eq19`, `seed_share`, as `compute_eq19`/`compute_share` use them): how far the numbers move with t's
+        seed, next to their standard errors. Stored in `results.diagnostics.seed_spread`."""
+        if not others: raise ValueError("compute_seed_spread needs at least one other t (trained with another seed).")
+        z, e = self.features(images, layer, model), self._need_e()
+        eq19, share = [], {}
+        for t in [self.t(layer, model), *others]:
+            check_trained(t, f"a t of {model!r} at {layer!r}", "fit it before asking for its seed spread")
+            eq19.append(analysis.eq19(t, z, n_outer=n_outer, n_inner=n_inner, generator=torch.Generator().manual_seed(seed_eq19)))
+            for k, v in analysis.identifiable_share(t, e, z, n_outer=n_outer, n_inner=n_inner,
+                                                    generator=torch.Generator().manual_seed(seed_share)).items():
+                share.setdefault(k, []).append(v)
+        spread = SeedSpread(model or self.default_model, layer, eq19, share)
+        self.results.diagnostics.seed_spread = spread
+        return spread
+
+    def record_t_training(self, name: str | tuple[str, str], *, best_step: int | None, best_val_nll: float | None,
+                          steps: int) -> TTraining:
+        """Record how a t was trained: `name` is (model, layer), or the name of a reference t (e.g. 'shuffled_z');
+        `best_step` the step whose weights it kept, `best_val_nll` its held-out NLL there (`History.best_step`,
+        `History.best_val`). Stored in `results.diagnostics.t_training` under `t_key(model, layer)` or `name`."""
+        rec = TTraining(best_step, best_val_nll, steps)
+        self.results.diagnostics.t_training[t_key(*name) if isinstance(name, tuple) else name] = rec
+        return rec
+
 # %% ../nbs/08_study.ipynb #7142b074
-class Study(StudyComputations):
+class Study(StudyDiagnostics):
     "Autoencoder + models (by name) + t's by (model, layer) + e + results, with the analyses as methods."
     def save(self, folder) -> Path:
         "Write the study to `folder` (weights as safetensors, the index `study.json` last)."
@@ -282,7 +317,7 @@ class Study(StudyComputations):
             while name in used: name, k = f"{stem}_{k}", k + 1
             used.add(name); return name
         for name, m in self.models.items():
-            file = f"models/{unique('models/' + _file_name(name))[7:]}.safetensors"
+            file = f"models/{unique('models/' + analysis.safe_name(name))[7:]}.safetensors"
             if isinstance(m, Checkpointable):   # rebuilt from its config on load
                 m.save(folder / file); models.append({"name": name, "file": file})
             else:                               # a user's model: its weights only; `load` takes the model back
@@ -290,8 +325,9 @@ class Study(StudyComputations):
                 save_tensors(folder / file, m.state_dict(), {"kind": "weights", "class": cls})
                 models.append({"name": name, "file": file, "weights_only": True, "class": cls})
         for (m, layer), t in self.ts.items():
-            file = f"t/{unique('t/' + _file_name(m) + '__' + _file_name(layer))[2:]}.safetensors"
+            file = f"t/{unique('t/' + analysis.safe_name((m, layer)))[2:]}.safetensors"
             t.save(folder / file); ts.append({"model": m, "layer": layer, "file": file})
+        self.meta.setdefault("environment", environment(next(self.ae.parameters()).device))   # threads, versions
         write_json_atomic(folder / "study.json", {"format": FORMAT, "models": models, "ts": ts, "e": self.e is not None,
                                                   "results": self.results.to_json(), "meta": self.meta})
         return folder

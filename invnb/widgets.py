@@ -12,19 +12,30 @@ import time
 import traceback
 
 import ipywidgets as W
-import numpy as np
 import torch
 
 from . import plots
-from .analysis import mix_factors, pixel_mean_var
+from .analysis import pixel_mean_var
 from .data import check_images
+from .edits import decode_factors, encode_factors, mix_factors
+from .results import FACTOR_KINDS
 from .study import Study
 
 # %% auto #0
-__all__ = ['png', 'LayerExplorer', 'FactorEditor', 'CurveExplorer']
+__all__ = ['SCALE', 'EDIT_SCALE', 'MAX_SAMPLES', 'TEMPERATURE', 'ALPHA_STEP', 'PICKER_ROWS', 'EQ19_SAMPLES', 'EQ19_SEED', 'png',
+           'LayerExplorer', 'FactorEditor', 'CurveExplorer']
 
 # %% ../nbs/10_widgets.ipynb #0ae58cd4
-def png(rows, scale: int = 3, pad: int = 2) -> bytes:
+SCALE = 3                    # screen pixels per image pixel in `png` and `LayerExplorer`
+EDIT_SCALE = 5               # ... in `FactorEditor`, which shows three images only
+MAX_SAMPLES = 32             # `LayerExplorer`: the most samples per draw of v
+TEMPERATURE = dict(min=0.0, max=2.0, step=0.05)   # `LayerExplorer`: range of the temperature that scales v
+ALPHA_STEP = 0.05            # `FactorEditor`: step of the factor sliders (0: the image's own factor, 1: the partner's)
+PICKER_ROWS = dict(layers=6, checkpoints=6, factors=4)   # `CurveExplorer`: visible rows of its lists
+EQ19_SAMPLES, EQ19_SEED = 100, 0   # `CurveExplorer`'s "Compute Eq. 19": n_outer = n_inner, and the seed
+
+# %% ../nbs/10_widgets.ipynb #d99bdca0
+def png(rows, scale: int = SCALE, pad: int = 2) -> bytes:
     "PNG bytes of a table of images (see `invnb.plots.tile`), each pixel drawn as scale×scale."
     from PIL import Image
     pic = plots.tile(rows, pad)
@@ -67,15 +78,15 @@ class LayerExplorer(W.VBox):
     layer switch decodes the *same* v with another layer's t; temperature scales v."""
     COLUMNS = 8   # samples per row of the picture
     def __init__(self, study: Study, images: torch.Tensor, model: str | None = None, n: int = 8,
-                 temperature: float = 1.0, seed: int = 0, scale: int = 3):
+                 temperature: float = 1.0, seed: int = 0, scale: int = SCALE):
         self.study, self.images, self.model = study, check_images(images, channels=None), model or study.default_model
         layers = study.layers(self.model)
         if not layers: raise ValueError(f"the study has no t for model {self.model!r}; train one first.")
         self.generator, self.scale, self.error, self.last_ms = torch.Generator().manual_seed(seed), scale, None, None
         self.image_pick = W.BoundedIntText(value=0, min=0, max=len(images) - 1, description="image")
         self.layer_pick = W.Dropdown(options=layers, value=layers[-1] if len(layers) else None, description="layer")
-        self.n_slider = W.IntSlider(value=n, min=1, max=32, description="samples")
-        self.temp_slider = W.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature",
+        self.n_slider = W.IntSlider(value=n, min=1, max=MAX_SAMPLES, description="samples")
+        self.temp_slider = W.FloatSlider(value=temperature, **TEMPERATURE, description="temperature",
                                          style={"description_width": "initial"})
         self.resample_button = W.Button(description="Resample v", icon="refresh", button_style="primary")
         self.view = W.Image(format="png")
@@ -120,9 +131,8 @@ class LayerExplorer(W.VBox):
         _show(self.view, self.png)
         self.last_ms = (time.perf_counter() - t0) * 1e3
         per_channel = self.var.mean().item() / self.samples.shape[1]    # var is summed over the channels
-        check = self.study.results.t_checks.get(self.model, {}).get(self.layer, {})
-        fidelity = (f" · f keeps its prediction on {check['agreement']:.0%} of this t's samples"
-                    if "agreement" in check else "")
+        check = self.study.results.t_checks.get(self.model, {}).get(self.layer)
+        fidelity = f" · f keeps its prediction on {check.agreement:.0%} of this t's samples" if check else ""
         self.status.value = (f"<small>{html.escape(str(self.model))} · {html.escape(str(self.layer))} · {len(self.v)} "
                              f"samples · mean pixel variance {per_channel:.4f}{fidelity} · drawn in {self.last_ms:.0f} ms</small>")
 
@@ -131,14 +141,14 @@ class FactorEditor(W.VBox):
     """One slider per semantic factor of e: 0 keeps the image's own e_i, 1 takes the partner's. Shows x, the partner,
     the edit x*, the model's prediction for x* and ‖f(x) − f(x*)‖, live."""
     def __init__(self, study: Study, image: torch.Tensor, partners: torch.Tensor, model: str | None = None,
-                 class_names=None, seed: int = 0, scale: int = 5):
+                 class_names=None, seed: int = 0, scale: int = EDIT_SCALE):
         if study.e is None: raise ValueError("the study has no semantic INN e; train one with invnb.analysis.fit_factors.")
         self.study, self.e, self.f = study, study.e, study._model(model)
         self.x = check_images(image if image.dim() == 4 else image[None], channels=None, name="image")[:1]
         self.partners = check_images(partners, channels=None, name="partners")
         self.class_names, self.scale, self.error, self.last_ms = class_names, scale, None, None
         self.generator = torch.Generator().manual_seed(seed)
-        self.sliders = {k: W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description=k,
+        self.sliders = {k: W.FloatSlider(value=0.0, min=0.0, max=1.0, step=ALPHA_STEP, description=k,
                                          continuous_update=True) for k in self.e.factors}
         self.partner_pick = W.BoundedIntText(value=0, min=0, max=len(partners) - 1, description="swap with…")
         self.random_button = W.Button(description="random partner", icon="random")
@@ -149,9 +159,8 @@ class FactorEditor(W.VBox):
         super().__init__([W.HBox([self.partner_pick, self.random_button, self.reset_button]),
                           W.VBox(list(self.sliders.values())),
                           W.HTML("<small>x · partner · edit x*</small>"), self.view, self.status])
-        with torch.no_grad():
-            self._own = self.e.split(self.e(self.study.ae.encode(self.x)[0])[0])
-            self.f_x = self.f(self.x)
+        self._own = encode_factors(self.study.ae, self.e, self.x)
+        with torch.no_grad(): self.f_x = self.f(self.x)
         self.partner_pick.observe(lambda _: self.set_partner(self.partner_pick.value), "value")
         self.random_button.on_click(lambda _: self.random_partner())
         self.reset_button.on_click(lambda _: self.reset())
@@ -168,7 +177,7 @@ class FactorEditor(W.VBox):
             self.partner_pick.value = i                  # its observer calls set_partner(i) once more, then draws
             return
         self.partner = self.partners[i:i + 1]
-        with torch.no_grad(): self._other = self.e.split(self.e(self.study.ae.encode(self.partner)[0])[0])
+        self._other = encode_factors(self.study.ae, self.e, self.partner)
         self._redraw()
 
     def random_partner(self):
@@ -183,8 +192,7 @@ class FactorEditor(W.VBox):
     @torch.no_grad()
     def _redraw(self):
         t0 = time.perf_counter()
-        parts = mix_factors(self._own, self._other, self.alphas)
-        self.edited = self.study.ae.decode(self.e.inverse(self.e.merge(parts)))
+        self.edited = decode_factors(self.study.ae, self.e, mix_factors(self._own, self._other, self.alphas))
         logits = self.f(self.edited)
         self.prediction = int(logits.argmax(1))
         self.confidence = float(logits.softmax(1).max())
@@ -201,7 +209,7 @@ class CurveExplorer(W.VBox):
     """Eq. 19 per layer; a factor relevance over checkpoints or over layers, as the identifiable share (default) or
     the paper's Eq. 20; pick what to show."""
     VIEWS = ("Eq. 19 per layer", "factors over checkpoints", "factors over layers")
-    KINDS = {"identifiable share": "share", "Eq. 20 (paper)": "eq20"}
+    KINDS = {label: kind for kind, label in FACTOR_KINDS.items()}   # label shown -> kind of `StudyResults`
 
     def __init__(self, study: Study, images: torch.Tensor | None = None, backend: str = "plotly"):
         self.study, self.images, self.backend, self.error, self.last_ms = study, images, backend, None, None
@@ -215,10 +223,13 @@ class CurveExplorer(W.VBox):
         self.checkpoint_layer = next((l for l in layers[::-1] if l in common), next(iter(sorted(common)), None))
         ckpts = [m for m in models if self.checkpoint_layer in eq20.get(m, {})]
         self.view_pick = W.ToggleButtons(options=self.VIEWS, value=self.VIEWS[0])
-        self.kind_pick = W.ToggleButtons(options=list(self.KINDS), value="identifiable share" if r.share else "Eq. 20 (paper)")
-        self.layer_pick = W.SelectMultiple(options=layers, value=tuple(layers), description="layers", rows=6)
-        self.ckpt_pick = W.SelectMultiple(options=ckpts, value=tuple(ckpts), description="checkpoints", rows=6)
-        self.factor_pick = W.SelectMultiple(options=factors, value=tuple(factors), description="factors", rows=4)
+        self.kind_pick = W.ToggleButtons(options=list(self.KINDS), value=FACTOR_KINDS["share" if r.share else "eq20"])
+        self.layer_pick = W.SelectMultiple(options=layers, value=tuple(layers), description="layers",
+                                           rows=PICKER_ROWS["layers"])
+        self.ckpt_pick = W.SelectMultiple(options=ckpts, value=tuple(ckpts), description="checkpoints",
+                                          rows=PICKER_ROWS["checkpoints"])
+        self.factor_pick = W.SelectMultiple(options=factors, value=tuple(factors), description="factors",
+                                            rows=PICKER_ROWS["factors"])
         self.acc_box = W.Checkbox(value=True, description="accuracy")
         self.compute_button = W.Button(description="Compute Eq. 19", disabled=images is None)
         self.bar = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(visibility="hidden"))
@@ -279,7 +290,8 @@ class CurveExplorer(W.VBox):
         todo = [l for l in self.layer_pick.value if l not in known]
         self.bar.max, self.bar.value, self.bar.layout.visibility = max(1, len(todo)), 0, "visible"
         for l in todo:
-            self.study.compute_eq19(self.images, self.final, [l], seed=0)
+            self.study.compute_eq19(self.images, self.final, [l], n_outer=EQ19_SAMPLES, n_inner=EQ19_SAMPLES,
+                                    seed=EQ19_SEED)
             self.bar.value += 1
         self.bar.layout.visibility = "hidden"
         self.redraw()

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from invnb.analysis import (OnTheFly, attack_through_layers, eq19, eq20, explained_by_invariances, factor_sensitivity,
-                            fgsm, fit_factors, fit_invariances, fit_invariances_over, layer_features, pixel_mean_var, sample_images, swap_factor)
+from invnb.analysis import (OnTheFly, eq19, eq20, explained_by_invariances, fit_factors, fit_invariances,
+                            fit_invariances_over, layer_features, pixel_mean_var, sample_images)
 from invnb.autoencoder import SmallAE
 from invnb.data import FactorPairs
+from invnb.edits import attack_through_layers, factor_sensitivity, fgsm, swap_factor
 from invnb.inn import FactorINN, InvarianceINN
 from invnb.probe import Probe
 from invnb.train import encode_dataset
@@ -231,6 +232,15 @@ def test_fit_invariances_over_gives_each_key_its_own_state_and_skips_finished(tm
     again = analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **kw)
     for key in ts:
         for k, v in ts[key].state_dict().items(): assert torch.equal(again[key].state_dict()[k], v)
+    # a finished t is not reused for another call: other steps, other codes, another layer are refused
+    with pytest.raises(ValueError, match="trained from other arguments or data.*delete"):
+        analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **{**kw, "steps": 4})
+    with pytest.raises(ValueError, match="trained from other arguments or data"):
+        analysis.fit_invariances_over(probes, imgs, {**codes, "mean": codes["mean"] + 1}, ckpt_dir=tmp_path, **kw)
+    with pytest.raises(ValueError, match="trained from other arguments or data"):
+        analysis.fit_invariances_over({"A": ColorMNISTClassifier(size=32, seed=1).probe("features.11")}, imgs, codes,
+                                      ckpt_dir=tmp_path, **kw)
+    analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **{**kw, "progress": True})  # how, not what
 
 
 def test_warm_start_begins_at_the_unconditional_flow():

@@ -190,3 +190,19 @@ def test_running_gamma_resumes_exactly(tmp_path):
     b = SmallAE(width=8)
     train_autoencoder(b, imgs, steps=12, resume=True, **{**kw, "ckpt_dir": tmp_path / "b"})
     assert a.log_gamma.item() == b.log_gamma.item() != 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_inputs_of_another_dtype_are_named_not_a_torch_error(dtype):
+    small = SmallAE(size=28, zdim=8, width=8)
+    big = BigAE(size=32, zdim=8, layers=(1, 1, 1, 1), width_per_group=16, ch=4, n_classes=4, embed_dim=4, attention_res=16)
+    for ae in (small, big):
+        name = type(ae).__name__
+        x = torch.zeros(2, 3, ae.size, ae.size, dtype=dtype)
+        with pytest.raises(ValueError, match=rf"images must have the dtype of {name}'s parameters, torch.float32; got {dtype}\. Convert with x\.to\(torch\.float32\)"):
+            ae.encode(x)
+        with pytest.raises(ValueError, match=rf"z̄ must have the dtype of {name}'s parameters, torch.float32; got {dtype}"):
+            ae.decode(torch.zeros(2, 8, dtype=dtype))
+    with pytest.raises(ValueError, match=rf"images must have the dtype of SmallAE's parameters"):
+        train_autoencoder(small, torch.zeros(4, 3, 28, 28, dtype=dtype), steps=1, progress=False, device="cpu")
+    assert small.decode(small.encode(torch.zeros(2, 3, 28, 28))[0]).dtype == torch.float32   # float32 still works

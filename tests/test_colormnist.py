@@ -50,7 +50,7 @@ def test_smoke_run_saves_a_study_that_loads(smoke_run):
     assert study.default_model == final and study.layers(final) == list(PROFILES["smoke"].layers)
     assert study.results.eq19[final]["softmax"] == Estimate.from_json(m["results"]["eq19"][final]["softmax"])
     assert study.results.to_json() == m["results"]
-    assert set(study.results.accuracy) == set(study.models) and study.meta["threads"] == torch.get_num_threads()
+    assert set(study.results.accuracy) == set(study.models) and study.meta["environment"]["threads"] == torch.get_num_threads()
     x = torch.zeros(2, 3, 28, 28)
     assert study.sample(x, "softmax", n=3, generator=torch.Generator().manual_seed(0)).shape == (2, 3, 3, 28, 28)
 

@@ -33,10 +33,16 @@ def test_bundled_mnist_split(mnist):
     assert torch.equal(again["val"][0], xv)  # deterministic split
 
 
-def test_missing_full_mnist_falls_back_with_a_warning(tmp_path):
-    with pytest.warns(UserWarning, match="full MNIST not available.*download=True"):
-        data = load_mnist(root=tmp_path)
-    assert data["source"] == "bundled"
+def test_an_explicit_mnist_root_without_mnist_is_an_error_not_the_bundled_digits(tmp_path):
+    for root in (tmp_path, tmp_path / "typo"):
+        with pytest.raises(DatasetNotFound, match=rf"no MNIST under {root} .*download=True.*leave root unset"):
+            load_mnist(root=root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                       # the bundled digits ask: only without a root
+        with pytest.raises(DatasetNotFound, match="no MNIST under"):
+            ColorMNIST.from_mnist(root=tmp_path / "typo")
+    with pytest.warns(UserWarning, match="bundled MNIST"):
+        assert load_mnist()["source"] == "bundled"
 
 
 @pytest.mark.parametrize("size", [28, 64])
@@ -200,10 +206,23 @@ def test_image_folder_with_an_unreadable_file(tmp_path):
     assert len(ds) == 4 and [ds[i][1] for i in range(4)] == [0, 0, 1, 1] and ds[3][0].shape == (3, 32, 32)
     with pytest.raises(ValueError, match="on_error"):
         load_image_folder(root, on_error="ignore")
-    # a JPEG whose header is fine but whose data is cut: the error at loading names the file
+    # a JPEG whose header is fine but whose data is cut: named when the dataset is built, and skipped with a warning
     (root / "dog" / "broken.jpg").unlink()
     good = (root / "dog" / "1.jpg").read_bytes()
     (root / "dog" / "1.jpg").write_bytes(good[:len(good) // 2])
-    ds = load_image_folder(root, size=32)
-    with pytest.raises(ValueError, match=r"dog/1\.jpg"):
-        ds[3]
+    with pytest.raises(ValueError, match=r"(?s)dog/1\.jpg is not a readable image \(OSError: image file is truncated"):
+        load_image_folder(root, size=32)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*dog/1\.jpg"):
+        ds = load_image_folder(root, size=32, on_error="skip")
+    assert len(ds) == 3 and [ds[i][1] for i in range(3)] == [0, 0, 1]
+
+
+def test_check_dtype_names_the_input_the_model_and_the_fix():
+    from invnb.data import check_dtype
+    lin = torch.nn.Linear(3, 1)
+    x = torch.zeros(2, 3)
+    assert check_dtype(x, lin) is x
+    with pytest.raises(ValueError, match=r"codes must have the dtype of Linear's parameters, torch.float32; got "
+                                         r"torch.float64\. Convert with x\.to\(torch\.float32\) \(e\.g\. x\.float\(\)\), or "
+                                         r"the model with model\.to\(torch\.float64\)"):
+        check_dtype(x.double(), lin, "codes")

@@ -130,7 +130,9 @@ def test_report_warns_for_misaligned_e():
     rep = factor_report(oracle(), swapped, labels, n_pairs=4000)
     assert max(rep.own.values()) < 0.1 and rep.max_off_diagonal > 0.8
     assert any("has not learned" in w for w in rep.warnings) and any("leaks" in w for w in rep.warnings)
-    rnd = factor_report(FactorINN(16, {"colour": 3, "shape": 3}, n_blocks=2, seed=1), codes, labels, n_pairs=4000)
+    rnd_e = FactorINN(16, {"colour": 3, "shape": 3}, n_blocks=2, seed=1)
+    rnd_e(codes["mean"][:256])                                          # its first batch initialises it; no training
+    rnd = factor_report(rnd_e, codes, labels, n_pairs=4000)
     assert rnd.warnings                                                 # an untrained e: shuffled, mixed slices
 
 
@@ -186,3 +188,11 @@ def test_pair_targets_correlate_within_pairs_and_guide_e():
     plain = e.pair_loss(z[a], z[b], f)
     assert guided_pair_loss(e, z[a], z[b], f, targets, 0.0).item() == plain.item()
     assert guided_pair_loss(e, z[a], z[b], f, targets, 1.0).item() > plain.item()
+
+
+def test_diagnostics_refuse_an_untrained_model():
+    "A factor report of an e that never saw data, and the sample fidelity of such a t, are refused with the fix."
+    codes, labels = synthetic(rotate=False)
+    e = FactorINN(codes["mean"].shape[1], {"shape": 2, "colour": 2}, n_blocks=1, hidden=8)
+    with pytest.raises(ValueError, match="e has not been trained.*fit_factors"):
+        factor_report(e, codes, labels)

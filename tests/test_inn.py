@@ -253,3 +253,19 @@ def test_constructors_and_main_methods_document_every_parameter():
         docs = docments(fn)
         missing = [k for k, v in docs.items() if k not in ("self", "return") and not v]
         assert not missing, (fn.__qualname__, missing)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_inputs_of_another_dtype_are_named_not_a_torch_error(dtype):
+    t, e = make_t(), make_e()
+    zbar, z, codes = torch.randn(4, 8), torch.randn(4, 4, 3, 3), torch.randn(4, 10)
+    want = rf"{{}} must have the dtype of {{}}'s parameters, torch.float32; got {dtype}\. Convert with x\.to\(torch\.float32\)"
+    for call, name in [(lambda: t(zbar.to(dtype), z), "zbar"), (lambda: t(zbar, z.to(dtype)), "z"),
+                       (lambda: t.inverse(zbar.to(dtype), z), "v"), (lambda: t.sample(z.to(dtype), n=2), "z"),
+                       (lambda: t.inverse_grid(zbar.to(dtype), z), "v")]:
+        with pytest.raises(ValueError, match=want.format(name, "InvarianceINN")):
+            call()
+    for call, name in [(lambda: e(codes.to(dtype)), "zbar"), (lambda: e.inverse(codes.to(dtype)), "codes"),
+                       (lambda: e.pair_loss(codes.to(dtype), codes.to(dtype), "fg"), "zbar")]:
+        with pytest.raises(ValueError, match=want.format(name, "FactorINN")):
+            call()

@@ -7,8 +7,9 @@ import torch
 from invnb.results import Estimate
 from invnb import plots
 
-EQ19 = {"features.5": (0.41, 0.011), "features.11": (0.56, 0.02), "softmax": Estimate(0.98, 0.001)}
-EQ20 = {0: {"digit": (0.45, 0.01), "fg": (0.55, 0.02)}, 600: {"digit": (0.66, 0.03), "fg": (0.76, 0.01)}}
+E = Estimate
+EQ19 = {"features.5": E(0.41, 0.011), "features.11": E(0.56, 0.02), "softmax": E(0.98, 0.001)}
+EQ20 = {0: {"digit": E(0.45, 0.01), "fg": E(0.55, 0.02)}, 600: {"digit": E(0.66, 0.03), "fg": E(0.76, 0.01)}}
 
 
 @pytest.mark.parametrize("backend", plots.BACKENDS)
@@ -17,9 +18,9 @@ def test_every_plot_returns_a_figure_of_its_backend(backend):
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     figs = [plots.invariance_curve(EQ19, {"features.5": .1, "features.11": .2, "softmax": .3}, backend=backend),
             plots.factor_curves(EQ20, accuracy={0: 0.1, 600: 0.9}, backend=backend),
-            plots.factor_curves({"a": {"digit": (0.2, 0.1)}, "b": {"digit": (0.3, 0.1)}}, backend=backend),
+            plots.factor_curves({"a": {"digit": E(0.2, 0.1)}, "b": {"digit": E(0.3, 0.1)}}, backend=backend),
             plots.samples_grid(x, torch.rand(2, 4, 3, 8, 8), reconstruction=x, backend=backend),
-            plots.fgsm_grid(x, x, {"l1": x, "l2": x}, shares={"l1": (0.3, 0.1)}, backend=backend),
+            plots.fgsm_grid(x, x, {"l1": x, "l2": x}, shares={"l1": E(0.3, 0.1), "l2": None}, backend=backend),
             plots.swap_grid(x, x, {"fg": x}, sensitivity={"fg": 0.5}, backend=backend)]
     for f in figs:
         assert isinstance(f, kind)

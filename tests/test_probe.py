@@ -88,5 +88,6 @@ def test_images_of_another_dtype_are_refused_with_the_fix():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     x = torch.zeros(1, 3, 8, 8)
     for dtype in (torch.float64, torch.float16):
-        with pytest.raises(ValueError, match=f"images are {dtype} but the model's weights are torch.float32"):
+        with pytest.raises(ValueError, match=rf"images must have the dtype of Sequential's parameters, torch.float32; "
+                                             rf"got {dtype}. Convert with x.to\(torch.float32\)"):
             Probe(model, "1").phi(x.to(dtype))

@@ -49,6 +49,28 @@ def test_save_load_round_trip(study, tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["ae.safetensors", "e.safetensors", "models", "study.json", "t"]
 
 
+def test_diagnostics_are_typed_and_keep_their_json_keys(study, tmp_path):
+    "t checks, the autoencoder's numbers and each t's training are records; study.json keeps their field names as keys."
+    import json
+    from invnb.results import AEDiagnostics, TCheck, TTraining
+    x = torch.rand(8, 3, 28, 28, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    labels = torch.randint(10, (8,), generator=torch.Generator().manual_seed(3))
+    checks = study.compute_t_checks(x[:4], x[4:], layers=["classifier"], n_samples=2, baseline_nll=50.0)
+    assert isinstance(checks["classifier"], TCheck) and checks["classifier"].info_nats == 50.0 - checks["classifier"].val_nll
+    ae = study.compute_reconstruction(x, labels, "final")
+    assert isinstance(ae, AEDiagnostics) and ae.mse >= 0 and 0 <= ae.accuracy_reconstruction <= 1
+    study.record_t_training(("final", "classifier"), best_step=20, best_val_nll=70.5, steps=40)
+    saved = json.loads((study.save(tmp_path / "s") / "study.json").read_text())["results"]
+    assert list(saved["t_checks"]["final"]["classifier"]) == ["train_nll", "val_nll", "nll_gap", "agreement",
+                                                               "phi_distance", "info_nats"]
+    assert list(saved["diagnostics"]["autoencoder"]) == ["mse", "psnr", "mse_sampled", "gamma", "accuracy_x",
+                                                         "accuracy_reconstruction"]
+    assert saved["diagnostics"]["t_training"] == {"final__classifier": {"best_step": 20, "best_val_nll": 70.5, "steps": 40}}
+    again = Study.load(tmp_path / "s")
+    assert again.results.diagnostics.training_of("final", "classifier") == TTraining(20, 70.5, 40)
+    assert again.results.t_checks == study.results.t_checks
+
+
 def test_load_in_a_fresh_process(study, tmp_path):
     "Study.load must know every model class without the caller importing their modules first."
     import subprocess, sys
@@ -97,9 +119,9 @@ def test_compute_factor_report_stores_e_s_held_out_table(colormnist_study):
     study, ds = colormnist_study
     x, labels = ds.images()[:300], {k: v[:300] for k, v in ds.labels.items()}
     rep = study.compute_factor_report(x, labels, n_pairs=500)
-    got = study.results.diagnostics["factors"]
-    assert got == rep.to_dict() and list(got["correlation"]) == ["digit", "fg", "bg"]
-    assert all(-1 <= v <= 1 for row in got["correlation"].values() for v in row.values())
+    got = study.results.diagnostics.factors
+    assert got.to_json() == rep.to_dict() and list(got.correlation) == ["digit", "fg", "bg"]
+    assert all(-1 <= v <= 1 for row in got.correlation.values() for v in row.values())
     bare = Study(study.ae, study.models, study.ts, None)
     with pytest.raises(ValueError, match="no semantic INN e"):
         bare.compute_factor_report(x, labels)

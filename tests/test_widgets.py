@@ -111,3 +111,15 @@ def test_names_are_escaped_in_widget_html(parts):
                     {(evil, l): study.t(l) for l in study.layers()})
     lx = LayerExplorer(hostile, x)
     assert lx.error is None and "<img src=x" not in lx.status.value and "&lt;img" in lx.status.value
+
+
+def test_class_and_factor_names_are_escaped_in_factor_editor_html(parts):
+    from invnb.inn import FactorINN
+    study, _, x, _ = parts
+    evil = "<img src=x onerror=alert(1)>"
+    e = FactorINN(study.ae.zdim, {evil: 4, "fg": 2}, n_blocks=2, hidden=16)
+    hostile = Study(study.ae, {evil: study.models[study.default_model]}, {}, e)
+    fe = FactorEditor(hostile, x[0], x, model=evil, class_names=[evil] * 10)
+    assert fe.error is None and "<img src=x" not in fe.status.value and "&lt;img" in fe.status.value
+    assert evil in fe.sliders and fe.sliders[evil].description == evil
+    assert not any(s.description_allow_html for s in fe.sliders.values())   # slider labels are shown as text
