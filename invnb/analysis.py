@@ -5,7 +5,6 @@
 # %% ../nbs/07_analysis.ipynb #f604d8fc
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -19,7 +18,7 @@ from torch import nn
 
 from .autoencoder import sample_gaussian
 from .checkpoint import write_json_atomic
-from .data import FactorPairs, check_images
+from .data import FactorPairs, check_images, fingerprint
 from .factors import guided_pair_loss, pair_targets
 from .flows import check_trained
 from .inn import FactorINN, InvarianceINN
@@ -174,16 +173,10 @@ def fit_invariances_over(probes: dict, images: torch.Tensor, codes: dict, budget
 _RUN_ONLY_KEYS = ("progress", "device", "desc", "resume")   # how a fit runs, not what it learns
 
 
-def _fingerprint(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors: h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _fit_record(kwargs: dict, codes: dict, images: torch.Tensor, probe) -> dict:
     "What a finished t of `fit_invariances_over` was trained from, in JSON form."
     return json.loads(json.dumps({"kwargs": kwargs, "layer": getattr(probe, "layer", None), "n": len(codes["mean"]),
-                                  "codes": _fingerprint(codes["mean"]), "images": _fingerprint(images)}, default=str))
+                                  "codes": fingerprint(codes["mean"]), "images": fingerprint(images)}, default=str))
 
 # %% ../nbs/07_analysis.ipynb #3b73db1c
 def fit_factors(codes: dict, pairs: FactorPairs, factors: dict[str, int] | None = None, e: FactorINN | None = None,

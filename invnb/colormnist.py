@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import shutil
 import time
@@ -21,7 +20,7 @@ from . import analysis, plots
 from .autoencoder import SmallAE, train_autoencoder
 from .checkpoint import CheckpointError, load_model, write_json_atomic
 from .classifier import ColorMNISTClassifier, train_classifier
-from .data import ColorMNIST, FactorPairs, load_mnist
+from .data import ColorMNIST, FactorPairs, fingerprint, load_mnist
 from .factors import estimate_factor_sizes, pair_val_fn
 from .inn import FactorINN, InvarianceINN
 from .profiles import FACTORS, PROFILES, STAGES, TARGET, Profile
@@ -87,12 +86,6 @@ class ColorMNISTData:
     info: dict
 
 
-def _fingerprint(*tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors: h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def load_data(prof: Profile, seed: int, mnist_root: str | Path | None = None) -> ColorMNISTData:
     "Stage 1: ColorMNIST from the bundled digits (or full MNIST under `mnist_root`), random subsets of the profile's size."
     with warnings.catch_warnings():
@@ -103,10 +96,10 @@ def load_data(prof: Profile, seed: int, mnist_root: str | Path | None = None) ->
     it, iv = torch.randperm(len(xt), generator=g)[:prof.n_train], torch.randperm(len(xv), generator=g)[:prof.n_val]
     train, val = ColorMNIST(xt[it], yt[it], seed=seed), ColorMNIST(xv[iv], yv[iv], seed=seed + SEED_OFFSETS["val_colours"])
     info = {"source": d["source"], "n_train": len(it), "n_val": len(iv),
-            "fingerprint": _fingerprint(xt[it], yt[it], xv[iv], yv[iv])}
+            "fingerprint": fingerprint(xt[it], yt[it], xv[iv], yv[iv])}
     return ColorMNISTData(train, val, train.images(), val.images(), info)
 
-
+# %% ../nbs/12_colormnist.ipynb #07180bce
 def autoencoder_stage(run: RunSpec, data: ColorMNISTData) -> tuple[SmallAE, dict, dict]:
     "Stage 2: the autoencoder (Tab. S1), and the codes {'mean', 'logvar'} of the training and validation images."
     path, p = run.study_dir / "ae.safetensors", run.prof
@@ -121,7 +114,7 @@ def autoencoder_stage(run: RunSpec, data: ColorMNISTData) -> tuple[SmallAE, dict
     codes_val = encode_dataset(ae.encode, data.xv, device=run.device, cache=cache / "codes_val.safetensors")
     return ae.cpu(), codes, codes_val
 
-
+# %% ../nbs/12_colormnist.ipynb #d1ef55ab
 def classifier_stage(run: RunSpec, data: ColorMNISTData) -> dict[str, tuple[int, nn.Module]]:
     "Stage 3: SqueezeNet 1.1 checkpoints {name: (step, model)}, from step 0 to the last (named 'step000000', ...)."
     p, folder = run.prof, run.out / "train" / "classifier"
@@ -132,7 +125,7 @@ def classifier_stage(run: RunSpec, data: ColorMNISTData) -> dict[str, tuple[int,
     run.drop_state("classifier/train")
     return {f"step{r['step']:06d}": (r["step"], load_model(folder / r["file"]).eval()) for r in recs}
 
-
+# %% ../nbs/12_colormnist.ipynb #3e661e15
 def factors_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict) -> FactorINN:
     """Stage 4: e with the factors of `FACTORS` (+ a residual). Slice sizes from the canonical correlations of
     training pairs (saved as study/factor_sizes.json); trained on training pairs with the closed-form guide and a
@@ -160,7 +153,7 @@ def _val_halves(data: ColorMNISTData, per_image: dict) -> list[tuple[dict, dict]
     cut = lambda d, s: {k: v[s] for k, v in d.items()}
     return [(cut(per_image, s), cut(data.val.labels, s)) for s in (slice(0, h), slice(h, None))]
 
-
+# %% ../nbs/12_colormnist.ipynb #2cf899d9
 def invariance_jobs(prof: Profile, checkpoints: list[str]) -> list[tuple[str, str]]:
     "(model, layer) of every t: all layers of the final checkpoint, then the checkpoint layer at the others."
     final = checkpoints[-1]

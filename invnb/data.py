@@ -5,6 +5,7 @@
 # %% ../nbs/04_data.ipynb #a18c0145
 from __future__ import annotations
 
+import hashlib
 import warnings
 from importlib.resources import files
 from pathlib import Path
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 import invnb
 
 # %% auto #0
-__all__ = ['PALETTE', 'CELEBA_FACTORS', 'check_images', 'check_dtype', 'DatasetNotFound', 'load_mnist', 'ColorMNIST',
-           'FactorPairs', 'image_transform', 'load_celeba', 'attribute_labels', 'load_image_folder']
+__all__ = ['PALETTE', 'CELEBA_FACTORS', 'check_images', 'check_dtype', 'fingerprint', 'DatasetNotFound', 'load_mnist',
+           'ColorMNIST', 'FactorPairs', 'image_transform', 'load_celeba', 'attribute_labels', 'load_image_folder']
 
 # %% ../nbs/04_data.ipynb #bb661c2b
 def check_images(x: torch.Tensor, channels: int | None = 3, size: int | None = None, name: str = "images") -> torch.Tensor:
@@ -44,6 +45,13 @@ def check_dtype(x: torch.Tensor, model: torch.nn.Module, name: str = "input") ->
         raise ValueError(f"{name} must have the dtype of {type(model).__name__}'s parameters, {dtype}; got {x.dtype}. "
                          f"Convert with x.to({dtype}) (e.g. x.float()), or the model with model.to({x.dtype}).")
     return x
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    "A short hash of the tensors' bytes: the same data gives the same fingerprint (for resume checks)."
+    h = hashlib.sha256()
+    for t in tensors: h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 # %% ../nbs/04_data.ipynb #f8888a20
 class DatasetNotFound(FileNotFoundError):

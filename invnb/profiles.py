@@ -64,7 +64,7 @@ PROFILES = {
                      t_steps=150, t_val_every=25, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
                      layers=tuple(l for l in _LAYERS if l not in ("features.12", "classifier")), n_probe=500, fidelity_draws=4,
                      ae_batch_size=32, ae_lr=3e-3, disk_mb=300,
-                     est_seconds=dict(data=1, autoencoder=132, classifier=148, factors=45, invariances=190, analysis=65,
+                     est_seconds=dict(data=1, autoencoder=137, classifier=157, factors=51, invariances=181, analysis=65,
                                       report=2)),
     "paper": Profile("paper", None, None, ae_steps=20000, ae_width=64, clf_steps=40000, n_checkpoints=20,
                      e_steps=20000, e_size=dict(n_blocks=20, hidden=1024, depth=2),

@@ -41,7 +41,7 @@ def test_a_diverged_training_is_one_line_naming_the_model_and_its_checkpoint(tmp
     out = tmp_path / "run"
     assert main(["colormnist", "--profile", "smoke", "--device", "cpu", "--no-progress", "--out", str(out)]) == 2
     line = _one_line(capsys)
-    assert "training diverged: autoencoder: loss 'model' became nan at step 3" in line
+    assert "training diverged: stage 'autoencoder': autoencoder: loss 'model' became nan at step 3" in line
     assert f"last good checkpoint: {out / 'train' / 'ae' / 'last.safetensors'} (step 2" in line and "--seed" in line
 
 
