@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from invnb.analysis import accuracy
+from invnb.diagnostics import accuracy
 from invnb.autoencoder import AELoss, SmallAE, reconstruction_metrics, train_autoencoder
 from invnb.classifier import ColorMNISTClassifier, train_classifier
 from invnb.colormnist import PROFILES, load_data

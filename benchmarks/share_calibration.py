@@ -25,7 +25,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from invnb import analysis
+from invnb import analysis, diagnostics
 from invnb.checkpoint import load_model, load_tensors
 from invnb.colormnist import PROFILES, load_data
 from invnb.data import ColorMNIST
@@ -59,12 +59,12 @@ def main():
         t0 = time.perf_counter()
         t, h = analysis.fit_invariances(codes, feats, t=t, steps=steps, batch_size=prof.batch_size, lr=prof.t_lr,
                                         device="cpu", progress=False, seed=seed, val_every=prof.t_val_every,
-                                        val_fn=lambda m: analysis.nll_of(m, codes_val, val_feats, seed=0))
+                                        val_fn=lambda m: diagnostics.nll_of(m, codes_val, val_feats, seed=0))
         return t.eval(), {"steps": steps, "n_train": len(feats), "best_step": h.best_step, "val_nll": round(h.best_val, 3), "seconds": round(time.perf_counter() - t0, 1)}
 
     fmt = lambda d: {k: [round(v.value, 4), round(v.se, 4)] for k, v in d.items()}
     onehot = lambda lab, f: F.one_hot(lab[f], int(max(data.train.labels[f].max(), data.val.labels[f].max())) + 1).float()
-    base_nll = analysis.nll_of(base, codes_val, torch.zeros(len(data.xv), 1), seed=0)
+    base_nll = diagnostics.nll_of(base, codes_val, torch.zeros(len(data.xv), 1), seed=0)
     # the oracles' training set: the run's training digits in several independent colourings (the first is the run's)
     ae = load_model(f"{a.run}/study/ae.safetensors").eval()
     sets = [data.train] + [ColorMNIST(data.train.ink, data.train.labels["digit"], seed=10_000 + k)

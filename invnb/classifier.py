@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .analysis import accuracy
+from .diagnostics import accuracy
 from .checkpoint import Checkpointable, CheckpointError, load_model, write_json_atomic
 from .probe import InputAdapter, Probe
 from .train import fit

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import analysis, plots
+from . import analysis, diagnostics, plots
 from .autoencoder import SmallAE, train_autoencoder
 from .checkpoint import CheckpointError, load_model, write_json_atomic
 from .classifier import ColorMNISTClassifier, train_classifier
@@ -169,7 +169,7 @@ def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_fea
     p, path, seed = run.prof, run.study_dir / "t" / f"{name}.safetensors", run.seed if seed is None else seed
     t = _loads(path, InvarianceINN)
     if t is None:
-        val_fn = lambda m: analysis.nll_of(m, codes_val, val_feats, seed=run.seed)   # the same held-out draw for all
+        val_fn = lambda m: diagnostics.nll_of(m, codes_val, val_feats, seed=run.seed)   # the same held-out draw for all
         t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=seed, **p.t_size)
         if base is not None: analysis.warm_start(t, base)
         t, hist = analysis.fit_invariances(codes, feats, t=t, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr,

@@ -16,16 +16,36 @@ from torch import nn
 from .data import check_dtype, check_images
 
 # %% auto #0
-__all__ = ['PSEUDO_LAYERS', 'IMAGENET', 'PRESETS', 'list_layers', 'InputAdapter', 'trace_model', 'graph_after', 'Probe', 'preset',
-           'preset_probes', 'Adapted']
+__all__ = ['PSEUDO_LAYERS', 'IMAGENET', 'PRESETS', 'list_layers', 'node_names', 'InputAdapter', 'trace_model', 'graph_after',
+           'Probe', 'preset', 'preset_probes', 'Adapted']
 
 # %% ../nbs/06_probe.ipynb #6de29723
 PSEUDO_LAYERS = ("input", "softmax")
 
 
-def list_layers(model: nn.Module) -> list[str]:
-    "Valid layer names: the pseudo-layers and every named submodule, in definition order."
-    return [*PSEUDO_LAYERS, *(n for n, _ in model.named_modules() if n)]
+def list_layers(model: nn.Module, nodes: bool = False) -> list[str]:
+    """Valid layer names: the pseudo-layers and every named submodule, in definition order; with `nodes`, then the
+    FX node names that are not module names, as torchvision's feature extraction names them (`get_graph_node_names`,
+    eval mode): e.g. `layer4.1.add` (a residual sum) or `layer4.1.relu_1` (the second call of a shared ReLU)."""
+    names = [*PSEUDO_LAYERS, *(n for n, _ in model.named_modules() if n)]
+    if nodes:
+        known = set(names)
+        names += [n for n in node_names(model) if n not in known]
+    return names
+
+
+def node_names(model: nn.Module) -> dict[str, str]:
+    """{torchvision node name: the name of that node in the model's `torch.fx` graph} for every operation of the
+    traced model in eval mode, in execution order (e.g. 'layer4.1.add' -> 'layer4_1_add'); {} if it cannot be traced."""
+    from torchvision.models.feature_extraction import NodePathTracer   # torchvision's names, torch.fx's leaves
+    was = model.training
+    try:
+        tracer = NodePathTracer()
+        graph = tracer.trace(model.eval())
+        return {tracer.node_to_qualname[n]: n.name for n in graph.nodes
+                if n in tracer.node_to_qualname and n.op not in ("placeholder", "output", "get_attr")}
+    except Exception: return {}
+    finally: model.train(was)
 
 
 class InputAdapter(nn.Module):
@@ -105,6 +125,7 @@ class Probe(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.transform = transform if transform is not None else nn.Identity()
+        self._node = None   # the torch.fx name of a node named the torchvision way (`layer4.1.add` -> `add_7`)
         self.layer = self._resolve(layer)
         self._psi = None
         self._check_single_use()
@@ -132,10 +153,14 @@ class Probe(nn.Module):
         if layer in valid: return layer
         nodes = self._fx_node_names()
         if layer in nodes: return layer
-        close = difflib.get_close_matches(layer, valid + nodes, n=5, cutoff=0.5)
+        qualified = node_names(self.model)
+        if layer in qualified:
+            self._node = qualified[layer]; return layer
+        close = difflib.get_close_matches(layer, valid + [q for q in qualified if q not in valid] + nodes, n=5, cutoff=0.5)
         hint = f" Closest: {close}." if close else ""
         raise ValueError(f"unknown layer {layer!r} for {type(self.model).__name__}.{hint} "
-                         f"See invnb.probe.list_layers(model) for all {len(valid)} module names.")
+                         f"See invnb.probe.list_layers(model, nodes=True) for all {len(valid)} module names and the "
+                         "FX node names.")
 
     def _fx_node_names(self) -> list[str]:
         try: return [n.name for n in torch.fx.symbolic_trace(self.model).graph.nodes if n.op not in ("placeholder", "output")]
@@ -170,7 +195,7 @@ class Probe(nn.Module):
 
     def _fx_phi(self, h):
         gm = self._graph()
-        node = next(n for n in gm.graph.nodes if n.name == self.layer)
+        node = next(n for n in gm.graph.nodes if n.name == (self._node or self.layer))
         interp, out = torch.fx.Interpreter(gm), {}
         env_run = interp.run_node
         def run_node(n):
@@ -189,7 +214,8 @@ class Probe(nn.Module):
     def _build_psi(self) -> nn.Module:
         if self.layer == "input": return self.model
         if self.layer == "softmax": return nn.Identity()
-        return graph_after(self._graph(), self.layer, self.module is not None)
+        return graph_after(self._graph(), self.layer if self.module is not None else self._node or self.layer,
+                           self.module is not None)
 
     def psi(self, z: torch.Tensor) -> torch.Tensor:
         "f's output from z = Φ(x): Ψ(z)."

@@ -20,7 +20,7 @@ from .runs import RunError, damaged_artifacts
 # %% auto #0
 __all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'AGREEMENT_LAYER', 'FACTOR_OWN_MIN',
            'FACTOR_OFF_MAX', 'CLASS_SHARE_MIN', 'FIG4_RISING', 'FIG4_FALLING', 'run_metrics', 'checks', 'fig4_claim',
-           'validate_metrics', 'check_run', 'summary_png', 'write_report']
+           'validate_metrics', 'check_run', 'summary_png', 'write_report', 'study_metrics', 'write_study_report']
 
 # %% ../nbs/13_report.ipynb #5321cd05
 FORMAT = 2
@@ -338,4 +338,51 @@ def write_report(m: dict, path, figures_dir=None) -> Path:
              "<h2>Environment</h2>", _table(["", "value"], [[k, v] for k, v in m["run"]["environment"].items()])]
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>invnb ColorMNIST report</title><style>{_CSS}</style>"
            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>{''.join(parts)}</body></html>")
+    return write_text_atomic(path, doc)
+
+# %% ../nbs/13_report.ipynb #e6330df8
+def study_metrics(study, *, layers: list[str], settings: dict, data: dict, figures: dict, seconds: dict) -> dict:
+    "The `metrics.json` of an `invnb study` run: the model, its recipe, the layers, settings, data and `study.results`."
+    return {"format": FORMAT, "kind": "study", "model": study.meta.get("name", study.default_model),
+            "recipe": study.meta.get("recipe"), "layers": list(layers),
+            "run": {"settings": settings, "data": data, "environment": study.meta.get("environment", {})},
+            "figures": figures, "seconds": seconds, "results": study.results.to_json()}
+
+
+def write_study_report(m: dict, path, figures_dir=None) -> Path:
+    """The self-contained HTML report of an `invnb study` run from its `study_metrics` (and the PNG sample grids in
+    `figures_dir`, default: figures/ beside `path`)."""
+    path, esc = Path(path), html.escape
+    r, name, run = StudyResults.from_json(m["results"]), m["model"], m["run"]
+    eq19, var, ae, data = r.eq19.get(name, {}), r.image_variance.get(name, {}), r.diagnostics.autoencoder, run["data"]
+    png = lambda b, alt: f"<img alt='{esc(alt)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
+    small = lambda v: "nan" if v is None or v != v else f"{v:.4g}"
+    settings = [[k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)] for k, v in run["settings"].items()]
+    parts = [f"<h1>invnb · study of {esc(str(run['settings'].get('model', name)))}</h1>",
+             "<p class=note>Rombach, Esser &amp; Ommer (ECCV 2020) on your model and images. Eq. 19: the share of the "
+             "autoencoder code z̄'s variance explained by a layer's invariances v (1: the layer determines nothing of "
+             "z̄; 0: it determines z̄ completely); ± is the jackknife standard error over the sampled representations. "
+             "The numbers are computed on images t was trained on.</p>",
+             _table(["setting", "value"], settings + [
+                 ["images", f"{data['n']} from {data['source']}, at {data['size']} px"],
+                 ["codes and features", f"{data['mb']} MB in {data['storage']}"],
+                 ["autoencoder on these images", f"MSE {ae.mse:.4f}, PSNR {ae.psnr:.1f} dB" if ae else "not computed"],
+                 ["t's loaded from an earlier run", ", ".join(data.get("reused", [])) or "none"],
+                 ["total time", f"{m['seconds'].get('total', 0):.0f} s"]]),
+             "<h2>Eq. 19: what each layer discards</h2>"]
+    if eq19:
+        parts += [png(plots.to_png(plots.invariance_curve(eq19, var or None, backend="matplotlib",
+                                                          title=f"What each layer of {name} discards")), "Eq. 19"),
+                  _table(["layer", "Eq. 19", "± SE", "pixel variance of samples"],
+                         [[l, e.value, e.se, small(var.get(l))] for l, e in eq19.items()])]
+    parts.append("<h2>Samples D(t⁻¹(v|Φ(x)))</h2><p class=note>Rows: inputs; columns: x, its reconstruction D(E(x)), "
+                 "the same draws of v for every layer, then the samples' per-pixel mean and variance. What changes along "
+                 "a row is what the layer does not determine about that input.</p>")
+    for layer, file in m["figures"].items():
+        f = Path(figures_dir or path.parent / "figures") / file
+        if f.is_file(): parts += [f"<h3>{esc(layer)}</h3>", png(f.read_bytes(), layer)]
+    parts += ["<h2>Stage times</h2>", _table(["stage", "seconds"], [[k, float(v)] for k, v in m["seconds"].items()]),
+              "<h2>Environment</h2>", _table(["", "value"], [[k, v] for k, v in run["environment"].items()])]
+    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>invnb study report</title><style>{_CSS}</style>"
+           f"</head><body>{''.join(parts)}</body></html>")
     return write_text_atomic(path, doc)

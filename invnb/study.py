@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import analysis, edits
+from . import analysis, diagnostics, edits
 from .autoencoder import reconstruction_metrics
 from .checkpoint import Checkpointable, CheckpointError, load_model, load_tensors, save_tensors, write_json_atomic
 from .factors import factor_report
@@ -207,7 +207,7 @@ class StudyComputations(StudyAnalyses):
         res = {}
         for l in layers:
             ft, fv = self.features(images, l, model), self.features(val_images, l, model)
-            res[l] = analysis.probe_accuracy(ft, labels, fv, val_labels)
+            res[l] = diagnostics.probe_accuracy(ft, labels, fv, val_labels)
         self.results.probes.setdefault(model, {}).update(res)
         return res
 
@@ -221,7 +221,7 @@ class StudyComputations(StudyAnalyses):
 
     def compute_accuracy(self, images, labels, models=None) -> dict[str, float]:
         "Accuracy of each model (default: all) on `images`; stored in `results.accuracy`."
-        res = {m: analysis.accuracy(self._model(m), images, labels) for m in (models or list(self.models))}
+        res = {m: diagnostics.accuracy(self._model(m), images, labels) for m in (models or list(self.models))}
         self.results.accuracy.update(res)
         return res
 
@@ -243,10 +243,10 @@ class StudyDiagnostics(StudyComputations):
         res = {}
         for l in layers:
             p, t = self.probe(l, model), self.t(l, model)
-            train, val = (analysis.nll_of(t, codes, self.features(images, l, model), seed=seed),
-                          analysis.nll_of(t, vcodes, self.features(val_images, l, model), seed=seed))
-            fidelity = analysis.sample_fidelity(self.ae, p, t, f, val_images[:n_fidelity], n=n_samples,
-                                                generator=torch.Generator().manual_seed(seed))
+            train, val = (diagnostics.nll_of(t, codes, self.features(images, l, model), seed=seed),
+                          diagnostics.nll_of(t, vcodes, self.features(val_images, l, model), seed=seed))
+            fidelity = diagnostics.sample_fidelity(self.ae, p, t, f, val_images[:n_fidelity], n=n_samples,
+                                                   generator=torch.Generator().manual_seed(seed))
             res[l] = TCheck(train, val, **fidelity, info_nats=None if baseline_nll is None else baseline_nll - val)
         self.results.t_checks.setdefault(model, {}).update(res)
         return res
@@ -258,8 +258,8 @@ class StudyDiagnostics(StudyComputations):
         res = AEDiagnostics(**reconstruction_metrics(self.ae, images))
         if labels is not None:
             f = self._model(model)
-            res.accuracy_x = analysis.accuracy(f, images, labels)
-            res.accuracy_reconstruction = analysis.accuracy(f, self.reconstruct(images), labels)
+            res.accuracy_x = diagnostics.accuracy(f, images, labels)
+            res.accuracy_reconstruction = diagnostics.accuracy(f, self.reconstruct(images), labels)
         self.results.diagnostics.autoencoder = res
         return res
 
@@ -333,10 +333,20 @@ class Study(StudyDiagnostics):
         return folder
 
     @classmethod
+    def build(cls, model: nn.Module, layers, images, **kwargs) -> "Study":
+        """A study of your `model` at `layers` on `images` (with `ae=`, a trained invnb autoencoder): the images encoded
+        once, the features of all layers from one forward pass per batch, one t per layer (resumable under `out=`).
+        The arguments are those of `invnb.build.build_study`, which documents them; see `08b_build`."""
+        from invnb.build import build_study   # the build module comes after this one (it makes Studies)
+        return build_study(model, layers, images, study_class=cls, **kwargs)
+
+    @classmethod
     def load(cls, folder, models: dict[str, nn.Module] | None = None) -> "Study":
         """A study written by `save`; every file it names must lie inside `folder`. A model that is not an invnb
         model (a torchvision network, an `Adapted` one) was saved as weights only: pass it back in `models`
-        ({name: an instance of the same architecture}) and its weights are loaded into it."""
+        ({name: an instance of the same architecture}) and its weights are loaded into it, unless the study
+        records a recipe for it (`meta['recipe']`, written by `Study.build`; see `08b_build`), from which it is
+        rebuilt."""
         folder = Path(folder)
         index = folder / "study.json"
         if not index.is_file():
@@ -354,7 +364,12 @@ class Study(StudyDiagnostics):
         given = dict(models or {})
         if unknown := sorted(set(given) - set(files)):
             raise ValueError(f"models {unknown} are not in this study; it has {sorted(files)}.")
-        if missing := [n for n in weights_only if n not in given]:
+        missing = [n for n in weights_only if n not in given]
+        if missing and isinstance(meta, dict) and meta.get("recipe"):   # a torchvision network, an imported builder
+            from invnb.build import model_from_recipe                   # defined after this module (it makes studies)
+            given.update({n: model_from_recipe(meta["recipe"], expect=weights_only[n]) for n in missing})
+            missing = []
+        if missing:
             raise ValueError(f"{index}: the model(s) {missing} were saved as weights only (classes "
                              f"{sorted({weights_only[n] for n in missing})} are not invnb models); pass them back, e.g. "
                              f"Study.load({str(folder)!r}, models={{{missing[0]!r}: model}}), with model built as "

@@ -243,6 +243,37 @@ def test_fit_invariances_over_gives_each_key_its_own_state_and_skips_finished(tm
     analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **{**kw, "progress": True})  # how, not what
 
 
+def test_fit_invariances_over_takes_precomputed_features(tmp_path):
+    "Features given (here a memory-mapped table) train the same t as the probe's; the record holds their fingerprint."
+    import json
+    import numpy as np
+    from invnb import analysis
+    from invnb.data import fingerprint
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3)).eval()
+    probe = Probe(model, "1")
+    imgs = torch.rand(24, 3, 28, 28, generator=g) * 2 - 1
+    codes = {"mean": torch.randn(24, 6, generator=g), "logvar": torch.full((24, 6), -2.0)}
+    kw = dict(steps=3, batch_size=8, n_blocks=1, hidden=8, embed_dim=4, progress=False, device="cpu")
+    ref = analysis.fit_invariances_over({"1": probe}, imgs, codes, ckpt_dir=tmp_path / "probe", **kw)["1"]
+    mm = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float32, shape=(24, 4, 14, 14))
+    mm[:] = layer_features(probe, imgs, device="cpu").numpy(); mm.flush()
+    table = torch.from_numpy(np.load(tmp_path / "f.npy", mmap_mode="r+"))
+    got = analysis.fit_invariances_over({"1": probe}, None, codes, ckpt_dir=tmp_path / "given", features={"1": table}, **kw)["1"]
+    for k, v in ref.state_dict().items(): assert torch.equal(got.state_dict()[k], v), k
+    record = json.loads((tmp_path / "given" / "1" / "t.args.json").read_text())
+    assert record["features"] == fingerprint(table) and "images" not in record
+    old = json.loads((tmp_path / "probe" / "1" / "t.args.json").read_text())      # the images path: as before
+    assert sorted(old) == ["codes", "images", "kwargs", "layer", "n"] and old["images"] == fingerprint(imgs)
+    again = analysis.fit_invariances_over({"1": probe}, None, codes, ckpt_dir=tmp_path / "given", features={"1": table}, **kw)
+    assert torch.equal(again["1"].state_dict()["flow.blocks.0.norm.loc"], got.state_dict()["flow.blocks.0.norm.loc"])
+    with pytest.raises(ValueError, match="trained from other arguments or data"):
+        analysis.fit_invariances_over({"1": probe}, None, codes, ckpt_dir=tmp_path / "given",
+                                      features={"1": table.flip(0).clone()}, **kw)
+    with pytest.raises(ValueError, match="missing"):
+        analysis.fit_invariances_over({"1": probe, "3": Probe(model, "3")}, None, codes, features={"1": table}, **kw)
+
+
 def test_warm_start_begins_at_the_unconditional_flow():
     "With cond_scale=0, a warm-started t gives base's NLL for any z (base: its constant condition); else it is near it."
     from invnb.analysis import warm_start

@@ -55,6 +55,19 @@ def test_smoke_run_saves_a_study_that_loads(smoke_run):
     assert study.sample(x, "softmax", n=3, generator=torch.Generator().manual_seed(0)).shape == (2, 3, 3, 28, 28)
 
 
+def test_smoke_run_reports_the_spread_over_seeds_of_t(smoke_run):
+    "t at (final model, checkpoint layer) is trained with t_seeds seeds; seed 1 is the study's own t, on the same draws."
+    out, report, _ = smoke_run
+    m, prof = json.loads((out / "metrics.json").read_text()), PROFILES["smoke"]
+    sp = m["results"]["diagnostics"]["seed_spread"]
+    assert (sp["model"], sp["layer"]) == (m["final_model"], prof.checkpoint_layer) and len(sp["eq19"]) == prof.t_seeds
+    assert sp["eq19"][0] == m["results"]["eq19"][m["final_model"]][prof.checkpoint_layer]
+    assert sp["share"]["bg"][0] == m["results"]["share"][m["final_model"]][prof.checkpoint_layer]["bg"]
+    assert sp["eq19"][1] != sp["eq19"][0]                                   # another seed: another t
+    assert (out / "study" / "t" / f"{m['final_model']}__{prof.checkpoint_layer}__seed1.safetensors").is_file()
+    assert "t's seed: how far the numbers move" in report.read_text()
+
+
 def test_validate_metrics_finds_problems(smoke_run):
     good = json.loads((smoke_run[0] / "metrics.json").read_text())
     final = good["final_model"]
@@ -91,7 +104,9 @@ def test_smoke_run_sizes_e_from_the_data_and_reports_it(smoke_run):
     assert list(fac["correlation"]) == list(colormnist.FACTORS) and set(fac["own"]) == set(colormnist.FACTORS)
     kept = m["results"]["diagnostics"]["t_training"]
     prof = PROFILES["smoke"]
-    assert {"unconditional", "shuffled_z"} <= set(kept) and len(kept) == len(prof.layers) + prof.n_checkpoints - 1 + 2
+    # one t per layer and per other checkpoint, the unconditional flow, the null control, and the other seeds of t
+    assert {"unconditional", "shuffled_z"} <= set(kept)
+    assert len(kept) == len(prof.layers) + prof.n_checkpoints - 1 + 2 + prof.t_seeds - 1
     assert all(0 < k["best_step"] <= prof.t_steps and k["best_step"] % prof.t_val_every == 0 for k in kept.values())
     rows = {what: ok for what, _, ok in checks(m)}
     assert all(any(w.startswith(f"e: held-out pairs sharing {f}") for w in rows) for f in colormnist.FACTORS)

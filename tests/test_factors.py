@@ -191,7 +191,7 @@ def test_pair_targets_correlate_within_pairs_and_guide_e():
 
 
 def test_diagnostics_refuse_an_untrained_model():
-    "A factor report of an e that never saw data, and the sample fidelity of such a t, are refused with the fix."
+    "A factor report of an e that never saw data is refused with the fix (t: see 08_study's hidden checks)."
     codes, labels = synthetic(rotate=False)
     e = FactorINN(codes["mean"].shape[1], {"shape": 2, "colour": 2}, n_blocks=1, hidden=8)
     with pytest.raises(ValueError, match="e has not been trained.*fit_factors"):

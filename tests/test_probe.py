@@ -91,3 +91,21 @@ def test_images_of_another_dtype_are_refused_with_the_fix():
         with pytest.raises(ValueError, match=rf"images must have the dtype of Sequential's parameters, torch.float32; "
                                              rf"got {dtype}. Convert with x.to\(torch.float32\)"):
             Probe(model, "1").phi(x.to(dtype))
+
+
+def test_torchvision_node_names_are_listed_and_probed():
+    "FX node names as torchvision's feature extraction writes them: listed with nodes=True, and Probe takes them."
+    from torchvision.models import resnet18
+    from torchvision.models.feature_extraction import get_graph_node_names
+    model = resnet18(num_classes=10).eval()
+    names = list_layers(model, nodes=True)
+    assert "layer4.1.add" in names and "layer4.1.relu_1" in names and "layer4.1.add" not in list_layers(model)
+    assert set(get_graph_node_names(model)[1]) - {"x"} <= set(names)          # the eval-mode list, input left out
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        for layer in ("layer4.1.relu_1", "layer4.1.add"):
+            p = Probe(model, layer)
+            torch.testing.assert_close(p.psi(p.phi(x)), model(x), msg=layer)
+        torch.testing.assert_close(Probe(model, "layer4.1.relu_1").phi(x), Probe(model, "layer4").phi(x))
+    with pytest.raises(ValueError, match=r"Closest: \['layer4.1.add'"):
+        Probe(model, "layer4.1.ad")

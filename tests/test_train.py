@@ -223,7 +223,8 @@ def test_validation_sees_the_weights_of_its_step_with_a_fused_optimizer():
     no_grad (oneDNN packed weights on CPU) must still use the current weights: best_val equals a fresh evaluation
     of the weights fit kept."""
     import copy
-    from invnb.analysis import fit_invariances, nll_of
+    from invnb.analysis import fit_invariances
+    from invnb.diagnostics import nll_of
     from invnb.inn import InvarianceINN
     g = torch.Generator().manual_seed(0)
     codes = {"mean": torch.randn(400, 6, generator=g), "logvar": torch.full((400, 6), -4.0)}

@@ -1,0 +1,231 @@
+"Study.build and `invnb study`: your own model on your own images — one pass, memory or disk, resumable t's, recipes."
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from invnb import analysis
+from invnb.autoencoder import SmallAE, train_autoencoder
+from invnb.build import BuildError, load_state_dict_file, model_from_recipe, model_from_spec, torchvision_recipe
+from invnb.features import features_of_layers
+from invnb.cli import main
+from invnb.data import load_image_folder
+from invnb.probe import Probe
+from invnb.study import Study
+
+T = dict(n_blocks=1, hidden=8, embed_dim=8)                              # tiny t's: the mechanics, not the numbers
+CLI_T = ["--t-blocks", "1", "--t-hidden", "8", "--t-embed", "8", "--steps", "5", "--n-eval", "6", "--device", "cpu",
+         "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    "24 PNGs of random coloured shapes (32 px) in the ImageFolder layout: two class subfolders."
+    from PIL import Image, ImageDraw
+    root = tmp_path_factory.mktemp("shapes") / "images"
+    rng = np.random.default_rng(0)
+    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))
+    for i in range(24):
+        kind = ("squares", "discs")[i % 2]
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        im = Image.new("RGB", (32, 32), colour())
+        a, b = sorted(rng.integers(2, 30, 2)); c, d = sorted(rng.integers(2, 30, 2))
+        box = (int(a), int(c), int(max(b, a + 6)), int(max(d, c + 6)))
+        (ImageDraw.Draw(im).rectangle if kind == "squares" else ImageDraw.Draw(im).ellipse)(box, fill=colour())
+        im.save(root / kind / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ae(folder, tmp_path_factory):
+    "(a SmallAE trained for a few steps on the folder, its file)."
+    x = torch.stack([im for im, _ in load_image_folder(folder, size=32)])
+    ae = SmallAE(size=32, width=8)
+    train_autoencoder(ae, x, steps=20, batch_size=8, device="cpu", progress=False)
+    return ae.eval(), ae.save(tmp_path_factory.mktemp("ae") / "ae.safetensors")
+
+
+def build(folder, ae, **kw):
+    model = kw.pop("model", None)
+    return Study.build(resnet18() if model is None else model, kw.pop("layers", ["layer2", "layer3"]), folder, ae=ae,
+                       steps=5, t_size=T, device="cpu", progress=False, **kw)
+
+
+def test_features_of_layers_one_pass_equals_probe():
+    torch.manual_seed(0)
+    net = resnet18(num_classes=7).eval()
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    calls = {"conv1": 0, "layer4": 0}
+    def count(k):   # real calls only (tracing the model for a Probe calls hooks with proxies)
+        return lambda m, a, o: calls.__setitem__(k, calls[k] + isinstance(a[0], torch.Tensor))
+    for k in calls: getattr(net, k).register_forward_hook(count(k))
+    layers = ["layer1", "layer2.0.bn2", "layer3"]            # bn2's output is changed in place later (out += identity)
+    f = features_of_layers(net, layers, x, batch_size=4, device="cpu")
+    assert calls == {"conv1": 2, "layer4": 0}                # one pass per batch for all layers, stopped after layer3
+    for l in layers + ["layer4.1.add", "softmax"]:
+        ref = Probe(net, l).phi(x)
+        got = f[l] if l in f else features_of_layers(net, [l], x, device="cpu")[l]
+        torch.testing.assert_close(got, ref, msg=l)
+
+
+def test_build_from_a_folder_saves_and_reloads_from_its_recipe(folder, ae, tmp_path):
+    study = build(folder, ae[0])
+    assert sorted(study.ts) == [("model", "layer2"), ("model", "layer3")]
+    assert study.meta["recipe"] == {"torchvision": "resnet18"} and study.meta["images"]["n"] == 24
+    again = Study.load(study.save(tmp_path / "s"))                         # no models=: rebuilt from the recipe
+    x = torch.stack([load_image_folder(folder, size=32)[i][0] for i in range(3)])
+    g = lambda: torch.Generator().manual_seed(0)
+    s = again.sample(x, "layer3", 4, g())
+    assert s.shape == (3, 4, 3, 32, 32) and torch.equal(s, study.sample(x, "layer3", 4, g()))
+
+
+def test_the_disk_path_gives_the_same_t_as_memory(folder, ae, tmp_path):
+    net = resnet18()
+    mem = build(folder, ae[0], model=net, layers=["layer3"])
+    disk = build(folder, ae[0], model=net, layers=["layer3"], out=tmp_path / "run", budget_mb=0.01)
+    assert disk.meta["images"]["storage"].startswith("memory-mapped .npy files")
+    assert mem.meta["images"]["storage"] == "memory"
+    z = np.load(tmp_path / "run" / "cache" / "features" / "layer3.npy", mmap_mode="r")
+    assert z.shape == (24, 256, 2, 2) and np.load(tmp_path / "run" / "cache" / "codes" / "mean.npy").shape == (24, 64)
+    torch.testing.assert_close(disk.t("layer3").state_dict(), mem.t("layer3").state_dict())
+    with pytest.raises(BuildError, match="pass out= a folder"):
+        build(folder, ae[0], layers=["layer3"], budget_mb=0.01)
+
+
+def test_a_rebuild_loads_finished_ts_and_refuses_another_model(folder, ae, tmp_path, monkeypatch):
+    net = resnet18()
+    first = build(folder, ae[0], model=net, out=tmp_path / "run")
+    monkeypatch.setattr(analysis, "fit_invariances", lambda *a, **k: pytest.fail("a finished t was trained again"))
+    again = build(folder, ae[0], model=net, out=tmp_path / "run")
+    assert again.meta["images"]["reused"] == ["layer2", "layer3"]
+    torch.testing.assert_close(again.t("layer2").state_dict(), first.t("layer2").state_dict())
+    with pytest.raises(BuildError, match="trained on another model"):
+        build(folder, ae[0], out=tmp_path / "run")
+
+
+def test_bad_inputs_fail_before_training(folder, ae, tmp_path, monkeypatch):
+    monkeypatch.setattr(analysis, "fit_invariances", lambda *a, **k: pytest.fail("trained despite a bad input"))
+    with pytest.raises(ValueError, match=r"unknown layer 'layr3'.*Closest: \['layer3'"):
+        build(folder, ae[0], layers=["layer2", "layr3"])
+    with pytest.raises(BuildError, match="train_autoencoder"):
+        Study.build(resnet18(), ["layer2"], folder)
+    with pytest.raises(BuildError, match=r"it takes 3×32×32 images, got 3×64×64"):
+        build(torch.rand(4, 3, 64, 64) * 2 - 1, ae[0])
+    with pytest.raises(BuildError, match=r"must lie in \[-1, 1\]"):
+        build(torch.rand(4, 3, 32, 32) * 255, ae[0])
+    flat = tmp_path / "flat"; flat.mkdir()
+    (flat / "a.png").write_bytes(next(folder.glob("*/*.png")).read_bytes())   # images without a class subfolder
+    with pytest.raises(FileNotFoundError, match="move them into a subfolder"):
+        build(flat, ae[0])
+
+
+def test_tensor_dataset_and_loader_give_the_same_codes(folder, ae):
+    from torch.utils.data import DataLoader, TensorDataset
+    from invnb.features import encode_and_features, probes_of
+    x = torch.stack([im for im, _ in load_image_folder(folder, size=32)])
+    probes = probes_of(resnet18(), ["layer2"])
+    ref = encode_and_features(ae[0], probes, x, device="cpu")
+    for images in (TensorDataset(x, torch.zeros(len(x))), DataLoader(TensorDataset(x), batch_size=5), folder):
+        codes, feats, _, info = encode_and_features(ae[0], probes, images, device="cpu")
+        assert info["n"] == 24
+        torch.testing.assert_close(codes["mean"], ref[0]["mean"]); torch.testing.assert_close(feats["layer2"], ref[1]["layer2"])
+
+
+def test_factors_train_e(folder, ae):
+    labels = torch.tensor([t for _, t in load_image_folder(folder, size=32).samples])
+    study = build(folder, ae[0], layers=["layer3"], factors={"shape": labels})
+    assert study.e is not None and list(study.e.factors) == ["shape"]
+    x = torch.stack([load_image_folder(folder, size=32)[i][0] for i in range(6)])
+    assert set(study.share(x, "layer3", n_outer=4, n_inner=3)) == {"residual", "shape"}
+
+
+# -- recipes and loading ------------------------------------------------------------------------------------------
+
+def test_recipes(tmp_path):
+    assert torchvision_recipe(resnet18()) == {"torchvision": "resnet18"}
+    assert torchvision_recipe(resnet18(num_classes=3)) is None and torchvision_recipe(nn.Linear(2, 2)) is None
+    with pytest.raises(BuildError, match="import no_such_pkg.models first"):
+        model_from_recipe({"builder": "no_such_pkg.models:make"})
+    assert isinstance(model_from_recipe({"builder": "torchvision.models:resnet18"}), nn.Module)   # already imported
+    with pytest.raises(BuildError, match="builds a torchvision.models.resnet.ResNet, but the study saved a x.Y"):
+        model_from_recipe({"torchvision": "resnet18"}, expect="x.Y")
+
+
+def test_load_without_a_recipe_asks_for_the_model(folder, ae, tmp_path):
+    study = build(folder, ae[0], layers=["layer3"], model=resnet18(num_classes=3))   # no builder matches: no recipe
+    assert "recipe" not in study.meta
+    study.save(tmp_path / "s")
+    with pytest.raises(ValueError, match=r"pass them back, e.g. Study.load\(.*models=\{'model': model\}"):
+        Study.load(tmp_path / "s")
+    assert Study.load(tmp_path / "s", models={"model": resnet18(num_classes=3)}).layers() == ["layer3"]
+
+
+def test_model_specs_and_checkpoints(tmp_path, monkeypatch):
+    import torchvision
+    net = resnet18()
+    torch.save(net.state_dict(), tmp_path / "ok.pt")
+    m, recipe = model_from_spec("torchvision:resnet18", checkpoint=tmp_path / "ok.pt")
+    assert torch.equal(m.model.fc.weight, net.fc.weight) and recipe["weights"] is None and recipe["adapter"]["size"] is None
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "wrapped.pt")
+    assert load_state_dict_file(tmp_path / "wrapped.pt").keys() == net.state_dict().keys()
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(BuildError, match="holds a list, not a state dict"):
+        model_from_spec("torchvision:resnet18", checkpoint=tmp_path / "list.pt")
+    torch.save(nn.Linear(2, 2), tmp_path / "pickled.pt")                    # a whole pickled module: refused
+    with pytest.raises(BuildError, match=r"cannot be read with torch.load\(weights_only=True\)"):
+        load_state_dict_file(tmp_path / "pickled.pt")
+    torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(BuildError, match="does not fit torchvision's resnet18"):
+        model_from_spec("torchvision:resnet18", checkpoint=tmp_path / "other.pt")
+    with pytest.raises(BuildError, match=r"no classification model 'resnet19'; closest: \['resnet18'"):
+        model_from_spec("torchvision:resnet19")
+    with pytest.raises(BuildError, match=r"no weights 'IMAGENET9'; choose one of \['IMAGENET1K_V1'"):
+        model_from_spec("torchvision:resnet18", weights="IMAGENET9")
+    def offline(*a, **k):
+        if k.get("weights") is not None: raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+        return resnet18()
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    with pytest.raises(BuildError, match="could not download the IMAGENET1K_V1 weights of resnet18.*--checkpoint FILE"):
+        model_from_spec("torchvision:resnet18", weights="IMAGENET1K_V1")
+
+
+# -- the command --------------------------------------------------------------------------------------------------
+
+def test_cli_study_report_reload_and_rerun(folder, ae, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = ["study", "--model", "torchvision:resnet18", "--images", str(folder), "--layers", "layer2,layer3",
+            "--ae", str(ae[1]), "--out", str(out), *CLI_T]
+    assert main(args) == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["kind"] == "study" and m["layers"] == ["layer2", "layer3"]
+    assert set(m["results"]["eq19"]["model"]) == {"layer2", "layer3"} and set(m["results"]["image_variance"]["model"]) == {"layer2", "layer3"}
+    page = (out / "report.html").read_text()
+    assert "Eq. 19" in page and page.count("data:image/png;base64") >= 3 and "layer3" in page
+    study = Study.load(out / "study")                                       # the recipe: torchvision + ImageNet adapter
+    assert study.meta["recipe"]["torchvision"] == "resnet18" and type(study.models["model"]).__name__ == "Adapted"
+    x = torch.stack([load_image_folder(folder, size=32)[i][0] for i in range(2)])
+    assert study.sample(x, "layer2", 3).shape == (2, 3, 3, 32, 32)
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "t").glob("*/t.safetensors")}
+    monkeypatch.setattr(analysis, "fit_invariances", lambda *a, **k: pytest.fail("a finished t was trained again"))
+    assert main(args) == 0, capsys.readouterr().err                         # the rerun loads both t's
+    assert {p: p.stat().st_mtime_ns for p in (out / "t").glob("*/t.safetensors")} == stamp and len(stamp) == 2
+    assert "loaded the finished t's of ['layer2', 'layer3']" in capsys.readouterr().out
+
+
+def test_cli_bad_inputs_are_one_line_errors(folder, ae, tmp_path, capsys):
+    base = ["study", "--model", "torchvision:resnet18", "--images", str(folder), *CLI_T]
+    def run(*extra):
+        code = main([*base, *extra]); return code, capsys.readouterr().err
+    code, err = run("--layers", "layer2,layr3", "--ae", str(ae[1]), "--out", str(tmp_path / "a"))
+    assert code == 2 and "unknown layer 'layr3'" in err and "Closest: ['layer3'" in err and not (tmp_path / "a").exists()
+    code, err = run("--layers", "layer2", "--out", str(tmp_path / "b"))
+    assert code == 2 and "--ae is missing" in err and "--train-ae" in err and "train_autoencoder" in err
+    torch.save({"weights": [1, 2]}, tmp_path / "bad.pt")
+    code, err = run("--layers", "layer2", "--ae", str(ae[1]), "--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "c"))
+    assert code == 2 and "not a state dict" in err and err.count("\n") == 1
+    code, err = run("--layers", "layer2", "--ae", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "d"))
+    assert code == 2 and "does not exist" in err
