@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import re
@@ -140,10 +141,10 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
     precomputed features for its keys instead; `images` may be None when it covers every key.
 
     With `ckpt_dir`, each key gets its own folder `ckpt_dir/<key>/` for its training state, and each finished t is
-    saved there as `t.safetensors` as soon as it is done, with what it was trained from (`t.args.json`: the
-    arguments, the codes' fingerprint, the layer, the images' fingerprint, or the given features'); a rerun loads
-    finished t's instead of training them, and refuses one whose record differs from the call (delete its folder
-    to train it again)."""
+    saved there as `t.safetensors` as soon as all its steps are done. What it is trained from is written before
+    its training starts (`t.args.json`: the arguments, the codes' fingerprint, the layer, and the fingerprints of
+    the images and the probed model's weights, or of the given features); a rerun loads finished t's, resumes
+    interrupted ones, and refuses a folder whose record differs from the call (delete it to train it again)."""
     features = dict(features or {})
     if unknown := [k for k in features if k not in probes]:
         raise ValueError(f"features are given for {unknown}, which are not keys of probes ({list(probes)}).")
@@ -158,29 +159,32 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
             if folder in names.values():
                 raise ValueError(f"keys {names} and {key!r} map to one folder {folder}; give the keys distinct names.")
             names[key] = folder
-            done, asked = folder / "t.safetensors", _fit_record(kept, codes, images, probe, given)
-            if done.is_file():
-                record = folder / "t.args.json"
+            done, record, asked = folder / "t.safetensors", folder / "t.args.json", _fit_record(kept, codes, images, probe, given)
+            if folder.is_dir() and any(folder.iterdir()):          # a finished or an interrupted t: the same call?
                 saved = json.loads(record.read_text()) if record.is_file() else None
                 if saved != asked:
-                    raise ValueError(f"{done} was trained from other arguments or data (recorded: {saved}; asked: "
-                                     f"{asked}); delete {folder} to train it again, or pass another ckpt_dir.")
-                out[key] = InvarianceINN.load(done); continue
+                    raise ValueError(f"{folder} holds a t trained from other arguments, data or model weights "
+                                     f"(recorded: {saved}; asked: {asked}); delete {folder} to train it again, or "
+                                     "pass another ckpt_dir.")
+                if done.is_file(): out[key] = InvarianceINN.load(done); continue
+            write_json_atomic(record, asked)                       # before training: a resume checks it too
         feats = given if given is not None else layer_features(probe, images, budget_mb=budget_mb,
                                                                device=kwargs.get("device", "auto"))
-        out[key], _ = fit_invariances(codes, feats, desc=f"t {key}", ckpt_dir=folder and folder / "train", **kwargs)
-        if folder is not None:
-            out[key].save(folder / "t.safetensors")
-            write_json_atomic(folder / "t.args.json", asked)
+        out[key], hist = fit_invariances(codes, feats, desc=f"t {key}", ckpt_dir=folder and folder / "train", **kwargs)
+        if folder is not None and hist.steps_done >= kwargs.get("steps", _DEFAULT_STEPS):   # only a fully trained t is final
+            out[key].save(done)
     return out
 
 
-_RUN_ONLY_KEYS = ("progress", "device", "desc", "resume")   # how a fit runs, not what it learns
+_RUN_ONLY_KEYS = ("progress", "device", "desc", "resume", "stop_after", "ckpt_every")   # how a fit runs, not what it learns
+_DEFAULT_STEPS = inspect.signature(fit_invariances).parameters["steps"].default
 
 
 def _fit_record(kwargs: dict, codes: dict, images, probe, features=None) -> dict:
     "What a finished t of `fit_invariances_over` was trained from, in JSON form: the given `features`, else the images."
-    data = {"images": fingerprint(images)} if features is None else {"features": _rows_fingerprint(features)}
+    model = getattr(probe, "model", None)              # the weights (and an adapter's buffers) that make Φ
+    data = ({"images": fingerprint(images), "model": fingerprint(*(model.state_dict().values() if model is not None else ()))}
+            if features is None else {"features": _rows_fingerprint(features)})
     return json.loads(json.dumps({"kwargs": kwargs, "layer": getattr(probe, "layer", None), "n": len(codes["mean"]),
                                   "codes": fingerprint(codes["mean"]), **data}, default=str))
 

@@ -5,13 +5,11 @@
 # %% ../nbs/08b_build.ipynb #4b1176e7
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import json
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -19,18 +17,17 @@ from torch import nn
 
 from . import analysis
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
-from .checkpoint import CheckpointError, load_model, write_json_atomic
+from .checkpoint import write_json_atomic
 from .data import FactorPairs
 from .factors import estimate_factor_sizes
-from .features import BuildError, encode_and_features, image_batches, probes_of
+from .features import BuildError, encode_and_features, probes_of
 from .inn import FactorINN
 from .probe import IMAGENET, Adapted, InputAdapter
 from .study import Study, environment
 from .train import pick_device
 
 # %% auto #0
-__all__ = ['T_SIZE', 'MISSING_AE', 'torchvision_recipe', 'model_from_recipe', 'build_study', 'load_state_dict_file',
-           'model_from_spec', 'run_study']
+__all__ = ['T_SIZE', 'torchvision_recipe', 'model_from_recipe', 'build_study']
 
 # %% ../nbs/08b_build.ipynb #0963d938
 def _adapter_recipe(adapter) -> dict | None:
@@ -53,10 +50,19 @@ def torchvision_recipe(model: nn.Module) -> dict | None:
         try:
             with torch.device("meta"): cand = builder(weights=None)
         except Exception: continue
-        if type(cand) is cls and {k: tuple(v.shape) for k, v in cand.state_dict().items()} == shapes:
+        if (type(cand) is cls and {k: tuple(v.shape) for k, v in cand.state_dict().items()} == shapes
+                and _settings(cand) == _settings(inner)):     # also what has no weights: dilation, transform_input
             recipe = {"torchvision": name}
             return recipe | ({"adapter": _adapter_recipe(adapter)} if adapter is not None else {})
     return None
+
+
+def _settings(model: nn.Module) -> list:
+    "Every module's repr and plain settings (numbers, strings, tuples): what a recipe must rebuild besides the shapes."
+    plain = (bool, int, float, str, tuple, type(None))
+    return [(n, repr(m) if not list(m.children()) else type(m).__name__,
+             sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and k != "training" and isinstance(v, plain)))
+            for n, m in model.named_modules()]
 
 
 def _builder(spec: str, *, may_import: bool):
@@ -80,6 +86,10 @@ def model_from_recipe(recipe: dict, expect: str | None = None) -> nn.Module:
     class ('module.QualName') the rebuilt model must have."""
     if not isinstance(recipe, dict): raise BuildError(f"a recipe is a dict; got {recipe!r}.")
     kwargs = recipe.get("kwargs") or {}
+    plain = (bool, int, float, str, type(None))
+    if not isinstance(kwargs, dict) or not all(isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, plain)
+                                               for x in v)) for v in kwargs.values()):
+        raise BuildError(f"a recipe's kwargs are plain JSON values; got {kwargs!r}.")
     if "torchvision" in recipe:
         import torchvision
         name = recipe["torchvision"]
@@ -88,9 +98,9 @@ def model_from_recipe(recipe: dict, expect: str | None = None) -> nn.Module:
                              f"({torchvision.__version__}) does not have.")
         with torch.random.fork_rng(devices=[]):   # the initial weights are replaced: leave the caller's RNG alone
             model = torchvision.models.get_model(name, weights=None, **kwargs)
-    elif "builder" in recipe:
-        with torch.random.fork_rng(devices=[]):
-            model = _builder(recipe["builder"], may_import=False)(**kwargs)
+    elif "builder" in recipe:      # never called from a recipe: a study folder must not make invnb run code it names
+        raise BuildError(f"the model was built by {recipe['builder']}(**{kwargs!r}); invnb does not call functions named "
+                         "in a study folder: build the model yourself and pass it, Study.load(folder, models={name: model}).")
     else:
         raise BuildError(f"unknown recipe {recipe!r}: expected a 'torchvision' or a 'builder' entry.")
     if (a := recipe.get("adapter")) is not None:
@@ -226,175 +236,3 @@ def build_study(model: nn.Module, # your model, f; an `Adapted` model probes its
     return _build(model, layers, images, ae=ae, factors=factors, device=device, out=out, steps=steps, t_size=t_size,
                   batch_size=batch_size, lr=lr, budget_mb=budget_mb, name=name, recipe=recipe, progress=progress,
                   seed=seed, study_class=study_class)[0]
-
-# %% ../nbs/08b_build.ipynb #09e862b1
-MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
-              "ae = SmallAE(size=32); train_autoencoder(ae, images, steps=5000); ae.save('ae.safetensors'), from "
-              "invnb.autoencoder), or add --train-ae STEPS to train a SmallAE at --size px on the folder first (saved as "
-              "OUT/ae.safetensors and reused).")
-
-
-def load_state_dict_file(path) -> dict[str, torch.Tensor]:
-    """A state dict from `path`: a `.safetensors` file, or a `torch.save` file read with `weights_only=True` (a
-    dict of tensors, or one under 'state_dict' / 'model'; a 'module.' prefix of DataParallel is dropped)."""
-    path = Path(path)
-    if not path.is_file(): raise BuildError(f"the checkpoint {path} does not exist.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try: state = load_file(str(path))
-        except Exception as e: raise BuildError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}).") from None
-    else:
-        try: state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-            raise BuildError(f"{path} cannot be read with torch.load(weights_only=True) ({type(e).__name__}: {first}); "
-                             "invnb never unpickles arbitrary objects: save the weights with "
-                             "torch.save(model.state_dict(), path).") from None
-        for key in ("state_dict", "model"):
-            if isinstance(state, Mapping) and isinstance(state.get(key), Mapping): state = state[key]; break
-    if not (isinstance(state, Mapping) and state
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
-        what = f"a {type(state).__name__}" + (f" with keys {list(state)[:4]}" if isinstance(state, Mapping) else "")
-        raise BuildError(f"{path} holds {what}, not a state dict (parameter names -> tensors); save one with "
-                         "torch.save(model.state_dict(), path).")
-    if all(k.startswith("module.") for k in state): state = {k[len("module."):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def _load_weights(model: nn.Module, state: dict, what: str):
-    "Load `state` into `model`, or say in one line which names or shapes do not fit."
-    try: model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = " ".join(l.strip() for l in str(e).splitlines()[1:] if l.strip())[:300]
-        raise BuildError(f"the checkpoint does not fit {what} ({detail}); was it saved from this architecture?") from None
-
-
-def model_from_spec(spec: str, weights: str | None = None, checkpoint=None, seed: int = 0) -> tuple[nn.Module, dict]:
-    """(model in eval mode, recipe) for `torchvision:NAME` (wrapped with ImageNet's input normalisation) or
-    `package.module:function` (a builder; imported, as the user named it), with torchvision's `weights` or the
-    state dict in `checkpoint`; the initial weights are drawn with `seed` (so a rerun builds the same model)."""
-    if weights is not None and checkpoint is not None: raise BuildError("give --weights or --checkpoint, not both.")
-    if spec.startswith("torchvision:"):
-        import torchvision
-        name = spec.split(":", 1)[1]
-        known = torchvision.models.list_models(module=torchvision.models)
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-            raise BuildError(f"torchvision has no classification model {name!r}" + (f"; closest: {close}" if close else "")
-                             + ". See torchvision.models.list_models().")
-        if weights is not None:
-            names = list(torchvision.models.get_model_weights(name).__members__)
-            if weights not in names:
-                raise BuildError(f"{name} has no weights {weights!r}; choose one of {names}.")
-            try: model = torchvision.models.get_model(name, weights=weights)
-            except Exception as e:
-                raise BuildError(f"could not download the {weights} weights of {name} ({type(e).__name__}: "
-                                 f"{str(e).strip()[:100]}); run once online (torchvision caches them in ~/.cache/torch), "
-                                 "or pass --checkpoint FILE with a state dict.") from None
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed); model = torchvision.models.get_model(name, weights=None)
-        if checkpoint is not None: _load_weights(model, load_state_dict_file(checkpoint), f"torchvision's {name}")
-        adapter = InputAdapter(None, **IMAGENET)
-        return Adapted(model, adapter).eval(), {"torchvision": name, "weights": weights, "adapter": _adapter_recipe(adapter)}
-    if ":" not in spec:
-        raise BuildError(f"--model must be torchvision:NAME (e.g. torchvision:resnet18) or package.module:function "
-                         f"(a function that returns your model); got {spec!r}.")
-    if weights is not None: raise BuildError("--weights names torchvision weights; use --checkpoint for a builder's model.")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed); model = _builder(spec, may_import=True)()
-    if not isinstance(model, nn.Module): raise BuildError(f"{spec} returned a {type(model).__name__}, not a torch module.")
-    if checkpoint is not None: _load_weights(model, load_state_dict_file(checkpoint), spec)
-    return model.eval(), {"builder": spec}
-
-
-def _autoencoder(path, out: Path, images, train_steps: int | None, size: int, device, seed: int, progress: bool, log):
-    "The autoencoder of a run: loaded from `path`, or (with `train_steps`) a SmallAE trained on the folder, reused."
-    if path is not None:
-        if not Path(path).is_file(): raise BuildError(f"--ae {path} does not exist; pass the .safetensors file of an invnb autoencoder.")
-        try: ae = load_model(path)
-        except CheckpointError as e: raise BuildError(f"--ae {path}: {e}") from None
-        if not isinstance(ae, Autoencoder):
-            raise BuildError(f"--ae {path} holds a {type(ae).__name__}, not an invnb autoencoder (SmallAE, BigAE).")
-        return ae.eval()
-    if not train_steps: raise BuildError(MISSING_AE)
-    saved = out / "ae.safetensors"
-    if saved.is_file():
-        log(f"  reusing the autoencoder trained by an earlier run: {saved}")
-        return load_model(saved).eval()
-    try: ae = SmallAE(size=size, width=32, seed=seed)
-    except ValueError as e: raise BuildError(f"--size: {e}") from None
-    n, batches, source = image_batches(images, 256, size)
-    log(f"  training a SmallAE at {size} px on {n} images for {train_steps} steps (--train-ae)")
-    train_autoencoder(ae, torch.cat(list(batches)), train_steps, batch_size=64, lr=1e-3, device=device, seed=seed,
-                      progress=progress, ckpt_dir=out / "train" / "ae", resume=True)
-    ae.save(saved)
-    return ae.cpu().eval()
-
-# %% ../nbs/08b_build.ipynb #0a8d0df2
-def run_study(out,                      # run folder: study/, t/, figures/, report.html, metrics.json
-              model: str,               # torchvision:NAME or package.module:function
-              layers,                   # list or comma-separated layer names
-              images,                   # an image folder (or anything `Study.build` takes)
-              ae=None,                  # an invnb autoencoder file (.safetensors)
-              *, weights: str | None = None,   # torchvision weights, e.g. IMAGENET1K_V1 (downloaded once)
-              checkpoint=None,          # a state dict file for the model
-              train_ae: int | None = None,  # without `ae`: train a SmallAE for this many steps
-              size: int = 32,           # ... at this image size
-              steps: int = 2000, t_size: dict | None = None, batch_size: int = 128, device="auto", seed: int = 0,
-              n_eval: int = 100, n_grid: int = 6, n_draws: int = 8, budget_mb: float = 2048,
-              progress: bool = True, log=print) -> Path:
-    "Build, analyse and report a study of `model` at `layers` on `images` (see above); the path of report.html."
-    from invnb import plots
-    from invnb.report import study_metrics, write_study_report
-    from invnb.runs import run_lock
-    if ae is None and not train_ae: raise BuildError(MISSING_AE)
-    out, t_all, secs = Path(out), time.perf_counter(), {}
-    try: dev = pick_device(device)
-    except (RuntimeError, ValueError) as e:
-        raise BuildError(f"unknown or unavailable device {device!r} ({str(e).splitlines()[0]}); use auto, cpu, cuda, "
-                         "cuda:N or mps.") from None
-    # everything that can be checked without reading an image: the model, its layers, the autoencoder file
-    net, recipe = model_from_spec(model, weights, checkpoint, seed)
-    names = list(probes_of(net, layers))
-    auto = _autoencoder(ae, out, images, None, size, dev, seed, progress, log) if ae is not None else None
-    with run_lock(out):
-        t0 = time.perf_counter()
-        if auto is None: auto = _autoencoder(None, out, images, train_ae, size, dev, seed, progress, log)
-        secs["autoencoder"] = round(time.perf_counter() - t0, 2)
-        log(f"[1/3] codes, features and one t per layer ({', '.join(names)}) on {images}")
-        t0 = time.perf_counter()
-        study, x, info = _build(net, names, images, ae=auto, device=dev, out=out, steps=steps, t_size=t_size,
-                                batch_size=batch_size, budget_mb=budget_mb, recipe=recipe, progress=progress,
-                                seed=seed, keep=max(n_eval, n_grid))
-        secs["build"] = round(time.perf_counter() - t0, 2)
-        if info["reused"]: log(f"  loaded the finished t's of {info['reused']} (delete {out / 't'} to train them again)")
-        log(f"[2/3] analysis: Eq. 19, image-space variance, sample grids ({len(x)} images)")
-        t0 = time.perf_counter()
-        name, ls = study.meta["name"], study.meta["layers"]
-        with torch.no_grad():
-            study.compute_reconstruction(x)
-            study.compute_eq19(x, name, ls, n_outer=min(n_eval, len(x)), n_inner=n_eval, seed=seed + 1)
-            v = torch.randn(n_draws, auto.zdim, generator=torch.Generator().manual_seed(seed + 4))
-            study.compute_image_variance(x[:64], v, name, ls)
-            figs, grids, xg = out / "figures", {}, x[:n_grid]
-            figs.mkdir(exist_ok=True)
-            recon = study.reconstruct(xg)
-            for l in ls:
-                fig = plots.samples_grid(xg, study.sample(xg, l, v=v), reconstruction=recon, backend="matplotlib",
-                                         title=f"{l}: rows = inputs, columns = the same draws of v")
-                grids[l] = f"samples_{analysis.safe_name(l)}.png"
-                (figs / grids[l]).write_bytes(plots.to_png(fig))
-        study.save(out / "study")
-        secs["analysis"] = round(time.perf_counter() - t0, 2)
-        log("[3/3] report")
-        secs["total"] = round(time.perf_counter() - t_all, 1)
-        settings = {"model": model, "weights": weights, "checkpoint": None if checkpoint is None else str(checkpoint),
-                    "ae": None if ae is None else str(ae), "train_ae": train_ae, "steps": steps,
-                    "t_size": study.meta["t"], "batch_size": batch_size, "seed": seed, "n_eval": n_eval,
-                    "device": str(dev)}
-        m = study_metrics(study, layers=ls, settings=settings, data=info, figures=grids, seconds=secs)
-        write_json_atomic(out / "metrics.json", m)
-        report = write_study_report(m, out / "report.html", figs)
-    log(f"done in {time.perf_counter() - t_all:.0f} s; report: {report}")
-    return report

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .build import MISSING_AE, T_SIZE, BuildError, run_study
+from .build import T_SIZE, BuildError
+from .studyrun import MISSING_AE, run_study
 from .checkpoint import CheckpointError
 from .data import DatasetNotFound
 from .colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist

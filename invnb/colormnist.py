@@ -37,8 +37,9 @@ class RunInterrupted(KeyboardInterrupt):
     "Ctrl-C during a run; the message says where it stopped and how to continue."
 
 
-# Every draw of a run derives from its seed; these offsets keep the uses apart, and fixed, so that adding a use
-# does not move the draws of the others.
+# Every draw of a run derives from its seed plus the offset of its use; the offsets are fixed, so that adding a
+# use does not move the draws of the others (uses of different generators may share a value: the validation
+# colours and Eq. 19's draws never meet).
 SEED_OFFSETS = dict(val_colours=1, eq19=1, eq20=2, eq20_checkpoints=3, grids=4, share=5, share_checkpoints=6,
                     null_permutation=7, t_seeds=1000)
 

@@ -86,7 +86,8 @@ def _batch_features(probes: dict[str, Probe], x: torch.Tensor) -> dict[str, torc
         finally:
             for h in handles: h.remove()
         if missing := [l for l in ls if l not in seen]:
-            raise RuntimeError(f"layer(s) {missing} were never called in the model's forward; they cannot be probed.")
+            raise BuildError(f"layer(s) {missing} were never called in the model's forward (in eval mode); they cannot be "
+                             "probed: choose layers the forward pass uses (see invnb.probe.list_layers).")
         out.update(seen)
     return {l: out[l] for l in probes}
 

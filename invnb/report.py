@@ -303,7 +303,9 @@ def _t_sections(r: StudyResults) -> list[str]:
         rows = [[q, " · ".join(f"{e.value:.3f}" for e in es), f"{summ[q]['seed_sd']:.4f}", f"{summ[q]['mean_se']:.4f}",
                  "yes" if q in dom else "no"] for q, es in sp.quantities().items()]
         parts += [f"<h2>t's seed: how far the numbers move at {html.escape(sp.model)} · {html.escape(sp.layer)}</h2><p class=note>"
-                  f"The same t trained with {len(sp.eq19)} seeds, evaluated on the same images and draws. The standard "
+                  f"The same t trained with {len(sp.eq19)} seeds, evaluated on the same images and draws; every seed starts at "
+                  "the same unconditional flow (warm start), so this is the spread of its conditioning and batch order, "
+                  "a lower bound on its seed variability. The standard "
                   "errors elsewhere in this report cover only the sampling of x and v. "
                   + (f"Here the spread over seeds exceeds the SE for {html.escape(', '.join(dom))}: compare differences in "
                      "those curves with the seed SD, not the SE." if dom else

@@ -365,10 +365,10 @@ class Study(StudyDiagnostics):
         if unknown := sorted(set(given) - set(files)):
             raise ValueError(f"models {unknown} are not in this study; it has {sorted(files)}.")
         missing = [n for n in weights_only if n not in given]
-        if missing and isinstance(meta, dict) and meta.get("recipe"):   # a torchvision network, an imported builder
-            from invnb.build import model_from_recipe                   # defined after this module (it makes studies)
-            given.update({n: model_from_recipe(meta["recipe"], expect=weights_only[n]) for n in missing})
-            missing = []
+        if missing and isinstance(meta, dict) and meta.get("recipe") and meta.get("name") in missing:
+            from invnb.build import model_from_recipe       # a torchvision network, rebuilt for the model it names
+            given[meta["name"]] = model_from_recipe(meta["recipe"], expect=weights_only[meta["name"]])
+            missing.remove(meta["name"])
         if missing:
             raise ValueError(f"{index}: the model(s) {missing} were saved as weights only (classes "
                              f"{sorted({weights_only[n] for n in missing})} are not invnb models); pass them back, e.g. "

@@ -10,7 +10,8 @@ from torchvision.models import resnet18
 
 from invnb import analysis
 from invnb.autoencoder import SmallAE, train_autoencoder
-from invnb.build import BuildError, load_state_dict_file, model_from_recipe, model_from_spec, torchvision_recipe
+from invnb.build import BuildError, model_from_recipe, torchvision_recipe
+from invnb.studyrun import load_state_dict_file, model_from_spec
 from invnb.features import features_of_layers
 from invnb.cli import main
 from invnb.data import load_image_folder
@@ -148,9 +149,15 @@ def test_factors_train_e(folder, ae):
 def test_recipes(tmp_path):
     assert torchvision_recipe(resnet18()) == {"torchvision": "resnet18"}
     assert torchvision_recipe(resnet18(num_classes=3)) is None and torchvision_recipe(nn.Linear(2, 2)) is None
-    with pytest.raises(BuildError, match="import no_such_pkg.models first"):
-        model_from_recipe({"builder": "no_such_pkg.models:make"})
-    assert isinstance(model_from_recipe({"builder": "torchvision.models:resnet18"}), nn.Module)   # already imported
+    # a study folder never makes invnb call a function it names, imported or not, whatever its arguments
+    for spec, kwargs in (("no_such_pkg.models:make", {}), ("torchvision.models:resnet18", {}),
+                         ("subprocess:getoutput", {"cmd": f"touch {tmp_path / 'ran'}"})):
+        with pytest.raises(BuildError, match="does not call functions named in a study folder"):
+            model_from_recipe({"builder": spec, "kwargs": kwargs})
+    assert not (tmp_path / "ran").exists()
+    from torchvision.models import inception_v3, resnet50
+    assert torchvision_recipe(resnet50(replace_stride_with_dilation=[False, True, True])) is None   # same shapes
+    assert torchvision_recipe(inception_v3(init_weights=False, transform_input=True)) is None        # no weights differ
     with pytest.raises(BuildError, match="builds a torchvision.models.resnet.ResNet, but the study saved a x.Y"):
         model_from_recipe({"torchvision": "resnet18"}, expect="x.Y")
 
