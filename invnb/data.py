@@ -18,7 +18,8 @@ import invnb
 
 # %% auto #0
 __all__ = ['PALETTE', 'CELEBA_FACTORS', 'check_images', 'check_dtype', 'fingerprint', 'DatasetNotFound', 'load_mnist',
-           'ColorMNIST', 'FactorPairs', 'image_transform', 'load_celeba', 'attribute_labels', 'load_image_folder']
+           'ColorMNIST', 'FactorPairs', 'image_transform', 'load_celeba', 'attribute_labels', 'FlatImageFolder',
+           'load_image_folder']
 
 # %% ../nbs/04_data.ipynb #bb661c2b
 def check_images(x: torch.Tensor, channels: int | None = 3, size: int | None = None, name: str = "images") -> torch.Tensor:
@@ -275,18 +276,40 @@ def _unreadable(paths) -> list[tuple[str, str]]:
     return bad
 
 
+class FlatImageFolder(torch.utils.data.Dataset):
+    "The images directly inside `root` as one class (label 0), with ImageFolder's attributes (samples, targets, classes)."
+    def __init__(self, root: Path, transform, loader):
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+        self.root, self.transform, self.loader = str(root), transform, loader
+        self.classes, self.class_to_idx = [root.name], {root.name: 0}
+        self.samples = self.imgs = [(str(p), 0) for p in sorted(root.iterdir())
+                                    if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+        self.targets = [0] * len(self.samples)
+
+    def __len__(self) -> int: return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return self.transform(self.loader(path)), label
+
+
 def load_image_folder(root: str | Path, size: int = 128, on_error: str = "raise"):
-    "An ImageFolder (one subfolder per class, e.g. AnimalFaces) at size×size in [-1, 1]; `on_error`: 'raise'|'skip' unreadable files."
+    """An ImageFolder (one subfolder per class, e.g. AnimalFaces), or a folder of images without subfolders (one
+    class), at size×size in [-1, 1]; `on_error`: 'raise'|'skip' unreadable files."""
     from torchvision.datasets import ImageFolder
     if on_error not in ("raise", "skip"): raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}.")
     root = Path(root)
     if not root.is_dir():
-        raise DatasetNotFound(f"no image folder at {root}: put the images in {root}/<class name>/*.jpg "
-                              "(e.g. AnimalFaces: one folder per animal class).")
-    try:
-        ds = ImageFolder(str(root), transform=image_transform(size), loader=_load_rgb)
-    except FileNotFoundError as e:
-        raise DatasetNotFound(f"{root} holds no images in class subfolders ({e}); expected {root}/<class>/*.jpg|png.") from None
+        raise DatasetNotFound(f"no image folder at {root}: put the images in {root} (or in {root}/<class name>/, "
+                              "e.g. AnimalFaces: one folder per animal class).")
+    if not any(d.is_dir() for d in root.iterdir()):
+        ds = FlatImageFolder(root, image_transform(size), _load_rgb)
+        if not ds.samples: raise DatasetNotFound(f"{root} holds no images; expected {root}/*.jpg|png (or class subfolders).")
+    else:
+        try:
+            ds = ImageFolder(str(root), transform=image_transform(size), loader=_load_rgb)
+        except FileNotFoundError as e:
+            raise DatasetNotFound(f"{root} holds no images in class subfolders ({e}); expected {root}/<class>/*.jpg|png.") from None
     bad = _unreadable(p for p, _ in ds.samples)
     if bad and on_error == "raise":
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .analysis import safe_name
 from .autoencoder import Autoencoder
-from .data import DatasetNotFound, check_dtype, check_images, load_image_folder
+from .data import check_dtype, check_images, load_image_folder
 from .probe import Probe
 from .train import pick_device
 
@@ -108,20 +108,6 @@ def features_of_layers(model: nn.Module,       # the model (an `Adapted` one pro
     return {l: torch.cat([p[l].float().cpu() for p in parts]) for l in probes}
 
 # %% ../nbs/08a_features.ipynb #63e3fd21
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def _image_folder(root, size: int):
-    "`load_image_folder(root, size)`, with the fix spelled out for a folder that holds its images directly."
-    try: return load_image_folder(root, size=size)
-    except DatasetNotFound as e:
-        root = Path(root)
-        if root.is_dir() and any(p.suffix.lower() in _IMAGE_SUFFIXES for p in root.iterdir()):
-            raise DatasetNotFound(f"{root} holds its images directly; the image folder layout has one subfolder per "
-                                  f"class: move them into a subfolder, e.g. {root / 'all'}/*.png.") from None
-        raise e from None
-
-
 def image_batches(images, batch_size: int = 64, size: int | None = None) -> tuple[int, object, str]:
     """(number of images, an iterable of batches (B, C, H, W), a description) for `images`: a tensor (N, C, H, W),
     a `Dataset` or `DataLoader` yielding images or (image, label) pairs, or an image folder (read at `size` px)."""
@@ -132,7 +118,7 @@ def image_batches(images, batch_size: int = 64, size: int | None = None) -> tupl
         return len(images), images.split(batch_size), f"a tensor of {len(images)} images"
     if isinstance(images, (str, Path)):
         if size is None: raise ValueError("reading an image folder needs the size to read the images at.")
-        ds = _image_folder(images, size)
+        ds = load_image_folder(images, size=size)
         return len(ds), (first(b) for b in DataLoader(ds, batch_size, shuffle=False)), f"the image folder {images}"
     if isinstance(images, DataLoader):
         try: n = len(images.dataset)

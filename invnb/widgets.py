@@ -211,7 +211,10 @@ class CurveExplorer(W.VBox):
     VIEWS = ("Eq. 19 per layer", "factors over checkpoints", "factors over layers")
     KINDS = {label: kind for kind, label in FACTOR_KINDS.items()}   # label shown -> kind of `StudyResults`
 
-    def __init__(self, study: Study, images: torch.Tensor | None = None, backend: str = "plotly"):
+    BACKENDS = ("image", "plotly", "matplotlib")   # image: a PNG widget (works everywhere); the others: an Output
+
+    def __init__(self, study: Study, images: torch.Tensor | None = None, backend: str = "image"):
+        if backend not in self.BACKENDS: raise ValueError(f"backend must be one of {self.BACKENDS}; got {backend!r}.")
         self.study, self.images, self.backend, self.error, self.last_ms = study, images, backend, None, None
         r = study.results
         models = list(study.models)
@@ -233,9 +236,11 @@ class CurveExplorer(W.VBox):
         self.acc_box = W.Checkbox(value=True, description="accuracy")
         self.compute_button = W.Button(description="Compute Eq. 19", disabled=images is None)
         self.bar = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(visibility="hidden"))
-        self.out, self.status = W.Output(), W.HTML()
+        self.out, self.image, self.status = W.Output(), W.Image(format="png"), W.HTML()
+        self.image.add_class("invnb-curves")
         super().__init__([self.view_pick, self.kind_pick, W.HBox([self.layer_pick, self.ckpt_pick, self.factor_pick]),
-                          W.HBox([self.acc_box, self.compute_button, self.bar]), self.out, self.status])
+                          W.HBox([self.acc_box, self.compute_button, self.bar]),
+                          self.image if backend == "image" else self.out, self.status])
         for w in (self.view_pick, self.kind_pick, self.layer_pick, self.ckpt_pick, self.factor_pick, self.acc_box):
             w.observe(lambda _: self.redraw(), "value")
         self.compute_button.on_click(lambda _: self.compute())
@@ -267,14 +272,18 @@ class CurveExplorer(W.VBox):
             self.status.value = f"<small>no results for {view} with this selection" + (
                 "; press “Compute Eq. 19”" if view == self.VIEWS[0] and self.images is not None else "") + ".</small>"
             if _in_kernel(): self.out.clear_output()
+            self.image.value = b""
             return
+        backend = "matplotlib" if self.backend == "image" else self.backend
         if view == self.VIEWS[0]:
-            self.figure = plots.invariance_curve(self.data, backend=self.backend)
+            self.figure = plots.invariance_curve(self.data, backend=backend)
         else:
             kind = self.kind_pick.value
             title = f"{kind}: {view}" + (f" at {self.checkpoint_layer}" if view == self.VIEWS[1] else "")
-            self.figure = plots.factor_curves(self.data, accuracy=acc, backend=self.backend, title=title, ylabel=kind)
-        if _in_kernel():                             # from a plain script the figure is only kept in .figure
+            self.figure = plots.factor_curves(self.data, accuracy=acc, backend=backend, title=title, ylabel=kind)
+        if self.backend == "image":
+            self.image.value = plots.to_png(self.figure)
+        elif _in_kernel():                           # from a plain script the figure is only kept in .figure
             self.out.clear_output(wait=True)
             with self.out:
                 from IPython.display import display

@@ -1,5 +1,6 @@
-"""The LayerExplorer in a real browser: Voilà serves a notebook that shows it, Debian's chromium (driven by the
-playwright package) clicks "Resample v", and the picture must change. A screenshot is kept in test-artifacts/.
+"""The widgets in a real browser: Voilà serves a notebook that shows a LayerExplorer and a CurveExplorer, Debian's
+chromium (driven by the playwright package) clicks "Resample v", and the picture must change; the CurveExplorer's
+default backend must draw its curve. Screenshots are kept in test-artifacts/.
 
 Needs chromium (`apt-get install chromium`), voila and playwright (in the dev extra). Where one is missing the
 test skips with the reason — except under CI (`CI=true`), where that is a failure.
@@ -52,10 +53,15 @@ def served_explorer(tmp_path):
     from invnb.study import Study
     clf = ColorMNISTClassifier(size=32)
     t = InvarianceINN(16, clf.probe("softmax").feature_shape((3, 28, 28)), n_blocks=2, hidden=32, embed_dim=16)
-    Study(SmallAE(zdim=16, width=8), {"final": clf}, {("final", "softmax"): t}).save(tmp_path / "study")
-    code = ("import torch\nfrom invnb.study import Study\nfrom invnb.widgets import LayerExplorer\n"
+    from invnb.results import Estimate
+    study = Study(SmallAE(zdim=16, width=8), {"final": clf}, {("final", "softmax"): t})
+    study.results.eq19 = {"final": {"softmax": Estimate(0.9, 0.01)}}          # a curve for the CurveExplorer
+    study.save(tmp_path / "study")
+    code = ("import torch\nfrom IPython.display import display\nfrom invnb.study import Study\n"
+            "from invnb.widgets import CurveExplorer, LayerExplorer\n"
             f"study = Study.load({str(tmp_path / 'study')!r})\n"
             "x = torch.rand(4, 3, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1\n"
+            "display(CurveExplorer(study))\n"               # its default backend: a PNG, shown wherever widgets are
             "LayerExplorer(study, x, n=8)")
     nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": "explorer", "metadata": {}, "outputs": [],
                      "source": code}],
@@ -125,5 +131,9 @@ def test_resample_button_changes_the_picture_in_chromium(served_explorer):
             after, pixels_after = img.get_attribute("src"), img.screenshot()
             page.screenshot(path=str(ARTIFACTS / "browser_layer_explorer.png"))
             assert after != before and pixels_after != pixels_before       # a new picture, and it looks different
+            # the CurveExplorer's default (a PNG image widget, not plotly in an Output) draws its curve here too
+            page.wait_for_function("(document.querySelector('img.invnb-curves') || {}).naturalWidth > 100",
+                                   timeout=30_000)
+            page.locator("img.invnb-curves").screenshot(path=str(ARTIFACTS / "browser_curve_explorer.png"))
         finally:
             browser.close()

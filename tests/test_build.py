@@ -118,10 +118,18 @@ def test_bad_inputs_fail_before_training(folder, ae, tmp_path, monkeypatch):
         build(torch.rand(4, 3, 64, 64) * 2 - 1, ae[0])
     with pytest.raises(BuildError, match=r"must lie in \[-1, 1\]"):
         build(torch.rand(4, 3, 32, 32) * 255, ae[0])
-    flat = tmp_path / "flat"; flat.mkdir()
-    (flat / "a.png").write_bytes(next(folder.glob("*/*.png")).read_bytes())   # images without a class subfolder
-    with pytest.raises(FileNotFoundError, match="move them into a subfolder"):
-        build(flat, ae[0])
+
+
+def test_a_folder_without_class_subfolders_is_one_class(folder, ae, tmp_path):
+    "Your own photos in one folder: the images directly inside it are read, as ImageFolder reads one class."
+    from invnb.features import image_batches
+    flat = tmp_path / "photos"; flat.mkdir()
+    for p in sorted(folder.glob("*/*.png")): (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    n, batches, _ = image_batches(flat, batch_size=64, size=32)
+    x = torch.cat(list(batches))
+    assert n == len(x) == len(list(folder.glob("*/*.png"))) and x.shape[1:] == (3, 32, 32)
+    ref = torch.stack([im for im, _ in load_image_folder(folder, size=32)])    # the same images, in another order
+    assert torch.allclose(x.sum(), ref.sum(), rtol=1e-4)
 
 
 def test_tensor_dataset_and_loader_give_the_same_codes(folder, ae):

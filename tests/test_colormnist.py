@@ -255,7 +255,7 @@ def test_curve_explorer_reads_a_run(smoke_run):
     from invnb.widgets import CurveExplorer
     study = Study.load(smoke_run[0] / "study")
     r = numbers(smoke_run[0])
-    ce = CurveExplorer(study)
+    ce = CurveExplorer(study, backend="plotly")
     ce.view_pick.value = CurveExplorer.VIEWS[1]
     assert ce.checkpoint_layer == "features.11" and list(ce.data) == [0, 15, 30]
     assert ce.kind_pick.value == "identifiable share"

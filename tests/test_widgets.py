@@ -87,7 +87,7 @@ def test_factor_editor_partner_reset_and_swap(parts):
 
 def test_curve_explorer_follows_the_selection(parts):
     study, _, x, _ = parts
-    ce = CurveExplorer(study, images=x)
+    ce = CurveExplorer(study, images=x, backend="plotly")
     assert list(ce.data) == ["features.8", "softmax"] and len(ce.figure.data) == 1
     ce.layer_pick.value = ("softmax",)
     assert list(ce.data) == ["softmax"] and list(ce.figure.data[0].y) == [0.9]
@@ -97,6 +97,17 @@ def test_curve_explorer_follows_the_selection(parts):
     ce.compute_button.click()                                                  # fills the missing layer
     assert list(ce.data) == ["features.8", "softmax"] and 0 <= ce.data["features.8"][0] <= 1
     assert ce.bar.value == ce.bar.max == 1
+
+
+def test_curve_explorer_draws_a_png_by_default(parts):
+    "The default backend works wherever ipywidgets do: a PNG in an Image widget, redrawn on every change."
+    study = parts[0]
+    ce = CurveExplorer(study)
+    assert ce.backend == "image" and ce.image in ce.children and ce.out not in ce.children
+    first = ce.image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    ce.layer_pick.value = ("softmax",)
+    assert ce.image.value[:8] == b"\x89PNG\r\n\x1a\n" and ce.image.value != first
 
 
 def test_png_is_a_png():
