@@ -119,9 +119,9 @@ def test_a_state_naming_a_file_outside_the_run_is_refused_and_deletes_nothing(tm
                                                       rf"run folder .*--force"):
         prepare_run(out, "demo", 0, {}, {}, force=False, log=lambda s: None)
     assert victim.read_text() == "not the run's"
-    assert main(["check", str(out)]) == 1                                 # invnb check: one line, no traceback
+    assert main(["check", str(out)]) == 1                                 # invnb check: a line per problem, no traceback
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "lies outside the run folder" in err[0]
+    assert any("lies outside the run folder" in l for l in err) and all(l.startswith("invnb check: ") for l in err)
     with run_lock(out):                                                   # --force clears only the folder itself
         prepare_run(out, "demo", 0, {}, {}, force=True, log=lambda s: None)
     assert victim.read_text() == "not the run's"
