@@ -5,7 +5,6 @@
 # %% ../nbs/07_analysis.ipynb #f604d8fc
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import math
@@ -184,16 +183,12 @@ def _fit_record(kwargs: dict, codes: dict, images, probe, features=None) -> dict
     "What a finished t of `fit_invariances_over` was trained from, in JSON form: the given `features`, else the images."
     model = getattr(probe, "model", None)              # the weights (and an adapter's buffers) that make Φ
     data = ({"images": fingerprint(images), "model": fingerprint(*(model.state_dict().values() if model is not None else ()))}
-            if features is None else {"features": _rows_fingerprint(features)})
+            if features is None else {"features": fingerprint(features)})
     return json.loads(json.dumps({"kwargs": kwargs, "layer": getattr(probe, "layer", None), "n": len(codes["mean"]),
                                   "codes": fingerprint(codes["mean"]), **data}, default=str))
 
 
-def _rows_fingerprint(table: torch.Tensor, rows: int = 4096) -> str:
-    "`fingerprint(table)`, hashed `rows` rows at a time (a memory-mapped table is never read into memory whole)."
-    h = hashlib.sha256()
-    for i in range(0, len(table), rows): h.update(table[i:i + rows].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+
 
 # %% ../nbs/07_analysis.ipynb #3b73db1c
 def fit_factors(codes: dict, pairs: FactorPairs, factors: dict[str, int] | None = None, e: FactorINN | None = None,

@@ -48,10 +48,13 @@ def check_dtype(x: torch.Tensor, model: torch.nn.Module, name: str = "input") ->
     return x
 
 
-def fingerprint(*tensors: torch.Tensor) -> str:
-    "A short hash of the tensors' bytes: the same data gives the same fingerprint (for resume checks)."
+def fingerprint(*tensors: torch.Tensor, rows: int = 4096) -> str:
+    """A short hash of the tensors' bytes: the same data gives the same fingerprint (for resume checks). Hashed
+    `rows` rows at a time, so a memory-mapped table is never read into memory whole (the hash is the same)."""
     h = hashlib.sha256()
-    for t in tensors: h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for t in tensors:
+        for i in range(0, max(len(t), 1) if t.ndim else 1, rows):
+            h.update((t[i:i + rows] if t.ndim else t).detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 # %% ../nbs/04_data.ipynb #f8888a20
