@@ -21,7 +21,7 @@ from .factors import guided_pair_loss, pair_targets
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
 from .results import Estimate
-from .train import History, fit, pick_device
+from .train import History, batch_indices, fit, pick_device
 
 # %% auto #0
 __all__ = ['OnTheFly', 'layer_features', 'encode_codes', 'fit_invariances', 'warm_start', 'safe_name', 'fit_invariances_over',
@@ -61,7 +61,7 @@ def layer_features(probe: Probe, images: torch.Tensor, batch_size: int = 256, bu
 
 # %% ../nbs/07_analysis.ipynb #7f94dcad
 _FIT_KEYS = {"ckpt_dir", "ckpt_every", "resume", "clip", "device", "seed", "progress", "desc", "stop_after", "optimizer",
-             "val_fn", "val_every", "schedule"}
+             "val_fn", "val_every", "schedule", "data_parallel"}
 
 
 def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
@@ -93,7 +93,7 @@ def fit_invariances(codes: dict, features, t: InvarianceINN | None = None, steps
         t = InvarianceINN(codes["mean"].shape[1], tuple(features.shape[1:]), **inn_kw)
 
     def step_fn(model, g, step):
-        idx = torch.randint(n, (batch_size,), generator=g)
+        idx = batch_indices(n, batch_size, g)
         dev = next(model.parameters()).device
         return model.nll(_draw_zbar(codes, idx, g).to(dev), features[idx].to(dev)).mean()
 

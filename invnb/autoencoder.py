@@ -14,7 +14,7 @@ from torch import nn
 from .checkpoint import Checkpointable
 from .data import check_dtype, check_images
 from .inn import _init_layers
-from .train import History, fit
+from .train import History, batch_indices, fit
 
 # %% auto #0
 __all__ = ['sample_gaussian', 'Autoencoder', 'SmallAE', 'ResNetEncoder', 'ConditionalBatchNorm', 'GeneratorBlock',
@@ -320,7 +320,7 @@ def train_autoencoder(ae: Autoencoder, images: torch.Tensor, steps: int, batch_s
     loss = loss or AELoss("l2")
 
     def step_fn(model, g, step):
-        idx = torch.randint(len(images), (batch_size,), generator=g)
+        idx = batch_indices(len(images), batch_size, g)
         x = images[idx].to(ae.log_gamma.device)
         return loss(ae, x, step, g)
 

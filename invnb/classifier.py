@@ -15,7 +15,8 @@ from torch import nn
 from .diagnostics import accuracy
 from .checkpoint import Checkpointable, CheckpointError, load_model, write_json_atomic
 from .probe import InputAdapter, Probe
-from .train import fit
+from .distributed import barrier, is_main
+from .train import batch_indices, fit
 
 # %% auto #0
 __all__ = ['ColorMNISTClassifier', 'train_classifier']
@@ -72,7 +73,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     done = {r["step"]: r for r in _read_records(rec_path) if "file" in r} if rec_path.exists() else {}
 
     def step_fn(m, g, step):
-        idx = torch.randint(len(images), (batch_size,), generator=g)
+        idx = batch_indices(len(images), batch_size, g)
         dev = next(m.parameters()).device
         return F.cross_entropy(m(images[idx].to(dev)), labels[idx].to(dev))
 
@@ -83,9 +84,11 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
         fit(model, step_fn, steps=s, lr=lr, ckpt_dir=out / "train", resume=True, desc=f"classifier → {s}", **fit_kwargs)
         trained = True
         file = f"classifier_step{s:06d}.safetensors"
-        model.save(out / file)
         records.append({"step": s, "file": file, "val_accuracy": accuracy(model, val_images, val_labels)})
-        write_json_atomic(rec_path, records)
+        if is_main():   # under torchrun every rank trains (data-parallel), rank 0 writes
+            model.save(out / file)
+            write_json_atomic(rec_path, records)
+        barrier()
     if not trained:  # everything was on disk: hand back the final weights
         model.load_state_dict(load_model(out / records[-1]["file"]).state_dict())
     return records

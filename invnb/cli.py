@@ -15,6 +15,7 @@ from .data import DatasetNotFound
 from .colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist
 from .demo import demo
 from .report import check_run
+from .distributed import RankTimeout
 from .train import TrainingDiverged
 
 # %% auto #0
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_colormnist(a.out, a.profile, a.device, a.seed, a.force, a.until, progress=not a.no_progress,
                        mnist_root=a.mnist_root)
+    except RankTimeout as e:
+        print(f"invnb colormnist: error: {e}", file=sys.stderr)
+        return 2
     except RunInterrupted as e:
         print(f"invnb colormnist: {e}", file=sys.stderr)
         return 130
@@ -124,3 +128,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invnb colormnist: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+

@@ -10,7 +10,9 @@ import json
 import shutil
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from .autoencoder import SmallAE, train_autoencoder
 from .checkpoint import CheckpointError, load_model, write_json_atomic
 from .classifier import ColorMNISTClassifier, train_classifier
 from .data import ColorMNIST, FactorPairs, fingerprint, load_mnist
+from .distributed import barrier, broadcast, init_distributed, is_main, run_sharded, wait_for_files
 from .factors import estimate_factor_sizes, pair_val_fn
 from .inn import FactorINN, InvarianceINN
 from .profiles import FACTORS, PROFILES, STAGES, TARGET, Profile
@@ -30,7 +33,7 @@ from .train import TrainingDiverged, encode_dataset, pick_device
 
 # %% auto #0
 __all__ = ['SEED_OFFSETS', 'RunInterrupted', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage',
-           'factors_stage', 'invariance_jobs', 'invariances_stage', 'analysis_stage', 'run_colormnist']
+           'factors_stage', 'invariance_jobs', 't_fits', 'invariances_stage', 'analysis_stage', 'run_colormnist']
 
 # %% ../nbs/12_colormnist.ipynb #746bf8db
 class RunInterrupted(KeyboardInterrupt):
@@ -66,6 +69,14 @@ class RunSpec:
     def drop_state(self, name: str):
         "Delete a finished model's training state (only needed to resume it); its weights are saved elsewhere."
         shutil.rmtree(self.out / "train" / name, ignore_errors=True)
+
+
+def _main_first(fn):
+    """`fn()` on rank 0, then on the other ranks once rank 0 is done (it writes a cache, they read it); one process:
+    `fn()`. Under torchrun the stages train the single models on all ranks together and write through this."""
+    if is_main():
+        out = fn(); barrier(); return out
+    barrier(); return fn()
 
 
 def _loads(path: Path, cls=None):
@@ -108,11 +119,12 @@ def autoencoder_stage(run: RunSpec, data: ColorMNISTData) -> tuple[SmallAE, dict
     if ae is None:
         ae = SmallAE(width=p.ae_width, seed=run.seed)
         train_autoencoder(ae, data.xt, steps=p.ae_steps, batch_size=p.ae_batch_size, lr=p.ae_lr, **run.fit_kwargs("ae"))
-        ae.save(path); run.drop_state("ae")
+        if is_main(): ae.save(path); run.drop_state("ae")
+        barrier()
     ae = ae.eval().to(run.device)
     cache = run.out / "cache"; cache.mkdir(exist_ok=True)
-    codes = encode_dataset(ae.encode, data.xt, device=run.device, cache=cache / "codes_train.safetensors")
-    codes_val = encode_dataset(ae.encode, data.xv, device=run.device, cache=cache / "codes_val.safetensors")
+    codes, codes_val = _main_first(lambda: [encode_dataset(ae.encode, x, device=run.device, cache=cache / f"codes_{n}.safetensors")
+                                            for x, n in ((data.xt, "train"), (data.xv, "val"))])
     return ae.cpu(), codes, codes_val
 
 # %% ../nbs/12_colormnist.ipynb #d1ef55ab
@@ -123,7 +135,7 @@ def classifier_stage(run: RunSpec, data: ColorMNISTData) -> dict[str, tuple[int,
                             data.val.labels[TARGET], steps=p.clf_steps, n_checkpoints=p.n_checkpoints, out_dir=folder,
                             batch_size=p.clf_batch_size, lr=p.clf_lr, device=run.device, seed=run.seed,
                             progress=run.progress)
-    run.drop_state("classifier/train")
+    if is_main(): run.drop_state("classifier/train")
     return {f"step{r['step']:06d}": (r["step"], load_model(folder / r["file"]).eval()) for r in recs}
 
 # %% ../nbs/12_colormnist.ipynb #3e661e15
@@ -137,13 +149,14 @@ def factors_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: di
         names = list(FACTORS)
         est = estimate_factor_sizes(codes, data.train.labels, names, seed=run.seed)
         run.study_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run.study_dir / "factor_sizes.json", asdict(est))
+        if is_main(): write_json_atomic(run.study_dir / "factor_sizes.json", asdict(est))
         half = _val_halves(data, codes_val)[0]
         val_fn = pair_val_fn(half[0], half[1], names, seed=run.seed)
         e, _ = analysis.fit_factors(codes, FactorPairs(data.train.labels, names), est.sizes, steps=p.e_steps,
                                     batch_size=p.batch_size, lr=p.e_lr, guide=p.e_guide, schedule="cosine",
                                     val_fn=val_fn, val_every=p.e_val_every, **p.e_size, **run.fit_kwargs("e"))
-        e.save(path); run.drop_state("e")
+        if is_main(): e.save(path); run.drop_state("e")
+        barrier()
     return e.eval().cpu()
 
 
@@ -183,37 +196,77 @@ def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_fea
     return t.eval().cpu()
 
 
+def _t_cost(run: RunSpec, zdim: int, feature_shape: tuple) -> float:
+    "The profile's cost estimate of one t: steps × parameters (counted on the meta device, nothing allocated)."
+    with torch.device("meta"):
+        t = InvarianceINN(zdim, feature_shape, seed=0, **run.prof.t_size)
+    return float(run.prof.t_steps * sum(p.numel() for p in t.parameters()))
+
+
+def t_fits(run: RunSpec, jobs: list[tuple[str, str]]) -> dict[str, tuple[str, str, str | int | None]]:
+    """{file name: (model, layer, variant)} of the t's of stage 5 after the unconditional one: one per job, with the
+    null control (variant 'shuffled') and the other seeds (variant k) right after the job they repeat."""
+    final, layer = jobs[0][0], run.prof.checkpoint_layer
+    fits = {}
+    for m, l in jobs:
+        fits[f"{m}__{l}"] = (m, l, None)
+        if (m, l) == (final, layer):
+            fits["shuffled_z"] = (m, l, "shuffled")
+            fits.update({f"{m}__{l}__seed{k}": (m, l, k) for k in range(1, run.prof.t_seeds)})
+    return fits
+
+
 def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict, models: dict[str, nn.Module],
-                      jobs: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], InvarianceINN], list[InvarianceINN]]:
+                      jobs: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], InvarianceINN], list[InvarianceINN]] | None:
     """Stage 5: first a t of the same size with a constant condition (it models p(z̄) alone); then one t per
     (model, layer) job, started at that flow (`analysis.warm_start`), kept at its best held-out NLL and saved as soon
-    as it is trained; last the null control `shuffled_z`: a t trained the same way at the final model's checkpoint
+    as it is trained; the null control `shuffled_z`: a t trained the same way at the final model's checkpoint
     layer on z shuffled across the training images. Its held-out NLL is the reference of the information z adds
-    (a t gains a little from its extra steps alone, with or without z); then the same t as the checkpoint layer's
-    of the final model with `t_seeds - 1` other seeds (the seed spread). Returns the t's and those other seeds' t's."""
+    (a t gains a little from its extra steps alone, with or without z); and the same t as the checkpoint layer's
+    of the final model with `t_seeds - 1` other seeds (the seed spread). Returns the t's and those other seeds' t's.
+
+    Under torchrun the t's after the unconditional one are shared out across the ranks (`run_sharded`, balanced by
+    `_t_cost`); rank 0 waits for all of them and returns them, the other ranks return None."""
+    t_dir, timeout = run.study_dir / "t", max(600.0, 3 * run.prof.est_seconds.get("invariances", 0))
     constant_condition = lambda n: torch.zeros(n, 1)
-    base = _fit_t(run, "unconditional", codes, constant_condition(len(data.xt)), codes_val,
-                  constant_condition(len(data.xv)), "t unconditional")
-    ts, final = {}, jobs[0][0]
-    for k, (model, layer) in enumerate(jobs, 1):
-        run.log(f"  t {k}/{len(jobs)}: {model} at {layer}")
+    run_sharded({"unconditional": 1.0}, lambda k: t_dir / f"{k}.safetensors",   # one job: rank 0's
+                lambda k: _fit_t(run, k, codes, constant_condition(len(data.xt)), codes_val,
+                                 constant_condition(len(data.xv)), "t unconditional"), timeout_s=timeout, log=lambda m: None)
+    if not is_main():              # every t starts from this one: the other ranks wait for its file
+        wait_for_files({t_dir / "unconditional.safetensors": 0}, timeout, what="unconditional t")
+    base = load_model(t_dir / "unconditional.safetensors", InvarianceINN)
+
+    def probe(model: str, layer: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            probe = models[model].probe(layer)
-            feats = analysis.layer_features(probe, data.xt, device=run.device)
-            val_feats = analysis.layer_features(probe, data.xv, device=run.device)
-        ts[(model, layer)] = _fit_t(run, f"{model}__{layer}", codes, feats, codes_val, val_feats, f"t {model} {layer}",
-                                    base)
-        if (model, layer) == (final, run.prof.checkpoint_layer): null_feats = feats, val_feats
-    run.log(f"  null control: {final} at {run.prof.checkpoint_layer}, z shuffled across images")
+            return models[model].probe(layer)
+
+    @lru_cache(maxsize=1)          # the null control and the seeds follow their job: its features are reused
+    def features(model: str, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(analysis.layer_features(probe(model, layer), x, device=run.device) for x in (data.xt, data.xv))
+
+    fits = t_fits(run, jobs)
     perm = torch.randperm(len(data.xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
-    _fit_t(run, "shuffled_z", codes, null_feats[0][perm], codes_val, null_feats[1], "t shuffled z", base)
-    seeds = []
-    for k in range(1, run.prof.t_seeds):
-        run.log(f"  seed spread: {final} at {run.prof.checkpoint_layer}, seed {k + 1}/{run.prof.t_seeds}")
-        seeds.append(_fit_t(run, f"{final}__{run.prof.checkpoint_layer}__seed{k}", codes, *null_feats[:1], codes_val,
-                            null_feats[1], f"t seed {k + 1}", base, seed=run.seed + SEED_OFFSETS["t_seeds"] * k))
-    return ts, seeds
+
+    def work(name: str):
+        model, layer, variant = fits[name]
+        seed, what, desc = None, "", f"t {model} {layer}"
+        if variant == "shuffled": what, desc = ", null control: z shuffled across images", "t shuffled z"
+        elif variant is not None:
+            seed = run.seed + SEED_OFFSETS["t_seeds"] * variant
+            what, desc = f", seed {variant + 1}/{run.prof.t_seeds}", f"t seed {variant + 1}"
+        run.log(f"  t {list(fits).index(name) + 1}/{len(fits)}: {model} at {layer}{what}")
+        feats, val_feats = features(model, layer)
+        _fit_t(run, name, codes, feats[perm] if variant == "shuffled" else feats, codes_val, val_feats, desc, base,
+               seed=seed)
+
+    shapes = {ml: probe(*ml).feature_shape(tuple(data.xv.shape[1:])) for ml in dict.fromkeys(v[:2] for v in fits.values())}
+    run_sharded({k: _t_cost(run, codes["mean"].shape[1], shapes[(m, l)]) for k, (m, l, _) in fits.items()},
+                lambda k: t_dir / f"{k}.safetensors", work, timeout_s=timeout, log=run.log)
+    if not is_main(): return None
+    load = lambda k: load_model(t_dir / f"{k}.safetensors", InvarianceINN).eval()
+    ts = {(m, l): load(k) for k, (m, l, v) in fits.items() if v is None}
+    return ts, [load(k) for k, (_, _, v) in fits.items() if isinstance(v, int)]
 
 # %% ../nbs/12_colormnist.ipynb #399a4bac
 @torch.no_grad()
@@ -306,7 +359,7 @@ class _Stages:
                            "some space and run the same command again to continue.") from e
         if stage not in self.state["stages"]:
             self.state["stages"][stage] = {"seconds": round(time.perf_counter() - t0 + seconds, 2)}
-            write_json_atomic(self.run.out / "state.json", self.state)
+            if is_main(): write_json_atomic(self.run.out / "state.json", self.state)
         if stage == self.until: raise self.Stop()
         return out
 
@@ -321,24 +374,30 @@ def run_colormnist(out="runs/colormnist", # run folder
                    log=print, # where the stage lines go
                    mnist_root: str | Path | None = None, # a torchvision MNIST folder (default: the bundled digits)
                    ) -> Path | None:
-    "Run (or resume) the ColorMNIST study; the path of report.html, or None when stopped by `until`."
+    """Run (or resume) the ColorMNIST study; the path of report.html, or None when stopped by `until`.
+
+    Under torchrun (`torchrun --nproc_per_node N -m invnb colormnist ...`) every rank calls this: the autoencoder,
+    classifier and e are trained data-parallel, the t's are shared out (`invnb.distributed`), rank 0 holds the
+    folder's lock, writes its state, runs the analysis and the report; the other ranks return None after stage 5."""
     from invnb.report import run_metrics, summary_png, write_report
     if isinstance(profile, str):
         if profile not in PROFILES: raise RunError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
         profile = PROFILES[profile]
     if until is not None and until not in STAGES:
         raise RunError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}.")
-    try: dev = pick_device(device)
+    try: dev = init_distributed(pick_device(device))   # under torchrun: join the group, this rank's GPU
     except (RuntimeError, ValueError) as e:
         raise RunError(f"unknown or unavailable device {device!r} ({str(e).splitlines()[0]}); use auto, cpu, cuda, "
                        "cuda:N or mps.") from None
-    out = Path(out)
-    run = RunSpec(out, profile, seed, dev, progress, log)
-    with run_lock(out):
+    out, main = Path(out), is_main()
+    if not main: log = lambda *a, **k: None            # under torchrun rank 0 speaks (and locks, and writes state)
+    run = RunSpec(out, profile, seed, dev, progress and main, log)
+    with run_lock(out) if main else nullcontext():
         t0 = time.perf_counter()
         data = load_data(profile, seed, mnist_root)
-        state = prepare_run(out, profile.name, seed, asdict(profile), data.info, force, log, profile.disk_mb)
-        if state is None: return out / "report.html"
+        state = prepare_run(out, profile.name, seed, asdict(profile), data.info, force, log, profile.disk_mb) if main \
+            else {"stages": {}}
+        if not broadcast(state is not None): return out / "report.html"   # finished: nothing to do on any rank
         stages = _Stages(run, state, until)
         t_all = time.perf_counter()
         try:
@@ -348,7 +407,9 @@ def run_colormnist(out="runs/colormnist", # run folder
             e = stages("factors", factors_stage, run, data, codes, codes_val)
             models = {n: m for n, (_, m) in checkpoints.items()}
             jobs = invariance_jobs(profile, list(models))
-            ts, seed_ts = stages("invariances", invariances_stage, run, data, codes, codes_val, models, jobs)
+            fitted = stages("invariances", invariances_stage, run, data, codes, codes_val, models, jobs)
+            if not main: return None                    # rank 0 has all t's; the analysis is its alone
+            ts, seed_ts = fitted
             study = Study(ae, models, ts, e, {"steps": {n: s for n, (s, _) in checkpoints.items()}},
                           meta={"profile": profile.name, "seed": seed, "data": data.info, "environment": environment(dev)})
             figures = stages("analysis", analysis_stage, run, data, study, jobs, seed_ts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextvars import ContextVar
 import time
 import warnings
 from collections.abc import Callable
@@ -17,9 +18,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_tensors, save_tensors
+from .distributed import (average_gradients, barrier, broadcast_module, gather, in_shard, initialized, is_main,
+                               mean_over_ranks, rank, world_size)
 
 # %% auto #0
-__all__ = ['pick_device', 'optimizer_to_tensors', 'optimizer_from_tensors', 'TrainingDiverged', 'History', 'fit',
+__all__ = ['pick_device', 'optimizer_to_tensors', 'optimizer_from_tensors', 'batch_indices', 'TrainingDiverged', 'History', 'fit',
            'encode_dataset']
 
 # %% ../nbs/03_train.ipynb #e75aeed9
@@ -59,6 +62,22 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 # %% ../nbs/03_train.ipynb #7dbce41c
+_SHARED_BATCH: ContextVar = ContextVar("invnb_shared_batch", default=None)   # (generator, rank, world) in a data-parallel fit
+
+
+def batch_indices(n: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
+    "Indices of a training batch of `batch_size` from range(n): this rank's share of a data-parallel step, else drawn with `g`."
+    shared = _SHARED_BATCH.get()
+    if shared is None: return torch.randint(n, (batch_size,), generator=g)
+    gs, r, w = shared
+    return torch.randint(n, (w * batch_size,), generator=gs)[r * batch_size:(r + 1) * batch_size]
+
+
+def _rank_seed(seed: int, r: int) -> int:
+    "The seed of rank r's own generator in a data-parallel fit (distinct from the shared one, seeded with `seed`)."
+    return (seed * 1_000_003 + 7919 * (r + 1)) % 2 ** 63
+
+# %% ../nbs/03_train.ipynb #b7518441
 class TrainingDiverged(RuntimeError):
     "A loss or gradient became NaN/inf; the last good checkpoint is kept."
 
@@ -71,8 +90,13 @@ class History(dict):
     best_val: float | None = None
 
 
-def _rng_tensors(g: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"rng/loop": g.get_state(), "rng/torch": torch.get_rng_state()}
+def _rng_tensors(g: torch.Generator, shared: torch.Generator | None) -> dict[str, torch.Tensor]:
+    "The loop's RNG states; in a data-parallel fit, the shared generator's and every rank's own (a collective call)."
+    if shared is None: return {"rng/loop": g.get_state(), "rng/torch": torch.get_rng_state()}
+    out = {"rng/loop": shared.get_state()}
+    for r, (loop, glob) in enumerate(gather((g.get_state(), torch.get_rng_state()))):
+        out[f"rng/rank{r}/loop"], out[f"rng/rank{r}/torch"] = loop, glob
+    return out
 
 
 def _diff(old: dict, new: dict, what: str = "in this model") -> list[str]:
@@ -121,6 +145,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
         val_fn: Callable | None = None,  # `val_fn(model) -> float`, a held-out loss (lower is better), run in eval mode
         val_every: int = 100,  # steps between validations (one is also run at the end)
         schedule: str | None = None,  # None: constant lr; 'cosine': lr · ½(1 + cos(π · step / steps)), from the step
+        data_parallel: bool | None = None,  # average gradients over ranks; None: under torchrun, outside `run_sharded` jobs
        ) -> History:  # losses per step, `val` [(step, held-out loss)], `steps_done`, `seconds`, `best_step`
     """Train `model` for `steps` steps of `step_fn`; checkpoint, resume, stop on NaN.
 
@@ -131,7 +156,11 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     With `val_fn`, the model is validated every `val_every` steps and at the end, and ends with the weights of its
     best validation (kept in the training state too, so a resumed run keeps it); `hist['val']` lists
     [step, loss] pairs and `hist.best_step` says which step's weights the model holds. `val_fn` must draw its
-    own randomness (a fixed generator), so that validating does not change the training run."""
+    own randomness (a fixed generator), so that validating does not change the training run.
+
+    Under torchrun (a process group of N > 1; see `03a_distributed`) the fit is data-parallel unless
+    `data_parallel=False`: rank 0's weights are broadcast, gradients averaged after each step, losses logged as
+    the mean over ranks, and rank 0 alone writes the checkpoint (with every rank's RNG states) and shows the bar."""
     if steps < 0: raise ValueError(f"steps must be >= 0; got {steps}.")
     if schedule not in (None, "cosine"): raise ValueError(f"schedule must be None or 'cosine'; got {schedule!r}.")
     dev = pick_device(device)
@@ -140,8 +169,15 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     make_opt = optimizer or (lambda ps, lr: torch.optim.Adam(ps, lr, fused=dev.type in ("cuda", "cpu")))
     params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in groups.items()}
     opts = {k: make_opt(ps, lr) for k, ps in params.items()}
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    torch.manual_seed(seed)
+    if data_parallel is None: data_parallel = initialized() and not in_shard()   # a sharded job's fit is its rank's own
+    dp = data_parallel and world_size() > 1
+    if dp and not initialized():
+        raise RuntimeError("data_parallel=True needs a process group: launch with torchrun (see invnb.distributed).")
+    shared = torch.Generator(device="cpu").manual_seed(seed) if dp else None   # batch indices, the same on every rank
+    own_seed = _rank_seed(seed, rank()) if dp else seed
+    g = torch.Generator(device="cpu").manual_seed(own_seed)                     # everything else this rank draws
+    torch.manual_seed(own_seed)
+    main = is_main() or not dp   # writes the checkpoint and shows the bar (every rank in a non-parallel fit)
     hist, start, saved = History(), 0, None   # saved: the step of this run's checkpoint on disk
     best = None                               # (loss, step, state dict) of the best validation so far
     path = Path(ckpt_dir) / "last.safetensors" if ckpt_dir is not None else None
@@ -171,23 +207,36 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
             warnings.warn(f"resuming {path} with lr={fmt(asked)} instead of its stored lr={fmt(stored)}: the new lr "
                           f"applies to every parameter group from step {meta['step']} on (optimizer moments are kept).",
                           stacklevel=2)
-        g.set_state(tensors["rng/loop"]); torch.set_rng_state(tensors["rng/torch"])
+        if not dp:
+            g.set_state(tensors["rng/loop"]); torch.set_rng_state(tensors["rng/torch"])
+        else:
+            shared.set_state(tensors["rng/loop"])
+            if f"rng/rank{rank()}/loop" in tensors and meta.get("world_size") == world_size():
+                g.set_state(tensors[f"rng/rank{rank()}/loop"]); torch.set_rng_state(tensors[f"rng/rank{rank()}/torch"])
+            else:   # another world size: this rank's own draws start afresh, from the seed and the step
+                g.manual_seed(_rank_seed(own_seed, meta["step"])); torch.manual_seed(_rank_seed(own_seed, meta["step"]))
+                if is_main():
+                    warnings.warn(f"resuming {path}, written by {meta.get('world_size', 1)} process(es), with "
+                                  f"{world_size()}: the batches go on, each rank's noise is drawn afresh.", stacklevel=2)
         if "best" in meta:
             best = (meta["best"]["loss"], meta["best"]["step"],
                     {k[5:]: v for k, v in tensors.items() if k.startswith("best/")})
         start = saved = meta["step"]
         hist.update(meta["history"]); hist.seconds = meta["seconds"]
     hist.steps_done = start
+    if dp: broadcast_module(model)
 
     def save(step):
         if path is None: return None
+        rng = _rng_tensors(g, shared)              # a collective call in a data-parallel fit: every rank makes it
+        if not main: return step
         tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
         optim_meta = {}
         for k, opt in opts.items():
             t, m = optimizer_to_tensors(opt, prefix=f"optim/{k}")
             tensors.update(t); optim_meta[k] = m
-        tensors.update(_rng_tensors(g))
-        extra = {}
+        tensors.update(rng)
+        extra = {"world_size": world_size()} if dp else {}
         if best is not None:
             tensors.update({f"best/{k}": v for k, v in best[2].items()})
             extra["best"] = {"loss": best[0], "step": best[1]}
@@ -213,45 +262,54 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
             best = (loss, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
     end = steps if stop_after is None else min(steps, start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=steps, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(start, end), initial=start, total=steps, desc=desc, disable=not (progress and main), leave=False)
     model.train()
     t0 = time.perf_counter()
-    for step in bar:
-        if schedule == "cosine":   # a function of the step alone, so a resumed run follows the same curve
-            for opt in opts.values():
-                for pg in opt.param_groups: pg["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-        out = step_fn(model, g, step)
-        losses = {k: v for k, v in out.items() if k in opts} if isinstance(out, dict) else {"model": out}
-        if sorted(losses) != sorted(opts):
-            raise ValueError(f"the step function returned losses for {sorted(losses)}, expected one per group {sorted(opts)}.")
-        grads = {}
-        for k, loss in losses.items():
-            if not torch.isfinite(loss.detach()).all():
-                raise TrainingDiverged(f"{desc}: loss '{k}' became {loss.item()} at step {step}; training stopped, "
-                                       f"{kept()}. Try a lower lr or clip.")
-            keep = k != list(losses)[-1]  # later losses may share the graph
-            grads[k] = torch.autograd.grad(loss, params[k], retain_graph=keep, allow_unused=True)
-        for k, opt in opts.items():
-            for p, gr in zip(params[k], grads[k]): p.grad = gr
-            if clip is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params[k], clip)
-            else:
-                norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params[k] if p.grad is not None]))
-            if not torch.isfinite(norm):
-                raise TrainingDiverged(f"{desc}: gradient of '{k}' became non-finite at step {step}; training stopped, "
-                                       f"{kept()}. Try a lower lr or clip.")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        for k, loss in losses.items(): hist.setdefault(k, []).append(loss.item())
-        hist.steps_done = step + 1
-        if val_fn is not None and val_every and (step + 1) % val_every == 0 and step + 1 < steps: validate(step + 1)
-        if progress: bar.set_postfix({k: f"{v[-1]:.4g}" if k != "val" else f"{v[-1][1]:.4g}" for k, v in hist.items()})
-        if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < end:
-            hist.seconds += time.perf_counter() - t0; t0 = time.perf_counter()
-            saved = save(step + 1)
+    token = _SHARED_BATCH.set((shared, rank(), world_size()) if dp else None)
+    try:
+        for step in bar:
+            if schedule == "cosine":   # a function of the step alone, so a resumed run follows the same curve
+                for opt in opts.values():
+                    for pg in opt.param_groups: pg["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+            out = step_fn(model, g, step)
+            losses = {k: v for k, v in out.items() if k in opts} if isinstance(out, dict) else {"model": out}
+            if sorted(losses) != sorted(opts):
+                raise ValueError(f"the step function returned losses for {sorted(losses)}, expected one per group {sorted(opts)}.")
+            grads = {}
+            values = dict(zip(losses, mean_over_ranks([l.item() for l in losses.values()], dev) if dp
+                              else [l.item() for l in losses.values()]))   # a NaN on any rank stops every rank
+            for k, loss in losses.items():
+                if not math.isfinite(values[k]):
+                    raise TrainingDiverged(f"{desc}: loss '{k}' became {values[k]} at step {step}"
+                                           f"{' (mean over ranks)' if dp else ''}; training stopped, {kept()}. "
+                                           "Try a lower lr or clip.")
+                keep = k != list(losses)[-1]  # later losses may share the graph
+                grads[k] = torch.autograd.grad(loss, params[k], retain_graph=keep, allow_unused=True)
+                if dp: grads[k] = average_gradients(list(grads[k]), params[k])
+            for k, opt in opts.items():
+                for p, gr in zip(params[k], grads[k]): p.grad = gr
+                if clip is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(params[k], clip)
+                else:
+                    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params[k] if p.grad is not None]))
+                if not torch.isfinite(norm):
+                    raise TrainingDiverged(f"{desc}: gradient of '{k}' became non-finite at step {step}; training stopped, "
+                                           f"{kept()}. Try a lower lr or clip.")
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            for k, v in values.items(): hist.setdefault(k, []).append(v)
+            hist.steps_done = step + 1
+            if val_fn is not None and val_every and (step + 1) % val_every == 0 and step + 1 < steps: validate(step + 1)
+            if progress and main: bar.set_postfix({k: f"{v[-1]:.4g}" if k != "val" else f"{v[-1][1]:.4g}" for k, v in hist.items()})
+            if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < end:
+                hist.seconds += time.perf_counter() - t0; t0 = time.perf_counter()
+                saved = save(step + 1)
+    finally:
+        _SHARED_BATCH.reset(token)
     hist.seconds += time.perf_counter() - t0
     if val_fn is not None and end == steps and end > start: validate(end)
     if end > start or not (path and path.exists()): save(end)
+    if dp: barrier()             # rank 0's checkpoint is on disk before any rank reads it
     if val_fn is not None and end == steps and best is not None:
         model.load_state_dict(best[2])
         hist.best_step, hist.best_val = best[1], best[0]
