@@ -21,12 +21,13 @@ from .factors import guided_pair_loss, pair_targets
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
 from .results import Estimate
-from .train import History, batch_indices, fit, pick_device
+from .distributed import initialized, is_main, run_sharded, world_size
+from .train import History, batch_indices, fit, mixed_precision, nested_bars, pick_device, progress_bar, say
 
 # %% auto #0
 __all__ = ['OnTheFly', 'layer_features', 'encode_codes', 'fit_invariances', 'warm_start', 'safe_name', 'fit_invariances_over',
-           'fit_factors', 'explained_by_invariances', 'explained_by_representation', 'eq19', 'representation_grid',
-           'eq20', 'identifiable_share', 'sample_images', 'pixel_mean_var']
+           't_cost', 'fit_factors', 'explained_by_invariances', 'explained_by_representation', 'eq19',
+           'representation_grid', 'eq20', 'identifiable_share', 'sample_images', 'pixel_mean_var']
 
 # %% ../nbs/07_analysis.ipynb #18afeb73
 class OnTheFly:
@@ -55,7 +56,8 @@ def layer_features(probe: Probe, images: torch.Tensor, batch_size: int = 256, bu
         return OnTheFly(probe, images)
     dev = pick_device(device)
     probe.to(dev).eval()
-    out = torch.cat([probe.phi(x.to(dev)).float().cpu() for x in images.split(batch_size)])
+    with mixed_precision(dev):    # bf16 on GPUs that support it; the features come back in float32
+        out = torch.cat([probe.phi(x.to(dev)).float().cpu() for x in images.split(batch_size)])
     probe.to("cpu")
     return out
 
@@ -143,36 +145,69 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
     saved there as `t.safetensors` as soon as all its steps are done. What it is trained from is written before
     its training starts (`t.args.json`: the arguments, the codes' fingerprint, the layer, and the fingerprints of
     the images and the probed model's weights, or of the given features); a rerun loads finished t's, resumes
-    interrupted ones, and refuses a folder whose record differs from the call (delete it to train it again)."""
+    interrupted ones, and refuses a folder whose record differs from the call (delete it to train it again).
+
+    Under torchrun (a process group of N > 1) the keys are shared out across the ranks (`invnb.distributed.run_sharded`,
+    balanced by `t_cost`); each rank trains its own and saves them in `ckpt_dir` (required), and rank 0 returns all
+    of them, loaded from there; the other ranks return the t's they trained."""
     features = dict(features or {})
     if unknown := [k for k in features if k not in probes]:
         raise ValueError(f"features are given for {unknown}, which are not keys of probes ({list(probes)}).")
     if images is None and (missing := [k for k in probes if k not in features]):
         raise ValueError(f"images is None: give the features of every key; missing {missing}.")
-    out, names = {}, {}
+    out, folders, asked = {}, {}, {}
     kept = {k: v for k, v in kwargs.items() if k not in _RUN_ONLY_KEYS and not callable(v)}
-    for key, probe in probes.items():
-        folder, given = None, features.get(key)
-        if ckpt_dir is not None:
-            folder = Path(ckpt_dir) / safe_name(key)
-            if folder in names.values():
-                raise ValueError(f"keys {names} and {key!r} map to one folder {folder}; give the keys distinct names.")
-            names[key] = folder
-            done, record, asked = folder / "t.safetensors", folder / "t.args.json", _fit_record(kept, codes, images, probe, given)
-            if folder.is_dir() and any(folder.iterdir()):          # a finished or an interrupted t: the same call?
-                saved = json.loads(record.read_text()) if record.is_file() else None
-                if saved != asked:
-                    raise ValueError(f"{folder} holds a t trained from other arguments, data or model weights "
-                                     f"(recorded: {saved}; asked: {asked}); delete {folder} to train it again, or "
-                                     "pass another ckpt_dir.")
-                if done.is_file(): out[key] = InvarianceINN.load(done); continue
-            write_json_atomic(record, asked)                       # before training: a resume checks it too
-        feats = given if given is not None else layer_features(probe, images, budget_mb=budget_mb,
+    for key, probe in probes.items():          # every folder is checked before anything is trained
+        if ckpt_dir is None: break
+        folder = Path(ckpt_dir) / safe_name(key)
+        if folder in folders.values():
+            raise ValueError(f"keys {folders} and {key!r} map to one folder {folder}; give the keys distinct names.")
+        folders[key], asked[key] = folder, _fit_record(kept, codes, images, probe, features.get(key))
+        record = folder / "t.args.json"
+        if folder.is_dir() and any(folder.iterdir()):          # a finished or an interrupted t: the same call?
+            saved = json.loads(record.read_text()) if record.is_file() else None
+            if saved != asked[key]:
+                raise ValueError(f"{folder} holds a t trained from other arguments, data or model weights "
+                                 f"(recorded: {saved}; asked: {asked[key]}); delete {folder} to train it again, or "
+                                 "pass another ckpt_dir.")
+    done = lambda key: folders[key] / "t.safetensors"
+    bar = progress_bar(total=len(probes), desc="t per layer", enabled=kwargs.get("progress", True))
+
+    def one(key):
+        bar.set_postfix_str(str(key))
+        folder, given = folders.get(key), features.get(key)
+        if folder is not None:
+            if done(key).is_file(): out[key] = InvarianceINN.load(done(key)); bar.update(); return
+            write_json_atomic(folder / "t.args.json", asked[key])   # before training: a resume checks it too
+        feats = given if given is not None else layer_features(probes[key], images, budget_mb=budget_mb,
                                                                device=kwargs.get("device", "auto"))
-        out[key], hist = fit_invariances(codes, feats, desc=f"t {key}", ckpt_dir=folder and folder / "train", **kwargs)
+        with nested_bars():
+            out[key], hist = fit_invariances(codes, feats, desc=f"t {key}", ckpt_dir=folder and folder / "train", **kwargs)
         if folder is not None and hist.steps_done >= kwargs.get("steps", _DEFAULT_STEPS):   # only a fully trained t is final
-            out[key].save(done)
-    return out
+            out[key].save(done(key))
+        bar.update()
+
+    if initialized() and world_size() > 1:    # under torchrun: the t's are shared out, rank 0 collects them
+        if ckpt_dir is None:
+            raise ValueError("under torchrun, fit_invariances_over shares the t's out across the ranks through files: "
+                             "give ckpt_dir= a folder that every rank sees.")
+        shapes = {k: tuple(features[k].shape[1:]) if k in features else probes[k].feature_shape(tuple(images.shape[1:]))
+                  for k in probes}
+        zdim, size = codes["mean"].shape[1], {k: v for k, v in kwargs.items() if k not in _FIT_KEYS | {"t", "steps", "batch_size", "lr"}}
+        run_sharded({k: t_cost(zdim, shapes[k], size, kwargs.get("steps", _DEFAULT_STEPS)) for k in probes}, done, one,
+                    log=say if kwargs.get("progress", True) else None)
+        if is_main(): out = {k: InvarianceINN.load(done(k)) for k in probes}
+    else:
+        for key in probes: one(key)
+    bar.close()
+    return {k: out[k] for k in probes if k in out}
+
+
+def t_cost(zdim: int, feature_shape: tuple, t_size: dict, steps: int) -> float:
+    "A t's cost for sharing fits out across ranks: steps × parameters (counted on the meta device, nothing allocated)."
+    with torch.device("meta"):
+        t = InvarianceINN(zdim, tuple(feature_shape), **{k: v for k, v in t_size.items() if k != "seed"})
+    return float(steps * sum(p.numel() for p in t.parameters()))
 
 
 _RUN_ONLY_KEYS = ("progress", "device", "desc", "resume", "stop_after", "ckpt_every")   # how a fit runs, not what it learns

@@ -24,6 +24,7 @@ from .features import BuildError, encode_and_features, probes_of
 from .inn import FactorINN
 from .probe import IMAGENET, Adapted, InputAdapter
 from .study import Study, environment
+from .distributed import is_main, rank, world_size
 from .train import pick_device
 
 # %% auto #0
@@ -162,7 +163,8 @@ def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
         record = {"factors": names, "sizes": sizes, "size": size, "steps": kw["steps"], "data": digest.hexdigest()[:16]}
         if (ckpt / "record.json").is_file() and json.loads((ckpt / "record.json").read_text()) != record:
             raise BuildError(f"{ckpt} holds an e trained from other images, labels or settings; delete it to train e again.")
-        ckpt.mkdir(parents=True, exist_ok=True); write_json_atomic(ckpt / "record.json", record)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        if is_main(): write_json_atomic(ckpt / "record.json", record)
     e, _ = analysis.fit_factors(codes, FactorPairs(labels, names), sizes, ckpt_dir=ckpt, resume=True, desc="e",
                                 **size, **kw)
     return e.cpu().eval()
@@ -171,7 +173,7 @@ def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
 def _build(model, layers, images, *, ae=None, factors=None, device="auto", out=None, steps=2000, t_size=None,
            batch_size=128, lr=1e-3, budget_mb=2048, name="model", recipe=None, progress=True, seed=0, keep=0,
            study_class=None):
-    "(Study, `keep` images drawn at random, info) — see `build_study`."
+    "(Study, `keep` images drawn at random, info) — see `build_study`; None on the ranks other than 0 under torchrun."
     probes = probes_of(model, layers)                  # unknown layers fail here, before anything is computed
     if ae is None:
         raise BuildError("Study.build needs ae=, a trained invnb autoencoder of images like these: e.g. "
@@ -188,10 +190,11 @@ def _build(model, layers, images, *, ae=None, factors=None, device="auto", out=N
     elif recipe is not False: _check_recipe(recipe, model)
     done = set()
     if out is not None:
-        _check_same_model(out, model, name)
+        if is_main(): _check_same_model(out, model, name)     # under torchrun rank 0 records the model
         done = {l for l in probes if (out / "t" / analysis.safe_name(l) / "t.safetensors").is_file()}
     t0 = time.perf_counter()
-    codes, feats, kept, info = encode_and_features(ae.eval(), probes, images, out=out, budget_mb=budget_mb,
+    cache = out if out is None or world_size() == 1 or is_main() else out / f".rank{rank()}"   # each rank its own cache
+    codes, feats, kept, info = encode_and_features(ae.eval(), probes, images, out=cache, budget_mb=budget_mb,
                                                    batch_size=batch_size, device=device, keep=keep, seed=seed,
                                                    progress=progress)
     info["seconds_features"] = round(time.perf_counter() - t0, 2)
@@ -201,7 +204,8 @@ def _build(model, layers, images, *, ae=None, factors=None, device="auto", out=N
     e = None
     if factors is not None:
         e = _fit_e(codes, factors, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                   progress=progress, t_size=t_size)
+                   progress=progress, t_size=t_size)            # under torchrun: data-parallel on every rank
+    if not is_main(): return None                           # the other ranks have trained their share
     info["reused"], info["trained"] = sorted(done), [l for l in probes if l not in done]
     meta = {"built_with": "Study.build", "name": name, "layers": list(probes), "images": info,
             "t": {"steps": steps, "batch_size": batch_size, "lr": lr, **t_size}, "seed": seed,
@@ -232,7 +236,9 @@ def build_study(model: nn.Module, # your model, f; an `Adapted` model probes its
                ) -> Study:
     """The work of `Study.build`: a study of `model` at `layers` on `images`, the images encoded once, the features
     of all layers from one forward pass per batch, one t per layer (resumable under `out`). Unknown layers fail
-    first, with the closest names."""
-    return _build(model, layers, images, ae=ae, factors=factors, device=device, out=out, steps=steps, t_size=t_size,
-                  batch_size=batch_size, lr=lr, budget_mb=budget_mb, name=name, recipe=recipe, progress=progress,
-                  seed=seed, study_class=study_class)[0]
+    first, with the closest names. Under torchrun the t's are shared out across the ranks (`out` is then required,
+    on a file system every rank sees); rank 0 returns the study, the other ranks None."""
+    built = _build(model, layers, images, ae=ae, factors=factors, device=device, out=out, steps=steps, t_size=t_size,
+                   batch_size=batch_size, lr=lr, budget_mb=budget_mb, name=name, recipe=recipe, progress=progress,
+                   seed=seed, study_class=study_class)
+    return None if built is None else built[0]

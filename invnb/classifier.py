@@ -16,7 +16,7 @@ from .diagnostics import accuracy
 from .checkpoint import Checkpointable, CheckpointError, load_model, write_json_atomic
 from .probe import InputAdapter, Probe
 from .distributed import barrier, is_main
-from .train import batch_indices, fit
+from .train import batch_indices, fit, nested_bars, progress_bar
 
 # %% auto #0
 __all__ = ['ColorMNISTClassifier', 'train_classifier']
@@ -78,10 +78,12 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
         return F.cross_entropy(m(images[idx].to(dev)), labels[idx].to(dev))
 
     records, trained = [], False
-    for s in marks:
+    bar = progress_bar(marks, desc="classifier checkpoints", enabled=fit_kwargs.get("progress", True))
+    for s in bar:
         if s in done and (out / done[s]["file"]).is_file():
             records.append(done[s]); continue
-        fit(model, step_fn, steps=s, lr=lr, ckpt_dir=out / "train", resume=True, desc=f"classifier → {s}", **fit_kwargs)
+        with nested_bars():
+            fit(model, step_fn, steps=s, lr=lr, ckpt_dir=out / "train", resume=True, desc=f"classifier → {s}", **fit_kwargs)
         trained = True
         file = f"classifier_step{s:06d}.safetensors"
         records.append({"step": s, "file": file, "val_accuracy": accuracy(model, val_images, val_labels)})

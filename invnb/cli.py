@@ -16,7 +16,7 @@ from .colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormni
 from .demo import demo
 from .report import check_run
 from .distributed import RankTimeout
-from .train import TrainingDiverged
+from .train import TrainingDiverged, say
 
 # %% auto #0
 __all__ = ['parser', 'main']
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_study(a.out, a.model, a.layers, a.images, a.ae, weights=a.weights, checkpoint=a.checkpoint,
                       train_ae=a.train_ae, size=a.size, steps=a.steps, batch_size=a.batch_size, device=a.device,
-                      seed=a.seed, n_eval=a.n_eval, progress=not a.no_progress,
+                      seed=a.seed, n_eval=a.n_eval, progress=not a.no_progress, log=say,
                       t_size=dict(T_SIZE, n_blocks=a.t_blocks, hidden=a.t_hidden, embed_dim=a.t_embed))
         except KeyboardInterrupt:
             print(f"invnb study: interrupted; the finished t's are saved in {a.out}/t; run the same command to continue.",
@@ -103,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         except TrainingDiverged as e:
             print(f"invnb study: error: training diverged: {e} Try another --seed or fewer --steps.", file=sys.stderr)
             return 2
-        except (BuildError, RunError, CheckpointError, DatasetNotFound, ValueError) as e:
+        except (BuildError, RunError, CheckpointError, DatasetNotFound, ValueError, RankTimeout) as e:
             print(f"invnb study: error: {e}", file=sys.stderr)
             return 2
         return 0
     try:
         run_colormnist(a.out, a.profile, a.device, a.seed, a.force, a.until, progress=not a.no_progress,
-                       mnist_root=a.mnist_root)
+                       mnist_root=a.mnist_root, log=say)      # --no-progress: no bars, the stage lines stay
     except RankTimeout as e:
         print(f"invnb colormnist: error: {e}", file=sys.stderr)
         return 2
@@ -128,5 +128,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invnb colormnist: error: {e}", file=sys.stderr)
         return 2
     return 0
+
 
 

@@ -29,7 +29,7 @@ from .inn import FactorINN, InvarianceINN
 from .profiles import FACTORS, PROFILES, STAGES, TARGET, Profile
 from .runs import RunError, artifacts, prepare_run, run_lock
 from .study import Study, environment
-from .train import TrainingDiverged, encode_dataset, pick_device
+from .train import TrainingDiverged, encode_dataset, nested_bars, pick_device, progress_bar, say
 
 # %% auto #0
 __all__ = ['SEED_OFFSETS', 'RunInterrupted', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage',
@@ -55,7 +55,7 @@ class RunSpec:
     seed: int = 0
     device: torch.device = torch.device("cpu")
     progress: bool = True
-    log: object = print
+    log: object = say
 
     @property
     def study_dir(self) -> Path: return self.out / "study"
@@ -196,13 +196,6 @@ def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_fea
     return t.eval().cpu()
 
 
-def _t_cost(run: RunSpec, zdim: int, feature_shape: tuple) -> float:
-    "The profile's cost estimate of one t: steps × parameters (counted on the meta device, nothing allocated)."
-    with torch.device("meta"):
-        t = InvarianceINN(zdim, feature_shape, seed=0, **run.prof.t_size)
-    return float(run.prof.t_steps * sum(p.numel() for p in t.parameters()))
-
-
 def t_fits(run: RunSpec, jobs: list[tuple[str, str]]) -> dict[str, tuple[str, str, str | int | None]]:
     """{file name: (model, layer, variant)} of the t's of stage 5 after the unconditional one: one per job, with the
     null control (variant 'shuffled') and the other seeds (variant k) right after the job they repeat."""
@@ -226,7 +219,7 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
     of the final model with `t_seeds - 1` other seeds (the seed spread). Returns the t's and those other seeds' t's.
 
     Under torchrun the t's after the unconditional one are shared out across the ranks (`run_sharded`, balanced by
-    `_t_cost`); rank 0 waits for all of them and returns them, the other ranks return None."""
+    `analysis.t_cost`); rank 0 waits for all of them and returns them, the other ranks return None."""
     t_dir, timeout = run.study_dir / "t", max(600.0, 3 * run.prof.est_seconds.get("invariances", 0))
     constant_condition = lambda n: torch.zeros(n, 1)
     run_sharded({"unconditional": 1.0}, lambda k: t_dir / f"{k}.safetensors",   # one job: rank 0's
@@ -248,6 +241,9 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
     fits = t_fits(run, jobs)
     perm = torch.randperm(len(data.xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
 
+    t_file = lambda k: t_dir / f"{k}.safetensors"
+    bar = progress_bar(total=len(fits), initial=sum(t_file(k).exists() for k in fits), desc="t's", enabled=run.progress)
+
     def work(name: str):
         model, layer, variant = fits[name]
         seed, what, desc = None, "", f"t {model} {layer}"
@@ -257,12 +253,16 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
             what, desc = f", seed {variant + 1}/{run.prof.t_seeds}", f"t seed {variant + 1}"
         run.log(f"  t {list(fits).index(name) + 1}/{len(fits)}: {model} at {layer}{what}")
         feats, val_feats = features(model, layer)
-        _fit_t(run, name, codes, feats[perm] if variant == "shuffled" else feats, codes_val, val_feats, desc, base,
-               seed=seed)
+        with nested_bars():
+            _fit_t(run, name, codes, feats[perm] if variant == "shuffled" else feats, codes_val, val_feats, desc, base,
+                   seed=seed)
+        bar.update()
 
     shapes = {ml: probe(*ml).feature_shape(tuple(data.xv.shape[1:])) for ml in dict.fromkeys(v[:2] for v in fits.values())}
-    run_sharded({k: _t_cost(run, codes["mean"].shape[1], shapes[(m, l)]) for k, (m, l, _) in fits.items()},
-                lambda k: t_dir / f"{k}.safetensors", work, timeout_s=timeout, log=run.log)
+    cost = lambda m, l: analysis.t_cost(codes["mean"].shape[1], shapes[(m, l)], run.prof.t_size, run.prof.t_steps)
+    run_sharded({k: cost(m, l) for k, (m, l, _) in fits.items()},
+                t_file, work, timeout_s=timeout, log=run.log)
+    bar.close()
     if not is_main(): return None
     load = lambda k: load_model(t_dir / f"{k}.safetensors", InvarianceINN).eval()
     ts = {(m, l): load(k) for k, (m, l, v) in fits.items() if v is None}
@@ -371,7 +371,7 @@ def run_colormnist(out="runs/colormnist", # run folder
                    force: bool = False, # delete an earlier run in `out` first
                    until: str | None = None, # stop after this stage (one of `STAGES`)
                    progress: bool = True, # progress bars
-                   log=print, # where the stage lines go
+                   log=None, # where the stage lines go (default: the `invnb` logger; silent with progress=False)
                    mnist_root: str | Path | None = None, # a torchvision MNIST folder (default: the bundled digits)
                    ) -> Path | None:
     """Run (or resume) the ColorMNIST study; the path of report.html, or None when stopped by `until`.
@@ -390,6 +390,7 @@ def run_colormnist(out="runs/colormnist", # run folder
         raise RunError(f"unknown or unavailable device {device!r} ({str(e).splitlines()[0]}); use auto, cpu, cuda, "
                        "cuda:N or mps.") from None
     out, main = Path(out), is_main()
+    if log is None: log = say if progress else (lambda message: None)
     if not main: log = lambda *a, **k: None            # under torchrun rank 0 speaks (and locks, and writes state)
     run = RunSpec(out, profile, seed, dev, progress and main, log)
     with run_lock(out) if main else nullcontext():

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .inn import InvarianceINN
-from .train import fit
+from .train import fit, say
 
 # %% auto #0
 __all__ = ['TOY_SIGMA', 'toy_conditional', 'demo']
@@ -27,7 +27,7 @@ def toy_conditional(n: int, generator: torch.Generator) -> tuple[torch.Tensor, t
     return mean + torch.tensor(TOY_SIGMA) * torch.randn(n, 4, generator=generator), z
 
 
-def demo(steps: int = 2500, batch: int = 256, out: str | Path = "runs/demo", seed: int = 0, log=print,
+def demo(steps: int = 2500, batch: int = 256, out: str | Path = "runs/demo", seed: int = 0, log=say,
          progress: bool = False) -> dict:
     "Train t on the toy conditional density with the shared loop; return (and print) NLL vs entropy and sample spreads."
     t = InvarianceINN(in_dim=4, cond_shape=2, n_blocks=6, hidden=64, depth=1, embed_dim=32, seed=seed)

@@ -168,13 +168,13 @@ def run_sharded(jobs: dict[str, float],            # {key: cost} of the independ
                 done_file: Callable[[str], Path],   # the file a finished job `key` has written
                 work: Callable[[str], None],        # trains and saves job `key`
                 timeout_s: float = 3600,            # rank 0's wait for the others' files, after its own jobs
-                log: Callable[[str], None] = print,
+                log: Callable[[str], None] | None = None,   # where the line saying this rank's share goes
                 ) -> list[str]:
     "Run this rank's share of `jobs` (skipping finished ones); rank 0 then waits for all. The keys this rank ran."
     keys = list(jobs)
     owner = dict(zip(keys, shard([jobs[k] for k in keys], world_size())))
     mine = [k for k in keys if owner[k] == rank() and not done_file(k).exists()]
-    if world_size() > 1:
+    if world_size() > 1 and log is not None:
         log(f"rank {rank()}/{world_size()}: {len(mine)} of {len(keys)} fits to run here "
             f"({sum(owner[k] == rank() for k in keys) - len(mine)} of its share already done)")
     token = _IN_SHARD.set(True)      # the fits of a job are this rank's own: `fit` is not data-parallel inside

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .analysis import safe_name
 from .autoencoder import Autoencoder
 from .data import check_dtype, check_images, load_image_folder
 from .probe import Probe
-from .train import pick_device
+from .train import mixed_precision, pick_device, progress_bar
 
 # %% auto #0
 __all__ = ['BuildError', 'probes_of', 'features_of_layers', 'image_batches', 'encode_and_features']
@@ -103,7 +102,7 @@ def features_of_layers(model: nn.Module,       # the model (an `Adapted` one pro
     probes = probes_of(model, layers)
     check_images(images, channels=None)
     dev = pick_device(device)
-    with _on(dev, model):
+    with _on(dev, model), mixed_precision(dev):    # bf16 on GPUs that support it
         parts = [_batch_features(probes, x.to(dev)) for x in images.split(batch_size)]
     return {l: torch.cat([p[l].float().cpu() for p in parts]) for l in probes}
 
@@ -182,11 +181,13 @@ def encode_and_features(ae: Autoencoder, probes: dict[str, Probe], images, *, ou
     tables, pos, kept, low = None, 0, [], 1.0
     models = list({id(p.model): p.model for p in probes.values()}.values())
     with _on(dev, ae, *models):
-        for x in tqdm(batches, total=math.ceil(n / batch_size), desc="codes + features", disable=not progress, leave=False):
+        for x in progress_bar(batches, total=math.ceil(n / batch_size), desc="codes + features", enabled=progress):
             low = min(low, _check_fits(x, ae, pos))
             if pos + len(x) > n: raise BuildError(f"{source} yielded more images than its length {n}.")
             x = x.to(dev)
-            rows = dict(zip(_CODES, ae.encode(x))) | {("features", l): z for l, z in _batch_features(probes, x).items()}
+            with mixed_precision(dev):       # bf16 on GPUs that support it; stored in float32
+                rows = dict(zip(_CODES, ae.encode(x))) | {("features", l): z for l, z in _batch_features(probes, x).items()}
+            rows = {k: v.float() for k, v in rows.items()}
             if tables is None:
                 shapes = {k: tuple(v.shape[1:]) for k, v in rows.items()}
                 mb = n * sum(math.prod(s) for s in shapes.values()) * 4 / 2 ** 20

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import time
+from contextlib import nullcontext
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from .build import BuildError, _adapter_recipe, _build, _builder   # the build's
 from .checkpoint import CheckpointError, load_model, write_json_atomic
 from .features import image_batches, probes_of
 from .probe import IMAGENET, Adapted, InputAdapter
-from .train import pick_device
+from .distributed import barrier, init_distributed, is_main
+from .train import pick_device, say
 
 
 
@@ -126,8 +128,9 @@ def _autoencoder(path, out: Path, images, train_steps: int | None, size: int, de
     n, batches, source = image_batches(images, 256, size)
     log(f"  training a SmallAE at {size} px on {n} images for {train_steps} steps (--train-ae)")
     train_autoencoder(ae, torch.cat(list(batches)), train_steps, batch_size=64, lr=1e-3, device=device, seed=seed,
-                      progress=progress, ckpt_dir=out / "train" / "ae", resume=True)
-    ae.save(saved)
+                      progress=progress, ckpt_dir=out / "train" / "ae", resume=True)   # data-parallel under torchrun
+    if is_main(): ae.save(saved)
+    barrier()
     return ae.cpu().eval()
 
 # %% ../nbs/08c_studyrun.ipynb #97ccb091
@@ -142,30 +145,37 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
               size: int = 32,           # ... at this image size
               steps: int = 2000, t_size: dict | None = None, batch_size: int = 128, device="auto", seed: int = 0,
               n_eval: int = 100, n_grid: int = 6, n_draws: int = 8, budget_mb: float = 2048,
-              progress: bool = True, log=print) -> Path:
-    "Build, analyse and report a study of `model` at `layers` on `images` (see above); the path of report.html."
+              progress: bool = True, log=None) -> Path:
+    """Build, analyse and report a study of `model` at `layers` on `images` (see above); the path of report.html
+    (None on the ranks other than 0 under torchrun, which train their share of the t's).
+    `log` takes the stage lines (default: the `invnb` logger, `invnb.train.say`, silent with `progress=False`)."""
+    if log is None: log = say if progress else (lambda message: None)
     from invnb import plots
     from invnb.report import study_metrics, write_study_report
     from invnb.runs import run_lock
     if ae is None and not train_ae: raise BuildError(MISSING_AE)
     out, t_all, secs = Path(out), time.perf_counter(), {}
-    try: dev = pick_device(device)
+    try: dev = init_distributed(pick_device(device))   # under torchrun: join the group, this rank's GPU
     except (RuntimeError, ValueError) as e:
         raise BuildError(f"unknown or unavailable device {device!r} ({str(e).splitlines()[0]}); use auto, cpu, cuda, "
                          "cuda:N or mps.") from None
+    main = is_main()
+    if not main: log, progress = (lambda message: None), False     # rank 0 speaks, locks and writes the report
     # everything that can be checked without reading an image: the model, its layers, the autoencoder file
     net, recipe = model_from_spec(model, weights, checkpoint, seed)
     names = list(probes_of(net, layers))
     auto = _autoencoder(ae, out, images, None, size, dev, seed, progress, log) if ae is not None else None
-    with run_lock(out):
+    with run_lock(out) if main else nullcontext():
         t0 = time.perf_counter()
         if auto is None: auto = _autoencoder(None, out, images, train_ae, size, dev, seed, progress, log)
         secs["autoencoder"] = round(time.perf_counter() - t0, 2)
         log(f"[1/3] codes, features and one t per layer ({', '.join(names)}) on {images}")
         t0 = time.perf_counter()
-        study, x, info = _build(net, names, images, ae=auto, device=dev, out=out, steps=steps, t_size=t_size,
-                                batch_size=batch_size, budget_mb=budget_mb, recipe=recipe, progress=progress,
-                                seed=seed, keep=max(n_eval, n_grid))
+        built = _build(net, names, images, ae=auto, device=dev, out=out, steps=steps, t_size=t_size,
+                       batch_size=batch_size, budget_mb=budget_mb, recipe=recipe, progress=progress, seed=seed,
+                       keep=max(n_eval, n_grid))
+        if built is None: return None         # under torchrun: this rank's t's are trained, rank 0 does the rest
+        study, x, info = built
         secs["build"] = round(time.perf_counter() - t0, 2)
         if info["reused"]: log(f"  loaded the finished t's of {info['reused']} (delete {out / 't'} to train them again)")
         log(f"[2/3] analysis: Eq. 19, image-space variance, sample grids ({len(x)} images)")

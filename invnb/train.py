@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-from contextvars import ContextVar
+import sys
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,8 +25,42 @@ from .distributed import (average_gradients, barrier, broadcast_module, gather, 
                                mean_over_ranks, rank, world_size)
 
 # %% auto #0
-__all__ = ['pick_device', 'optimizer_to_tensors', 'optimizer_from_tensors', 'batch_indices', 'TrainingDiverged', 'History', 'fit',
+__all__ = ['logger', 'MIXED_PRECISION', 'say', 'progress_bar', 'nested_bars', 'pick_device', 'mixed_precision',
+           'optimizer_to_tensors', 'optimizer_from_tensors', 'batch_indices', 'TrainingDiverged', 'History', 'fit',
            'encode_dataset']
+
+# %% ../nbs/03_train.ipynb #1d524306
+logger = logging.getLogger("invnb")
+_BAR_DEPTH: ContextVar = ContextVar("invnb_bar_depth", default=0)
+
+
+class _Stdout(logging.Handler):
+    "invnb's own handler: each message as a line on the current `sys.stdout` (a notebook's, a captured one)."
+    def emit(self, record):
+        sys.stdout.write(record.getMessage() + "\n"); sys.stdout.flush()
+
+
+if not any(isinstance(h, _Stdout) for h in logger.handlers):   # once per process
+    logger.addHandler(_Stdout()); logger.setLevel(logging.INFO); logger.propagate = False
+
+
+def say(message: str) -> None:
+    "Log `message` at INFO on the `invnb` logger (rank 0 only)."
+    if is_main(): logger.info(message)
+
+
+def progress_bar(iterable=None, *, desc: str, total: int | None = None, initial: int = 0, enabled: bool = True):
+    "A tqdm bar: kept when done at the top level, cleared when done inside `nested_bars`; rank 0 only."
+    return tqdm(iterable, desc=desc, total=total, initial=initial, disable=not (enabled and is_main()),
+                leave=_BAR_DEPTH.get() == 0)
+
+
+@contextmanager
+def nested_bars():
+    "Bars made inside the block are nested below the current one (and cleared when done)."
+    token = _BAR_DEPTH.set(_BAR_DEPTH.get() + 1)
+    try: yield
+    finally: _BAR_DEPTH.reset(token)
 
 # %% ../nbs/03_train.ipynb #e75aeed9
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -36,6 +73,16 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA device is available; use device='auto' or 'cpu'.")
     return dev
+
+# %% ../nbs/03_train.ipynb #30ea0523
+MIXED_PRECISION: bool | None = None   # None: bf16 on CUDA GPUs that support it; True: on every device; False: never
+
+
+def mixed_precision(device: str | torch.device):
+    "bf16 autocast for feature and code extraction on `device` (see `MIXED_PRECISION`), else a no-op context."
+    dev = torch.device(device)
+    on = MIXED_PRECISION if MIXED_PRECISION is not None else (dev.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(dev.type, dtype=torch.bfloat16) if on and dev.type in ("cuda", "cpu") else nullcontext()
 
 # %% ../nbs/03_train.ipynb #6e830965
 def optimizer_to_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict, dict]:
@@ -262,7 +309,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
             best = (loss, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
     end = steps if stop_after is None else min(steps, start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=steps, desc=desc, disable=not (progress and main), leave=False)
+    bar = progress_bar(range(start, end), initial=start, total=steps, desc=desc, enabled=progress and main)
     model.train()
     t0 = time.perf_counter()
     token = _SHARED_BATCH.set((shared, rank(), world_size()) if dp else None)
@@ -333,8 +380,8 @@ def encode_dataset(encode: Callable, images: torch.Tensor, batch_size: int = 256
     was_training = isinstance(owner, nn.Module) and owner.training
     if isinstance(owner, nn.Module): owner.eval()
     means, logvars = [], []
-    for i in tqdm(range(0, len(images), batch_size), disable=not progress, desc="encode", leave=False):
-        m, lv = encode(images[i:i + batch_size].to(dev))
+    for i in progress_bar(range(0, len(images), batch_size), enabled=progress, desc="encode"):
+        with mixed_precision(dev): m, lv = encode(images[i:i + batch_size].to(dev))
         means.append(m.float().cpu()); logvars.append(lv.float().cpu())
     if was_training: owner.train()
     out = {"mean": torch.cat(means), "logvar": torch.cat(logvars)}

@@ -210,7 +210,7 @@ def test_model_specs_and_checkpoints(tmp_path, monkeypatch):
 
 # -- the command --------------------------------------------------------------------------------------------------
 
-def test_cli_study_report_reload_and_rerun(folder, ae, tmp_path, monkeypatch, capsys):
+def test_cli_study_report_reload_and_rerun(folder, ae, tmp_path, monkeypatch, capsys, caplog):
     out = tmp_path / "run"
     args = ["study", "--model", "torchvision:resnet18", "--images", str(folder), "--layers", "layer2,layer3",
             "--ae", str(ae[1]), "--out", str(out), *CLI_T]
@@ -228,7 +228,8 @@ def test_cli_study_report_reload_and_rerun(folder, ae, tmp_path, monkeypatch, ca
     monkeypatch.setattr(analysis, "fit_invariances", lambda *a, **k: pytest.fail("a finished t was trained again"))
     assert main(args) == 0, capsys.readouterr().err                         # the rerun loads both t's
     assert {p: p.stat().st_mtime_ns for p in (out / "t").glob("*/t.safetensors")} == stamp and len(stamp) == 2
-    assert "loaded the finished t's of ['layer2', 'layer3']" in capsys.readouterr().out
+    said = capsys.readouterr().out + caplog.text       # the `invnb` logger: stdout, or pytest's handler when it has one
+    assert "loaded the finished t's of ['layer2', 'layer3']" in said
 
 
 def test_cli_bad_inputs_are_one_line_errors(folder, ae, tmp_path, capsys):
@@ -244,3 +245,24 @@ def test_cli_bad_inputs_are_one_line_errors(folder, ae, tmp_path, capsys):
     assert code == 2 and "not a state dict" in err and err.count("\n") == 1
     code, err = run("--layers", "layer2", "--ae", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "d"))
     assert code == 2 and "does not exist" in err
+
+
+def test_invnb_study_under_torchrun_shares_the_t_s_out_and_equals_one_process(folder, tmp_path):
+    """2 ranks (gloo): the autoencoder trained data-parallel, one t per layer on each rank, rank 0's report. The same
+    autoencoder and layers in one process at the same thread count give bit-identical t's."""
+    import os, shutil, subprocess, sys
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"): env.pop(k, None)
+    args = ["-m", "invnb", "study", "--model", "torchvision:resnet18", "--images", str(folder), "--layers",
+            "layer2,layer3", "--train-ae", "10", "--size", "32", *[a for a in CLI_T if a != "--no-progress"]]
+    two, one = tmp_path / "two", tmp_path / "one"
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
+                        "--out", str(two)], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "rank 0/2: 1 of 2 fits to run here" in p.stdout + p.stderr
+    assert (two / "report.html").is_file() and not (two / ".rank1" / "cache").exists()   # in memory: no disk cache
+    one.mkdir(); shutil.copy(two / "ae.safetensors", one / "ae.safetensors")            # the same autoencoder
+    q = subprocess.run([sys.executable, *args, "--out", str(one)], capture_output=True, text=True, env=env, timeout=600)
+    assert q.returncode == 0, q.stdout[-3000:] + q.stderr[-3000:]
+    for layer in ("layer2", "layer3"):
+        assert (one / "t" / layer / "t.safetensors").read_bytes() == (two / "t" / layer / "t.safetensors").read_bytes()

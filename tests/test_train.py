@@ -237,3 +237,36 @@ def test_validation_sees_the_weights_of_its_step_with_a_fused_optimizer():
     fresh = copy.deepcopy(t).eval()
     assert hist.best_val == pytest.approx(val_fn(fresh), abs=1e-4)
     assert len({round(v, 3) for _, v in hist["val"]}) == len(hist["val"])   # the weights moved between validations
+
+
+def test_messages_go_to_the_invnb_logger_and_can_be_routed(capsys):
+    import logging
+    from invnb.train import say
+    say("stage 1: hello")
+    assert capsys.readouterr().out == "stage 1: hello\n"                  # printed by the logger's own handler
+    records, lg = [], logging.getLogger("invnb")
+    class Keep(logging.Handler):
+        def emit(self, record): records.append((record.name, record.levelname, record.getMessage()))
+    own, keep = list(lg.handlers), Keep()
+    lg.handlers[:] = [keep]                                                 # routed: the user's handler instead
+    try: say("stage 2")
+    finally: lg.handlers[:] = own
+    assert records == [("invnb", "INFO", "stage 2")] and capsys.readouterr().out == ""
+
+
+def test_progress_false_silences_bars_and_messages(capsys):
+    "A fit per layer with progress=False writes nothing to stdout or stderr and logs nothing; with progress, bars show."
+    import logging
+    from invnb.analysis import fit_invariances_over
+    from invnb.classifier import ColorMNISTClassifier
+    x = torch.rand(64, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    codes = {"mean": torch.randn(64, 8), "logvar": torch.zeros(64, 8) - 4}
+    clf = ColorMNISTClassifier(seed=0).eval()
+    probes = {l: clf.probe(l) for l in ("features.3", "softmax")}
+    kw = dict(steps=3, batch_size=16, n_blocks=1, hidden=8, embed_dim=4, device="cpu")
+    fit_invariances_over(probes, x, codes, progress=False, **kw)
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("", "")
+    fit_invariances_over(probes, x, codes, progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "t per layer" in err and "t features.3" not in err.split("t per layer")[0]   # the outer bar comes first
