@@ -21,13 +21,13 @@ from .factors import guided_pair_loss, pair_targets
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
 from .results import Estimate
-from .distributed import initialized, is_main, run_sharded, world_size
-from .train import History, batch_indices, fit, mixed_precision, nested_bars, pick_device, progress_bar, say
+from .distributed import barrier, broadcast, initialized, is_main, run_sharded, world_size
+from .train import History, batch_indices, fit, nested_bars, pick_device, progress_bar, say
 
 # %% auto #0
-__all__ = ['OnTheFly', 'layer_features', 'encode_codes', 'fit_invariances', 'warm_start', 'safe_name', 'fit_invariances_over',
-           't_cost', 'fit_factors', 'explained_by_invariances', 'explained_by_representation', 'eq19',
-           'representation_grid', 'eq20', 'identifiable_share', 'sample_images', 'pixel_mean_var']
+__all__ = ['RANK_TIMEOUT', 'OnTheFly', 'layer_features', 'encode_codes', 'fit_invariances', 'warm_start', 'safe_name',
+           'fit_invariances_over', 't_cost', 'fit_factors', 'explained_by_invariances', 'explained_by_representation',
+           'eq19', 'representation_grid', 'eq20', 'identifiable_share', 'sample_images', 'pixel_mean_var']
 
 # %% ../nbs/07_analysis.ipynb #18afeb73
 class OnTheFly:
@@ -56,8 +56,7 @@ def layer_features(probe: Probe, images: torch.Tensor, batch_size: int = 256, bu
         return OnTheFly(probe, images)
     dev = pick_device(device)
     probe.to(dev).eval()
-    with mixed_precision(dev):    # bf16 on GPUs that support it; the features come back in float32
-        out = torch.cat([probe.phi(x.to(dev)).float().cpu() for x in images.split(batch_size)])
+    out = torch.cat([probe.phi(x.to(dev)).float().cpu() for x in images.split(batch_size)])   # bf16 on GPUs: see Probe.phi
     probe.to("cpu")
     return out
 
@@ -170,6 +169,9 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
                 raise ValueError(f"{folder} holds a t trained from other arguments, data or model weights "
                                  f"(recorded: {saved}; asked: {asked[key]}); delete {folder} to train it again, or "
                                  "pass another ckpt_dir.")
+    sharded = initialized() and world_size() > 1
+    if sharded:   # rank 0's records for all (a rank's own features may differ in the last bits), read before any writes
+        asked = broadcast(asked); barrier()
     done = lambda key: folders[key] / "t.safetensors"
     bar = progress_bar(total=len(probes), desc="t per layer", enabled=kwargs.get("progress", True))
 
@@ -187,7 +189,7 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
             out[key].save(done(key))
         bar.update()
 
-    if initialized() and world_size() > 1:    # under torchrun: the t's are shared out, rank 0 collects them
+    if sharded:                                # under torchrun: the t's are shared out, rank 0 collects them
         if ckpt_dir is None:
             raise ValueError("under torchrun, fit_invariances_over shares the t's out across the ranks through files: "
                              "give ckpt_dir= a folder that every rank sees.")
@@ -195,12 +197,15 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
                   for k in probes}
         zdim, size = codes["mean"].shape[1], {k: v for k, v in kwargs.items() if k not in _FIT_KEYS | {"t", "steps", "batch_size", "lr"}}
         run_sharded({k: t_cost(zdim, shapes[k], size, kwargs.get("steps", _DEFAULT_STEPS)) for k in probes}, done, one,
-                    log=say if kwargs.get("progress", True) else None)
+                    timeout_s=RANK_TIMEOUT, log=say if kwargs.get("progress", True) else None)
         if is_main(): out = {k: InvarianceINN.load(done(k)) for k in probes}
     else:
         for key in probes: one(key)
     bar.close()
     return {k: out[k] for k in probes if k in out}
+
+
+RANK_TIMEOUT = 3600.0   # under torchrun, rank 0 gives up after this many seconds without another rank's t arriving
 
 
 def t_cost(zdim: int, feature_shape: tuple, t_size: dict, steps: int) -> float:

@@ -24,7 +24,7 @@ from .features import BuildError, encode_and_features, probes_of
 from .inn import FactorINN
 from .probe import IMAGENET, Adapted, InputAdapter
 from .study import Study, environment
-from .distributed import is_main, rank, world_size
+from .distributed import broadcast, is_main, rank, world_size
 from .train import pick_device
 
 # %% auto #0
@@ -154,7 +154,7 @@ def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
     labels = {k: torch.as_tensor(v).long() for k, v in factors.items()}
     if bad := {k: len(v) for k, v in labels.items() if v.ndim != 1 or len(v) != n}:
         raise BuildError(f"factors must give one integer label per image ({n}); got lengths {bad}.")
-    sizes = estimate_factor_sizes(codes, labels, names, seed=kw["seed"]).sizes
+    sizes = broadcast(estimate_factor_sizes(codes, labels, names, seed=kw["seed"]).sizes)   # rank 0's, for all
     size = {k: v for k, v in kw.pop("t_size").items() if k in ("n_blocks", "hidden", "depth")}
     ckpt = None
     if out is not None:                       # resumable; a finished e of other codes or labels is refused
@@ -198,13 +198,13 @@ def _build(model, layers, images, *, ae=None, factors=None, device="auto", out=N
                                                    batch_size=batch_size, device=device, keep=keep, seed=seed,
                                                    progress=progress)
     info["seconds_features"] = round(time.perf_counter() - t0, 2)
+    e = None
+    if factors is not None:   # first: under torchrun all ranks train e together (data-parallel), then their t's
+        e = _fit_e(codes, factors, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                   progress=progress, t_size=t_size)
     fit = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, **t_size)
     fitted = analysis.fit_invariances_over(probes, None, codes, ckpt_dir=None if out is None else out / "t",
                                            features=feats, device=device, progress=progress, resume=True, **fit)
-    e = None
-    if factors is not None:
-        e = _fit_e(codes, factors, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                   progress=progress, t_size=t_size)            # under torchrun: data-parallel on every rank
     if not is_main(): return None                           # the other ranks have trained their share
     info["reused"], info["trained"] = sorted(done), [l for l in probes if l not in done]
     meta = {"built_with": "Study.build", "name": name, "layers": list(probes), "images": info,

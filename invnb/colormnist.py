@@ -147,7 +147,7 @@ def factors_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: di
     e = _loads(path, FactorINN)
     if e is None:
         names = list(FACTORS)
-        est = estimate_factor_sizes(codes, data.train.labels, names, seed=run.seed)
+        est = broadcast(estimate_factor_sizes(codes, data.train.labels, names, seed=run.seed))   # rank 0's, for all
         run.study_dir.mkdir(parents=True, exist_ok=True)
         if is_main(): write_json_atomic(run.study_dir / "factor_sizes.json", asdict(est))
         half = _val_halves(data, codes_val)[0]
@@ -222,6 +222,11 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
     `analysis.t_cost`); rank 0 waits for all of them and returns them, the other ranks return None."""
     t_dir, timeout = run.study_dir / "t", max(600.0, 3 * run.prof.est_seconds.get("invariances", 0))
     constant_condition = lambda n: torch.zeros(n, 1)
+    if is_main():                  # a damaged t of an interrupted run is made again (`_loads` warns)
+        for k in ["unconditional", *t_fits(run, jobs)]:
+            if (t_dir / f"{k}.safetensors").exists() and _loads(t_dir / f"{k}.safetensors", InvarianceINN) is None:
+                (t_dir / f"{k}.safetensors").unlink()
+    barrier()
     run_sharded({"unconditional": 1.0}, lambda k: t_dir / f"{k}.safetensors",   # one job: rank 0's
                 lambda k: _fit_t(run, k, codes, constant_condition(len(data.xt)), codes_val,
                                  constant_condition(len(data.xv)), "t unconditional"), timeout_s=timeout, log=lambda m: None)

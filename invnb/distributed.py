@@ -17,8 +17,8 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['initialized', 'world_size', 'rank', 'local_rank', 'is_main', 'in_shard', 'init_distributed', 'barrier', 'broadcast',
-           'gather', 'broadcast_module', 'average_gradients', 'mean_over_ranks', 'shard', 'RankTimeout',
-           'wait_for_files', 'run_sharded']
+           'gather', 'broadcast_tensors', 'broadcast_module', 'average_gradients', 'mean_over_ranks', 'shard',
+           'RankTimeout', 'wait_for_files', 'run_sharded']
 
 # %% ../nbs/03a_distributed.ipynb #40232f53
 def _env_int(name: str, default: int) -> int:
@@ -102,10 +102,15 @@ def gather(obj) -> list:
 
 # %% ../nbs/03a_distributed.ipynb #8d39f890
 @torch.no_grad()
+def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0):
+    "Copy rank `src`'s values of `tensors` into every rank's, in place."
+    if not (initialized() and world_size() > 1): return
+    for t in tensors: dist.broadcast(t.data, src)
+
+
 def broadcast_module(model: torch.nn.Module, src: int = 0):
     "Copy rank `src`'s parameters and buffers into every rank's `model` (the start of a data-parallel fit)."
-    if not (initialized() and world_size() > 1): return
-    for t in [*model.parameters(), *model.buffers()]: dist.broadcast(t.data, src)
+    broadcast_tensors([*model.parameters(), *model.buffers()], src)
 
 
 @torch.no_grad()
@@ -144,21 +149,23 @@ class RankTimeout(RuntimeError):
 
 
 def wait_for_files(expected: dict[Path, int],  # {file: the rank that writes it}
-                   timeout_s: float,           # give up after this many seconds
+                   timeout_s: float,           # give up after this many seconds without a new file
                    poll_s: float = 0.5,        # seconds between looks
                    what: str = "fits",         # what the files are, for the message
                    ) -> None:
-    "Block until every file of `expected` exists; `RankTimeout` naming the missing ranks and files after `timeout_s`."
-    end = time.monotonic() + timeout_s
+    "Block until every file of `expected` exists; `RankTimeout` naming the missing ranks and files after `timeout_s` without progress."
+    end, left = time.monotonic() + timeout_s, len(expected) + 1
     while True:
         missing = {Path(p): r for p, r in expected.items() if not Path(p).exists()}
         if not missing: return
+        if len(missing) < left: end, left = time.monotonic() + timeout_s, len(missing)   # progress: the clock restarts
         if time.monotonic() >= end:
             by_rank: dict[int, list[str]] = {}
             for p, r in missing.items(): by_rank.setdefault(r, []).append(p.name)
             owed = "; ".join(f"rank {r}: {', '.join(sorted(ps)[:3])}" + (f" and {len(ps) - 3} more" if len(ps) > 3 else "")
                              for r, ps in sorted(by_rank.items()))
-            raise RankTimeout(f"waited {timeout_s:.0f} s for the {what} of rank(s) {', '.join(map(str, sorted(by_rank)))}"
+            raise RankTimeout(f"waited {timeout_s:.0f} s without a new file for the {what} of rank(s) "
+                              f"{', '.join(map(str, sorted(by_rank)))}"
                               f" ({owed}); those ranks died or are stuck. Run the same command again: every finished "
                               "fit is kept, whichever rank made it.")
         time.sleep(poll_s)
@@ -167,7 +174,7 @@ def wait_for_files(expected: dict[Path, int],  # {file: the rank that writes it}
 def run_sharded(jobs: dict[str, float],            # {key: cost} of the independent fits
                 done_file: Callable[[str], Path],   # the file a finished job `key` has written
                 work: Callable[[str], None],        # trains and saves job `key`
-                timeout_s: float = 3600,            # rank 0's wait for the others' files, after its own jobs
+                timeout_s: float = 3600,            # rank 0's wait for the next of the others' files
                 log: Callable[[str], None] | None = None,   # where the line saying this rank's share goes
                 ) -> list[str]:
     "Run this rank's share of `jobs` (skipping finished ones); rank 0 then waits for all. The keys this rank ran."

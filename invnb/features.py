@@ -185,9 +185,9 @@ def encode_and_features(ae: Autoencoder, probes: dict[str, Probe], images, *, ou
             low = min(low, _check_fits(x, ae, pos))
             if pos + len(x) > n: raise BuildError(f"{source} yielded more images than its length {n}.")
             x = x.to(dev)
-            with mixed_precision(dev):       # bf16 on GPUs that support it; stored in float32
-                rows = dict(zip(_CODES, ae.encode(x))) | {("features", l): z for l, z in _batch_features(probes, x).items()}
-            rows = {k: v.float() for k, v in rows.items()}
+            with mixed_precision(dev):       # Φ in bf16 on GPUs that support it, as `Probe.phi`; stored in float32
+                feats_x = {("features", l): z.float() for l, z in _batch_features(probes, x).items()}
+            rows = dict(zip(_CODES, ae.encode(x))) | feats_x      # the encoder in float32: z̄ must be exact
             if tables is None:
                 shapes = {k: tuple(v.shape[1:]) for k, v in rows.items()}
                 mb = n * sum(math.prod(s) for s in shapes.values()) * 4 / 2 ** 20

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import difflib
+from contextlib import nullcontext
 from collections.abc import Callable
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import check_dtype, check_images
+from .train import mixed_precision
 
 # %% auto #0
 __all__ = ['PSEUDO_LAYERS', 'IMAGENET', 'PRESETS', 'list_layers', 'node_names', 'InputAdapter', 'trace_model', 'graph_after',
@@ -173,8 +175,16 @@ class Probe(nn.Module):
 
     # -- Φ ------------------------------------------------------------------------------------------
     def phi(self, x: torch.Tensor) -> torch.Tensor:
-        "z = Φ(x): the layer's output for images x (B, C, H, W) in [-1, 1]."
+        """z = Φ(x): the layer's output for images x (B, C, H, W) in [-1, 1]. On CUDA GPUs with bf16 the model runs
+        under bf16 autocast and z comes back in float32 (`invnb.train.mixed_precision`): training and analysis see
+        the same Φ, as every feature of invnb is computed here or in the same way."""
         check_dtype(check_images(x, channels=None), self.model, "images")
+        ctx = mixed_precision(x.device)
+        if isinstance(ctx, nullcontext): return self._phi(x)
+        with ctx: z = self._phi(x)
+        return z.float()
+
+    def _phi(self, x: torch.Tensor) -> torch.Tensor:
         h = self.transform(x)
         if self.layer == "input": return h
         if self.layer == "softmax": return torch.softmax(self.model(h), dim=1)

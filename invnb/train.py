@@ -21,8 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_tensors, save_tensors
-from .distributed import (average_gradients, barrier, broadcast_module, gather, in_shard, initialized, is_main,
-                               mean_over_ranks, rank, world_size)
+from .distributed import (average_gradients, barrier, broadcast_module, broadcast_tensors, gather, in_shard,
+                               initialized, is_main, mean_over_ranks, rank, world_size)
 
 # %% auto #0
 __all__ = ['logger', 'MIXED_PRECISION', 'say', 'progress_bar', 'nested_bars', 'pick_device', 'mixed_precision',
@@ -40,8 +40,9 @@ class _Stdout(logging.Handler):
         sys.stdout.write(record.getMessage() + "\n"); sys.stdout.flush()
 
 
-if not any(isinstance(h, _Stdout) for h in logger.handlers):   # once per process
-    logger.addHandler(_Stdout()); logger.setLevel(logging.INFO); logger.propagate = False
+if not any(getattr(h, "_invnb", False) for h in logger.handlers):   # once per process (a module reload too)
+    _handler = _Stdout(); _handler._invnb = True
+    logger.addHandler(_handler); logger.setLevel(logging.INFO); logger.propagate = False
 
 
 def say(message: str) -> None:
@@ -79,7 +80,7 @@ MIXED_PRECISION: bool | None = None   # None: bf16 on CUDA GPUs that support it;
 
 
 def mixed_precision(device: str | torch.device):
-    "bf16 autocast for feature and code extraction on `device` (see `MIXED_PRECISION`), else a no-op context."
+    "bf16 autocast for the model under study on `device` (see `MIXED_PRECISION`), else a no-op context."
     dev = torch.device(device)
     on = MIXED_PRECISION if MIXED_PRECISION is not None else (dev.type == "cuda" and torch.cuda.is_bf16_supported())
     return torch.autocast(dev.type, dtype=torch.bfloat16) if on and dev.type in ("cuda", "cpu") else nullcontext()
@@ -140,7 +141,7 @@ class History(dict):
 def _rng_tensors(g: torch.Generator, shared: torch.Generator | None) -> dict[str, torch.Tensor]:
     "The loop's RNG states; in a data-parallel fit, the shared generator's and every rank's own (a collective call)."
     if shared is None: return {"rng/loop": g.get_state(), "rng/torch": torch.get_rng_state()}
-    out = {"rng/loop": shared.get_state()}
+    out = {"rng/loop": shared.get_state(), "rng/torch": torch.get_rng_state()}   # rank 0's: a 1-process resume reads it
     for r, (loop, glob) in enumerate(gather((g.get_state(), torch.get_rng_state()))):
         out[f"rng/rank{r}/loop"], out[f"rng/rank{r}/torch"] = loop, glob
     return out
@@ -247,15 +248,19 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
         stored = {k: [pg["lr"] for pg in opt.param_groups] for k, opt in opts.items()}
         if schedule is not None:   # the stored lr is the schedule's value at the last step: compare the base lr
             stored = {k: [meta.get("base_lr", lr)] * len(v) for k, v in stored.items()}
-        if stored != asked:   # a new lr is applied on purpose, to every parameter group
+        if stored != asked:   # a new lr is applied on purpose, to every parameter group (said once: by rank 0)
             for k, opt in opts.items():
                 for pg, a in zip(opt.param_groups, asked[k]): pg["lr"] = a
             fmt = lambda d: ", ".join(sorted({str(v) for vs in d.values() for v in vs}))
-            warnings.warn(f"resuming {path} with lr={fmt(asked)} instead of its stored lr={fmt(stored)}: the new lr "
+            if main: warnings.warn(f"resuming {path} with lr={fmt(asked)} instead of its stored lr={fmt(stored)}: the new lr "
                           f"applies to every parameter group from step {meta['step']} on (optimizer moments are kept).",
                           stacklevel=2)
         if not dp:
             g.set_state(tensors["rng/loop"]); torch.set_rng_state(tensors["rng/torch"])
+            if meta.get("world_size", 1) > 1:
+                warnings.warn(f"resuming {path}, written by {meta['world_size']} processes under torchrun, in one "
+                              "process: the batches go on with the shared draws, each step now one process's batch.",
+                              stacklevel=2)
         else:
             shared.set_state(tensors["rng/loop"])
             if f"rng/rank{rank()}/loop" in tensors and meta.get("world_size") == world_size():
@@ -271,7 +276,12 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
         start = saved = meta["step"]
         hist.update(meta["history"]); hist.seconds = meta["seconds"]
     hist.steps_done = start
-    if dp: broadcast_module(model)
+    if dp:
+        broadcast_module(model)
+        owned = {id(p) for ps in params.values() for p in ps}
+        # what the averaged gradients do not keep equal: buffers (BatchNorm statistics) and parameters set from the
+        # batch rather than by an optimizer (the autoencoder's closed-form γ); rank 0's are copied after every step
+        unowned = [p for p in model.parameters() if id(p) not in owned] + list(model.buffers())
 
     def save(step):
         if path is None: return None
@@ -344,6 +354,8 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
                                            f"{kept()}. Try a lower lr or clip.")
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            if dp:   # after the first step also everything (ActNorm initialises itself from each rank's first batch)
+                broadcast_tensors(list(model.parameters()) + list(model.buffers()) if step == 0 else unowned)
             for k, v in values.items(): hist.setdefault(k, []).append(v)
             hist.steps_done = step + 1
             if val_fn is not None and val_every and (step + 1) % val_every == 0 and step + 1 < steps: validate(step + 1)
@@ -381,7 +393,7 @@ def encode_dataset(encode: Callable, images: torch.Tensor, batch_size: int = 256
     if isinstance(owner, nn.Module): owner.eval()
     means, logvars = [], []
     for i in progress_bar(range(0, len(images), batch_size), enabled=progress, desc="encode"):
-        with mixed_precision(dev): m, lv = encode(images[i:i + batch_size].to(dev))
+        m, lv = encode(images[i:i + batch_size].to(dev))      # in float32: z̄ must be exact (see `mixed_precision`)
         means.append(m.float().cpu()); logvars.append(lv.float().cpu())
     if was_training: owner.train()
     out = {"mean": torch.cat(means), "logvar": torch.cat(logvars)}

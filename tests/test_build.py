@@ -266,3 +266,14 @@ def test_invnb_study_under_torchrun_shares_the_t_s_out_and_equals_one_process(fo
     assert q.returncode == 0, q.stdout[-3000:] + q.stderr[-3000:]
     for layer in ("layer2", "layer3"):
         assert (one / "t" / layer / "t.safetensors").read_bytes() == (two / "t" / layer / "t.safetensors").read_bytes()
+
+
+def test_study_build_threads_its_device_through_every_step(folder, ae, monkeypatch):
+    "Every device choice inside Study.build (features, codes, each t's fit) gets the caller's device, never 'auto'."
+    import invnb.features, invnb.train
+    seen, real = [], invnb.train.pick_device
+    def spy(device="auto"):
+        seen.append(str(device)); return real("cpu")
+    for m in (analysis, invnb.build, invnb.features, invnb.train): monkeypatch.setattr(m, "pick_device", spy)
+    Study.build(resnet18(), ["layer2", "layer3"], folder, ae=ae[0], steps=3, t_size=T, device="cpu:0", progress=False)
+    assert len(seen) >= 3 and set(seen) == {"cpu:0"}, seen      # one pass of features and codes, one fit per layer
