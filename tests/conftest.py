@@ -2,6 +2,20 @@ import pytest
 import torch
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (the full SIGKILL matrix)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: more of what CI already covers, too slow for CI; run with --slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"): return
+    for item in items:
+        if "slow" in item.keywords: item.add_marker(pytest.mark.skip(reason="slow: run with pytest --slow"))
+
+
 def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
     """Give every parameter random, non-trivial values (not the near-identity initialisation),
     and mark ActNorm layers initialised so the values stay as drawn."""
