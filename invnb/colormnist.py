@@ -291,14 +291,14 @@ def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[
         study.record_t_training(f.name[:-len(".training.json")], best_step=rec["best_step"],
                                 best_val_nll=rec["best_val_nll"], steps=rec["steps"])
     study.compute_accuracy(xv, data.val.labels[TARGET])
-    kw = dict(n_outer=p.n_eval, n_inner=p.n_eval)
-    study.compute_eq19(xv, final, p.layers, **kw, seed=s + off["eq19"])
+    kw, bars = dict(n_outer=p.n_eval, n_inner=p.n_eval), dict(progress=run.progress)
+    study.compute_eq19(xv, final, p.layers, **kw, **bars, seed=s + off["eq19"])
     layers20 = list(dict.fromkeys([*p.layers, p.checkpoint_layer]))
-    study.compute_eq20(xv, final, layers20, **kw, seed=s + off["eq20"])
-    study.compute_share(xv, final, layers20, **kw, seed=s + off["share"])
+    study.compute_eq20(xv, final, layers20, **kw, **bars, seed=s + off["eq20"])
+    study.compute_share(xv, final, layers20, **kw, **bars, seed=s + off["share"])
     for m in names[:-1]:
-        study.compute_eq20(xv, m, [p.checkpoint_layer], **kw, seed=s + off["eq20_checkpoints"])
-        study.compute_share(xv, m, [p.checkpoint_layer], **kw, seed=s + off["share_checkpoints"])
+        study.compute_eq20(xv, m, [p.checkpoint_layer], **kw, **bars, seed=s + off["eq20_checkpoints"])
+        study.compute_share(xv, m, [p.checkpoint_layer], **kw, **bars, seed=s + off["share_checkpoints"])
     if seed_ts:                    # the same draws as above, so the first seed's numbers are the reported ones
         study.compute_seed_spread(xv, final, p.checkpoint_layer, seed_ts, **kw, seed_eq19=s + off["eq19"],
                                   seed_share=s + off["share"])

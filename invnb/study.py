@@ -20,6 +20,7 @@ from .inn import FactorINN, InvarianceINN
 from .probe import Probe
 from .flows import check_trained
 from .results import AEDiagnostics, Estimate, FactorTable, SeedSpread, StudyResults, TCheck, TTraining, t_key
+from .train import progress_bar
 
 # %% auto #0
 __all__ = ['FORMAT', 'environment', 'StudyParts', 'StudyAnalyses', 'StudyComputations', 'StudyDiagnostics', 'Study']
@@ -177,27 +178,29 @@ class StudyComputations(StudyAnalyses):
         model = model or self.default_model
         return model, list(layers) if layers is not None else self.layers(model)
 
-    def _over_layers(self, estimate, store: dict, images, model, layers, n_outer, n_inner, seed) -> dict:
+    def _over_layers(self, estimate, store: dict, images, model, layers, n_outer, n_inner, seed, progress=True) -> dict:
         "Run `estimate` at each layer (a fresh generator seeded `seed` for each) and store it in `store[model]`."
         model, layers = self._layers(model, layers)
         res = {l: estimate(images, l, model, n_outer=n_outer, n_inner=n_inner,
-                           generator=torch.Generator().manual_seed(seed)) for l in layers}
+                           generator=torch.Generator().manual_seed(seed))
+               for l in progress_bar(layers, desc=f"{estimate.__name__} {model}", enabled=progress)}
         store.setdefault(model, {}).update(res)
         return res
 
-    def compute_eq19(self, images, model=None, layers=None, *, n_outer=100, n_inner=100, seed=0) -> dict[str, Estimate]:
+    def compute_eq19(self, images, model=None, layers=None, *, n_outer=100, n_inner=100, seed=0,
+                     progress=True) -> dict[str, Estimate]:
         "Eq. 19 at `layers` (default: every layer with a t) of `model`; stored in `results.eq19[model]`."
-        return self._over_layers(self.eq19, self.results.eq19, images, model, layers, n_outer, n_inner, seed)
+        return self._over_layers(self.eq19, self.results.eq19, images, model, layers, n_outer, n_inner, seed, progress)
 
-    def compute_eq20(self, images, model=None, layers=None, *, n_outer=100, n_inner=100,
-                     seed=0) -> dict[str, dict[str, Estimate]]:
+    def compute_eq20(self, images, model=None, layers=None, *, n_outer=100, n_inner=100, seed=0,
+                     progress=True) -> dict[str, dict[str, Estimate]]:
         "Eq. 20 per factor at `layers` of `model`; stored in `results.eq20[model]`."
-        return self._over_layers(self.eq20, self.results.eq20, images, model, layers, n_outer, n_inner, seed)
+        return self._over_layers(self.eq20, self.results.eq20, images, model, layers, n_outer, n_inner, seed, progress)
 
-    def compute_share(self, images, model=None, layers=None, *, n_outer=100, n_inner=100,
-                      seed=0) -> dict[str, dict[str, Estimate]]:
+    def compute_share(self, images, model=None, layers=None, *, n_outer=100, n_inner=100, seed=0,
+                      progress=True) -> dict[str, dict[str, Estimate]]:
         "The identifiable share per factor at `layers` of `model`; stored in `results.share[model]`."
-        return self._over_layers(self.share, self.results.share, images, model, layers, n_outer, n_inner, seed)
+        return self._over_layers(self.share, self.results.share, images, model, layers, n_outer, n_inner, seed, progress)
 
     @torch.no_grad()
     def compute_probes(self, images, labels: dict, val_images, val_labels: dict, model=None,

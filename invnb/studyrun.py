@@ -183,7 +183,7 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
         name, ls = study.meta["name"], study.meta["layers"]
         with torch.no_grad():
             study.compute_reconstruction(x)
-            study.compute_eq19(x, name, ls, n_outer=min(n_eval, len(x)), n_inner=n_eval, seed=seed + 1)
+            study.compute_eq19(x, name, ls, n_outer=min(n_eval, len(x)), n_inner=n_eval, seed=seed + 1, progress=progress)
             v = torch.randn(n_draws, auto.zdim, generator=torch.Generator().manual_seed(seed + 4))
             study.compute_image_variance(x[:64], v, name, ls)
             figs, grids, xg = out / "figures", {}, x[:n_grid]

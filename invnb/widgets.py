@@ -300,7 +300,7 @@ class CurveExplorer(W.VBox):
         self.bar.max, self.bar.value, self.bar.layout.visibility = max(1, len(todo)), 0, "visible"
         for l in todo:
             self.study.compute_eq19(self.images, self.final, [l], n_outer=EQ19_SAMPLES, n_inner=EQ19_SAMPLES,
-                                    seed=EQ19_SEED)
+                                    seed=EQ19_SEED, progress=False)
             self.bar.value += 1
         self.bar.layout.visibility = "hidden"
         self.redraw()
