@@ -22,7 +22,7 @@ RUN = "import sys; from invnb.cli import main; sys.exit(main())"
 # the smoke profile with training-state checkpoints every 10 steps, below every training length (40-60 steps)
 RUN_CKPT = ("import dataclasses, sys; from invnb.colormnist import PROFILES, run_colormnist; "
             "run_colormnist(sys.argv[1], dataclasses.replace(PROFILES['smoke'], ckpt_every=10), device='cpu', "
-            "progress=False)")
+            "progress=False, log=print)")   # progress=False alone is silent: the stage lines are read from stdout
 
 
 def _start(code: str, *args) -> subprocess.Popen:
