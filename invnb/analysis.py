@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .autoencoder import sample_gaussian
-from .checkpoint import write_json_atomic
+from .checkpoint import CheckpointError, write_json_atomic
 from .data import FactorPairs, check_images, fingerprint
 from .factors import guided_pair_loss, pair_targets
 from .inn import FactorINN, InvarianceINN
@@ -156,12 +156,16 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
         raise ValueError(f"images is None: give the features of every key; missing {missing}.")
     out, folders, asked = {}, {}, {}
     kept = {k: v for k, v in kwargs.items() if k not in _RUN_ONLY_KEYS and not callable(v)}
-    for key, probe in probes.items():          # every folder is checked before anything is trained
+    sharded = initialized() and world_size() > 1
+    for key, probe in probes.items():
         if ckpt_dir is None: break
         folder = Path(ckpt_dir) / safe_name(key)
         if folder in folders.values():
             raise ValueError(f"keys {folders} and {key!r} map to one folder {folder}; give the keys distinct names.")
         folders[key], asked[key] = folder, _fit_record(kept, codes, images, probe, features.get(key))
+    if sharded: asked = broadcast(asked)   # rank 0's records for all: a rank's own features may differ in the last bits
+    done = lambda key: folders[key] / "t.safetensors"
+    for key, folder in folders.items():      # every folder is checked before anything is trained
         record = folder / "t.args.json"
         if folder.is_dir() and any(folder.iterdir()):          # a finished or an interrupted t: the same call?
             saved = json.loads(record.read_text()) if record.is_file() else None
@@ -169,18 +173,19 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
                 raise ValueError(f"{folder} holds a t trained from other arguments, data or model weights "
                                  f"(recorded: {saved}; asked: {asked[key]}); delete {folder} to train it again, or "
                                  "pass another ckpt_dir.")
-    sharded = initialized() and world_size() > 1
-    if sharded:   # rank 0's records for all (a rank's own features may differ in the last bits), read before any writes
-        asked = broadcast(asked); barrier()
-    done = lambda key: folders[key] / "t.safetensors"
+        if done(key).is_file() and is_main():                  # finished: loaded once; a damaged one is made again
+            try: out[key] = InvarianceINN.load(done(key))
+            except (CheckpointError, OSError, ValueError) as e:
+                warnings.warn(f"{done(key)} cannot be loaded ({e}); training this t again.")
+                done(key).unlink()
+    if sharded: barrier()                     # every rank has read the folders before any rank writes
     bar = progress_bar(total=len(probes), desc="t per layer", enabled=kwargs.get("progress", True))
 
     def one(key):
         bar.set_postfix_str(str(key))
         folder, given = folders.get(key), features.get(key)
-        if folder is not None:
-            if done(key).is_file(): out[key] = InvarianceINN.load(done(key)); bar.update(); return
-            write_json_atomic(folder / "t.args.json", asked[key])   # before training: a resume checks it too
+        if key in out: bar.update(); return
+        if folder is not None: write_json_atomic(folder / "t.args.json", asked[key])   # before training: a resume checks it
         feats = given if given is not None else layer_features(probes[key], images, budget_mb=budget_mb,
                                                                device=kwargs.get("device", "auto"))
         with nested_bars():
@@ -198,7 +203,7 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
         zdim, size = codes["mean"].shape[1], {k: v for k, v in kwargs.items() if k not in _FIT_KEYS | {"t", "steps", "batch_size", "lr"}}
         run_sharded({k: t_cost(zdim, shapes[k], size, kwargs.get("steps", _DEFAULT_STEPS)) for k in probes}, done, one,
                     timeout_s=RANK_TIMEOUT, log=say if kwargs.get("progress", True) else None)
-        if is_main(): out = {k: InvarianceINN.load(done(k)) for k in probes}
+        if is_main(): out = {k: out[k] if k in out else InvarianceINN.load(done(k)) for k in probes}
     else:
         for key in probes: one(key)
     bar.close()

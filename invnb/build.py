@@ -24,7 +24,7 @@ from .features import BuildError, encode_and_features, probes_of
 from .inn import FactorINN
 from .probe import IMAGENET, Adapted, InputAdapter
 from .study import Study, environment
-from .distributed import broadcast, is_main, rank, world_size
+from .distributed import barrier, broadcast, is_main, rank, world_size
 from .train import pick_device
 
 # %% auto #0
@@ -160,9 +160,11 @@ def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
     if out is not None:                       # resumable; a finished e of other codes or labels is refused
         ckpt, digest = Path(out) / "e", hashlib.sha256()
         for t in (codes["mean"], *labels.values()): digest.update(t.contiguous().numpy().tobytes())
-        record = {"factors": names, "sizes": sizes, "size": size, "steps": kw["steps"], "data": digest.hexdigest()[:16]}
+        record = broadcast({"factors": names, "sizes": sizes, "size": size, "steps": kw["steps"],   # rank 0's, for all
+                            "data": digest.hexdigest()[:16]})
         if (ckpt / "record.json").is_file() and json.loads((ckpt / "record.json").read_text()) != record:
             raise BuildError(f"{ckpt} holds an e trained from other images, labels or settings; delete it to train e again.")
+        barrier()                              # every rank has read the record before rank 0 writes it
         ckpt.mkdir(parents=True, exist_ok=True)
         if is_main(): write_json_atomic(ckpt / "record.json", record)
     e, _ = analysis.fit_factors(codes, FactorPairs(labels, names), sizes, ckpt_dir=ckpt, resume=True, desc="e",
@@ -188,10 +190,10 @@ def _build(model, layers, images, *, ae=None, factors=None, device="auto", out=N
     out = Path(out) if out is not None else None
     if recipe is None: recipe = torchvision_recipe(model)
     elif recipe is not False: _check_recipe(recipe, model)
-    done = set()
-    if out is not None:
-        if is_main(): _check_same_model(out, model, name)     # under torchrun rank 0 records the model
-        done = {l for l in probes if (out / "t" / analysis.safe_name(l) / "t.safetensors").is_file()}
+    t_file = lambda l: out / "t" / analysis.safe_name(l) / "t.safetensors"
+    stamp = lambda: {l: t_file(l).stat().st_mtime_ns for l in probes if t_file(l).is_file()} if out is not None else {}
+    if out is not None and is_main(): _check_same_model(out, model, name)   # under torchrun rank 0 records the model
+    before = stamp()                                    # a finished t that is loaded keeps its file untouched
     t0 = time.perf_counter()
     cache = out if out is None or world_size() == 1 or is_main() else out / f".rank{rank()}"   # each rank its own cache
     codes, feats, kept, info = encode_and_features(ae.eval(), probes, images, out=cache, budget_mb=budget_mb,
@@ -206,6 +208,8 @@ def _build(model, layers, images, *, ae=None, factors=None, device="auto", out=N
     fitted = analysis.fit_invariances_over(probes, None, codes, ckpt_dir=None if out is None else out / "t",
                                            features=feats, device=device, progress=progress, resume=True, **fit)
     if not is_main(): return None                           # the other ranks have trained their share
+    after = stamp()
+    done = {l for l, t in before.items() if after.get(l) == t}
     info["reused"], info["trained"] = sorted(done), [l for l in probes if l not in done]
     meta = {"built_with": "Study.build", "name": name, "layers": list(probes), "images": info,
             "t": {"steps": steps, "batch_size": batch_size, "lr": lr, **t_size}, "seed": seed,

@@ -103,9 +103,14 @@ def gather(obj) -> list:
 # %% ../nbs/03a_distributed.ipynb #8d39f890
 @torch.no_grad()
 def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0):
-    "Copy rank `src`'s values of `tensors` into every rank's, in place."
+    "Copy rank `src`'s values of `tensors` into every rank's, in place: one broadcast per dtype and device."
     if not (initialized() and world_size() > 1): return
-    for t in tensors: dist.broadcast(t.data, src)
+    groups: dict = {}
+    for t in tensors: groups.setdefault((t.dtype, t.device), []).append(t)
+    for ts in groups.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in ts])
+        dist.broadcast(flat, src)
+        for t, part in zip(ts, flat.split([t.numel() for t in ts])): t.data.copy_(part.view_as(t))
 
 
 def broadcast_module(model: torch.nn.Module, src: int = 0):

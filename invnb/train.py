@@ -278,10 +278,10 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     hist.steps_done = start
     if dp:
         broadcast_module(model)
-        owned = {id(p) for ps in params.values() for p in ps}
-        # what the averaged gradients do not keep equal: buffers (BatchNorm statistics) and parameters set from the
-        # batch rather than by an optimizer (the autoencoder's closed-form γ); rank 0's are copied after every step
-        unowned = [p for p in model.parameters() if id(p) not in owned] + list(model.buffers())
+        # the averaged gradients keep the optimised weights equal, but not what a step sets from each rank's own batch:
+        # ActNorm's data initialisation, the autoencoder's closed-form γ, BatchNorm statistics. So rank 0's whole
+        # module (one flat broadcast per dtype) is copied after every step, as DDP copies its buffers.
+        replicated = [*model.parameters(), *model.buffers()]
 
     def save(step):
         if path is None: return None
@@ -354,8 +354,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
                                            f"{kept()}. Try a lower lr or clip.")
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            if dp:   # after the first step also everything (ActNorm initialises itself from each rank's first batch)
-                broadcast_tensors(list(model.parameters()) + list(model.buffers()) if step == 0 else unowned)
+            if dp: broadcast_tensors(replicated)
             for k, v in values.items(): hist.setdefault(k, []).append(v)
             hist.steps_done = step + 1
             if val_fn is not None and val_every and (step + 1) % val_every == 0 and step + 1 < steps: validate(step + 1)

@@ -277,3 +277,14 @@ def test_study_build_threads_its_device_through_every_step(folder, ae, monkeypat
     for m in (analysis, invnb.build, invnb.features, invnb.train): monkeypatch.setattr(m, "pick_device", spy)
     Study.build(resnet18(), ["layer2", "layer3"], folder, ae=ae[0], steps=3, t_size=T, device="cpu:0", progress=False)
     assert len(seen) >= 3 and set(seen) == {"cpu:0"}, seen      # one pass of features and codes, one fit per layer
+
+
+def test_a_damaged_finished_t_is_trained_again(folder, ae, tmp_path):
+    out = tmp_path / "run"
+    build(folder, ae[0], out=out)
+    (out / "t" / "layer2" / "t.safetensors").write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="cannot be loaded.*training this t again"):
+        study = build(folder, ae[0], out=out)
+    assert study.meta["images"]["reused"] == ["layer3"] and study.meta["images"]["trained"] == ["layer2"]
+    x = torch.stack([load_image_folder(folder, size=32)[i][0] for i in range(2)])
+    assert study.sample(x, "layer2", 2).shape == (2, 2, 3, 32, 32)

@@ -37,12 +37,12 @@ TOY = textwrap.dedent("""
     import sys, torch
     from torch import nn
     from safetensors.torch import save_file
-    from invnb.distributed import init_distributed, is_main
+    from invnb.distributed import init_distributed, is_main, rank
     from invnb.train import batch_indices, fit
 
-    def make():
+    def make(bn=False):
         torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+        return nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16) if bn else nn.Identity(), nn.Tanh(), nn.Linear(16, 1))
 
     X = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
     Y = X.sum(1, keepdim=True).sin()
@@ -57,12 +57,11 @@ TOY = textwrap.dedent("""
         batch, out, ckpt, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
         init_distributed(torch.device("cpu"))
         torch.set_num_threads(1)
-        m = make()
+        m = make(bn=len(sys.argv) > 5)
         h = fit(m, step_fn(batch), steps=40, lr=1e-2, device="cpu", progress=False, ckpt_dir=ckpt, ckpt_every=10,
                 resume=True, stop_after=int(stop) if stop != "none" else None)
-        if is_main():
-            save_file({k: v.contiguous() for k, v in m.state_dict().items()}, out)
-            open(out + ".loss", "w").write(repr(h["model"]))
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, out if is_main() else f"{out}.rank{rank()}")
+        if is_main(): open(out + ".loss", "w").write(repr(h["model"]))
 """)
 
 
@@ -210,3 +209,11 @@ def test_mixed_precision_runs_phi_in_bf16_and_keeps_the_encoder_in_float32(monke
     assert torch.equal(one_pass, half)                       # the one-pass extraction sees the same Φ as Probe.phi
     assert ((half - full).norm() / full.norm()).item() < 0.03
     assert torch.equal(codes_half["mean"], codes["mean"])    # the encoder stays in float32
+
+
+def test_data_parallel_replicas_stay_equal_with_per_rank_statistics(toy):
+    "BatchNorm's running statistics come from each rank's own batch: rank 0's are copied, so both ranks end equal."
+    _torchrun(str(toy / "toy.py"), "8", str(toy / "bn.safetensors"), str(toy / "ckpt_bn"), "none", "bn")
+    a, b = load_file(toy / "bn.safetensors"), load_file(toy / "bn.safetensors.rank1")
+    assert "1.running_mean" in a and a["1.running_mean"].abs().sum() > 0
+    for k in a: assert torch.equal(a[k], b[k]), k
