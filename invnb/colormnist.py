@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import shutil
 import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -25,7 +25,9 @@ from .classifier import ColorMNISTClassifier, train_classifier
 from .data import ColorMNIST, FactorPairs, fingerprint, load_mnist
 from .distributed import barrier, broadcast, init_distributed, is_main, run_sharded, wait_for_files
 from .factors import estimate_factor_sizes, pair_val_fn
+from .features import features_of_probes
 from .inn import FactorINN, InvarianceINN
+from .stacked import fit_invariances_stacked, stacked_nll_of
 from .profiles import FACTORS, PROFILES, STAGES, TARGET, Profile
 from .runs import RunError, artifacts, prepare_run, run_lock
 from .study import Study, environment
@@ -33,7 +35,8 @@ from .train import TrainingDiverged, encode_dataset, nested_bars, pick_device, p
 
 # %% auto #0
 __all__ = ['SEED_OFFSETS', 'RunInterrupted', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage',
-           'factors_stage', 'invariance_jobs', 't_fits', 'invariances_stage', 'analysis_stage', 'run_colormnist']
+           'factors_stage', 'invariance_jobs', 't_fits', 't_stacks', 'invariances_stage', 'analysis_stage',
+           'run_colormnist']
 
 # %% ../nbs/12_colormnist.ipynb #746bf8db
 class RunInterrupted(KeyboardInterrupt):
@@ -209,6 +212,41 @@ def t_fits(run: RunSpec, jobs: list[tuple[str, str]]) -> dict[str, tuple[str, st
     return fits
 
 
+def t_stacks(run: RunSpec, fits: dict) -> dict[str, list[str]]:
+    """The jobs of stage 5: {job: [t file names]}. The t's at the checkpoint layer (one per checkpoint, the null
+    control, the other seeds) share one size and train together as stacks of at most `t_stack`
+    (`invnb.stacked`; the same results as one by one, faster); every other t is a job of its own."""
+    at = [k for k, (_, l, _) in fits.items() if l == run.prof.checkpoint_layer]
+    n = max(1, run.prof.t_stack)
+    out = {k: [k] for k in fits if k not in at}
+    out.update({f"stack{i // n}__{run.prof.checkpoint_layer}": at[i:i + n] for i in range(0, len(at), n)})
+    return {k: v for k, v in sorted(out.items(), key=lambda kv: list(fits).index(kv[1][0]))}
+
+
+def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple], codes_val: dict,
+                 base: InvarianceINN, seeds: list[int | None], desc: str) -> None:
+    """The t's `names` of one size, each started at `base` and trained on its (features, validation features) of
+    `data`, as one stack (`invnb.stacked.fit_invariances_stacked`): each ends at its own best held-out step, as
+    `_fit_t` would train it; saved one by one as study/t/<name> with its record."""
+    p, seeds = run.prof, [run.seed if s is None else s for s in seeds]
+    ts = []
+    for (feats, _), s in zip(data, seeds):
+        t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=s, **p.t_size)
+        ts.append(analysis.warm_start(t, base))
+    state = "t/stack__" + hashlib.sha256("|".join(names).encode()).hexdigest()[:12]   # exactly this set of t's
+    val_fn = lambda m: stacked_nll_of(m, codes_val, [v for _, v in data], seed=run.seed)   # nll_of's draw, per t
+    ts, hist = fit_invariances_stacked(codes, [f for f, _ in data], ts, steps=p.t_steps, batch_size=p.batch_size,
+                                       lr=p.t_lr, **{**run.fit_kwargs(state), "seed": seeds, "desc": desc},
+                                       val_fn=val_fn, val_every=p.t_val_every)
+    for i, (name, t) in enumerate(zip(names, ts)):
+        path = run.study_dir / "t" / f"{name}.safetensors"
+        write_json_atomic(path.with_suffix(".training.json"),
+                          {"best_step": hist.best_step[i], "best_val_nll": hist.best_val[i], "steps": p.t_steps,
+                           "val_nll": [[step, v[i]] for step, v in hist["val"]]})
+        t.save(path)
+    run.drop_state(state)
+
+
 def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict, models: dict[str, nn.Module],
                       jobs: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], InvarianceINN], list[InvarianceINN]] | None:
     """Stage 5: first a t of the same size with a constant condition (it models p(z̄) alone); then one t per
@@ -239,35 +277,53 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
             warnings.simplefilter("ignore")
             return models[model].probe(layer)
 
-    @lru_cache(maxsize=1)          # the null control and the seeds follow their job: its features are reused
-    def features(model: str, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(analysis.layer_features(probe(model, layer), x, device=run.device) for x in (data.xt, data.xv))
-
     fits = t_fits(run, jobs)
-    perm = torch.randperm(len(data.xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
+    cache: dict[str, dict] = {}    # one forward pass per model gives the features of all its layers that get a t
 
+    def features(model: str, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if model not in cache:
+            layers = list(dict.fromkeys(l for m, l, _ in fits.values() if m == model))
+            ft, fv = (features_of_probes({l: probe(model, l) for l in layers}, models[model], x, device=run.device)
+                      for x in (data.xt, data.xv))
+            cache[model] = {l: (ft[l], fv[l]) for l in layers}
+        return cache[model][layer]
+
+    perm = torch.randperm(len(data.xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
     t_file = lambda k: t_dir / f"{k}.safetensors"
     bar = progress_bar(total=len(fits), initial=sum(t_file(k).exists() for k in fits), desc="t's", enabled=run.progress)
 
-    def work(name: str):
+    def what(name: str) -> tuple[int | None, str, str]:
+        "(seed, what the t is, its bar's label)."
         model, layer, variant = fits[name]
-        seed, what, desc = None, "", f"t {model} {layer}"
-        if variant == "shuffled": what, desc = ", null control: z shuffled across images", "t shuffled z"
-        elif variant is not None:
-            seed = run.seed + SEED_OFFSETS["t_seeds"] * variant
-            what, desc = f", seed {variant + 1}/{run.prof.t_seeds}", f"t seed {variant + 1}"
-        run.log(f"  t {list(fits).index(name) + 1}/{len(fits)}: {model} at {layer}{what}")
+        if variant == "shuffled": return None, ", null control: z shuffled across images", "t shuffled z"
+        if variant is not None:
+            return run.seed + SEED_OFFSETS["t_seeds"] * variant, f", seed {variant + 1}/{run.prof.t_seeds}", f"t seed {variant + 1}"
+        return None, "", f"t {model} {layer}"
+
+    def data_of(name: str):
+        model, layer, variant = fits[name]
         feats, val_feats = features(model, layer)
+        return feats[perm] if variant == "shuffled" else feats, val_feats
+
+    groups = t_stacks(run, fits)
+
+    def work(key: str):
+        todo = [k for k in groups[key] if not t_file(k).exists()]
+        for k in todo: run.log(f"  t {list(fits).index(k) + 1}/{len(fits)}: {fits[k][0]} at {fits[k][1]}{what(k)[1]}")
         with nested_bars():
-            _fit_t(run, name, codes, feats[perm] if variant == "shuffled" else feats, codes_val, val_feats, desc, base,
-                   seed=seed)
-        bar.update()
+            if len(todo) == 1:
+                seed, _, desc = what(todo[0])
+                _fit_t(run, todo[0], codes, *data_of(todo[0])[:1], codes_val, data_of(todo[0])[1], desc, base, seed=seed)
+            elif todo:
+                _fit_t_stack(run, todo, codes, [data_of(k) for k in todo], codes_val, base,
+                             [what(k)[0] for k in todo], f"{len(todo)} t's at {fits[todo[0]][1]}")
+        bar.update(len(todo))
 
     shapes = {ml: probe(*ml).feature_shape(tuple(data.xv.shape[1:])) for ml in dict.fromkeys(v[:2] for v in fits.values())}
-    cost = lambda m, l: analysis.t_cost(codes["mean"].shape[1], shapes[(m, l)], run.prof.t_size, run.prof.t_steps)
-    run_sharded({k: cost(m, l) for k, (m, l, _) in fits.items()},
-                t_file, work, timeout_s=timeout, log=run.log)
-    bar.close()
+    cost = lambda k: analysis.t_cost(codes["mean"].shape[1], shapes[fits[k][:2]], run.prof.t_size, run.prof.t_steps)
+    run_sharded({key: sum(cost(k) for k in ks) for key, ks in groups.items()},
+                lambda key: [t_file(k) for k in groups[key]], work, timeout_s=timeout, log=run.log)
+    bar.close(); cache.clear()
     if not is_main(): return None
     load = lambda k: load_model(t_dir / f"{k}.safetensors", InvarianceINN).eval()
     ts = {(m, l): load(k) for k, (m, l, v) in fits.items() if v is None}

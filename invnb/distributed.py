@@ -177,15 +177,17 @@ def wait_for_files(expected: dict[Path, int],  # {file: the rank that writes it}
 
 # %% ../nbs/03a_distributed.ipynb #063bf4d6
 def run_sharded(jobs: dict[str, float],            # {key: cost} of the independent fits
-                done_file: Callable[[str], Path],   # the file a finished job `key` has written
+                done_file: Callable[[str], Path | list[Path]],   # the file(s) a finished job `key` has written
                 work: Callable[[str], None],        # trains and saves job `key`
                 timeout_s: float = 3600,            # rank 0's wait for the next of the others' files
                 log: Callable[[str], None] | None = None,   # where the line saying this rank's share goes
                 ) -> list[str]:
-    "Run this rank's share of `jobs` (skipping finished ones); rank 0 then waits for all. The keys this rank ran."
+    """Run this rank's share of `jobs` (skipping finished ones: a job is finished when all its files exist); rank 0
+    then waits for all. The keys this rank ran."""
     keys = list(jobs)
+    files = lambda k: (lambda f: [Path(p) for p in f] if isinstance(f, (list, tuple)) else [Path(f)])(done_file(k))
     owner = dict(zip(keys, shard([jobs[k] for k in keys], world_size())))
-    mine = [k for k in keys if owner[k] == rank() and not done_file(k).exists()]
+    mine = [k for k in keys if owner[k] == rank() and not all(p.exists() for p in files(k))]
     if world_size() > 1 and log is not None:
         log(f"rank {rank()}/{world_size()}: {len(mine)} of {len(keys)} fits to run here "
             f"({sum(owner[k] == rank() for k in keys) - len(mine)} of its share already done)")
@@ -194,5 +196,5 @@ def run_sharded(jobs: dict[str, float],            # {key: cost} of the independ
         for k in mine: work(k)
     finally:
         _IN_SHARD.reset(token)
-    if is_main(): wait_for_files({done_file(k): owner[k] for k in keys}, timeout_s)
+    if is_main(): wait_for_files({p: owner[k] for k in keys for p in files(k)}, timeout_s)
     return mine

@@ -21,7 +21,7 @@ from .probe import Probe
 from .train import mixed_precision, pick_device, progress_bar
 
 # %% auto #0
-__all__ = ['BuildError', 'probes_of', 'features_of_layers', 'image_batches', 'encode_and_features']
+__all__ = ['BuildError', 'probes_of', 'features_of_layers', 'features_of_probes', 'image_batches', 'encode_and_features']
 
 # %% ../nbs/08a_features.ipynb #e769a87a
 class BuildError(ValueError):
@@ -99,7 +99,15 @@ def features_of_layers(model: nn.Module,       # the model (an `Adapted` one pro
                        device="auto",           # where the passes run; the model is moved back afterwards
                       ) -> dict[str, torch.Tensor]:
     "{layer: Φ(images) (N, *feature shape), float32 on the CPU}, from one forward pass per batch for all layers."
-    probes = probes_of(model, layers)
+    return features_of_probes(probes_of(model, layers), model, images, batch_size=batch_size, device=device)
+
+
+@torch.no_grad()
+def features_of_probes(probes: dict[str, Probe],  # {layer: Probe} of one model
+                       model: nn.Module,          # the module that holds them (moved to `device` and back)
+                       images: torch.Tensor,      # (N, C, H, W) in [-1, 1]
+                       *, batch_size: int = 64, device="auto") -> dict[str, torch.Tensor]:
+    "`features_of_layers` for probes made elsewhere (e.g. by a model's own `probe(layer)`)."
     check_images(images, channels=None)
     dev = pick_device(device)
     with _on(dev, model), mixed_precision(dev):    # bf16 on GPUs that support it

@@ -47,6 +47,7 @@ class Profile:
     n_draws: int = 8                         # sample grids: columns (draws of v, the same for every grid)
     n_variance: int = 64                     # validation images for the image-space variance
     t_seeds: int = 2                         # seeds of t at (final model, checkpoint layer): their spread beside the SE
+    t_stack: int = 16                        # t's of the checkpoint layer trained together (invnb.stacked); 1: one by one
     disk_mb: int = 200                       # space the run needs
     est_seconds: dict = field(default_factory=dict)  # per stage, on a 2-core CPU (for the time-left estimate)
 
@@ -69,7 +70,7 @@ PROFILES = {
     "paper": Profile("paper", None, None, ae_steps=20000, ae_width=64, clf_steps=40000, n_checkpoints=20,
                      e_steps=20000, e_size=dict(n_blocks=20, hidden=1024, depth=2),
                      t_steps=20000, t_size=dict(n_blocks=20, hidden=1024, depth=2, embed_dim=128),
-                     layers=("features.2",) + _LAYERS, batch_size=64, disk_mb=20000, t_seeds=3,
+                     layers=("features.2",) + _LAYERS, batch_size=64, disk_mb=20000, t_seeds=3, t_stack=4,
                      est_seconds=dict(data=30, autoencoder=1200, classifier=3000, factors=3000, invariances=80000,
                                       analysis=600, report=30)),
 }

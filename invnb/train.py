@@ -13,7 +13,7 @@ import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -138,8 +138,10 @@ class History(dict):
     best_val: float | None = None
 
 
-def _rng_tensors(g: torch.Generator, shared: torch.Generator | None) -> dict[str, torch.Tensor]:
-    "The loop's RNG states; in a data-parallel fit, the shared generator's and every rank's own (a collective call)."
+def _rng_tensors(g: torch.Generator | list, shared: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """The loop's RNG states (a stack's: one per stacked model); in a data-parallel fit, the shared generator's and
+    every rank's own (a collective call)."""
+    if isinstance(g, list): return {**{f"rng/loop{i}": x.get_state() for i, x in enumerate(g)}, "rng/torch": torch.get_rng_state()}
     if shared is None: return {"rng/loop": g.get_state(), "rng/torch": torch.get_rng_state()}
     out = {"rng/loop": shared.get_state(), "rng/torch": torch.get_rng_state()}   # rank 0's: a 1-process resume reads it
     for r, (loop, glob) in enumerate(gather((g.get_state(), torch.get_rng_state()))):
@@ -173,6 +175,45 @@ def _check_resume(path: Path, meta: dict, tensors: dict, model: nn.Module, steps
         raise CheckpointError(f"{path} has already trained {meta['step']} steps, more than the steps={steps} asked for; "
                               f"ask for steps >= {meta['step']} to go on, or {fix}.")
 
+
+def _check_stack(model: nn.Module, stack: int | None, seed, dp: bool) -> list[int]:
+    """The seeds of a fit: [seed], or for a stack of M models (a module with `n_stacked = M` whose every state
+    tensor has the model axis first) one seed per model. A stack trains M independent models at once: its step
+    function gets their M generators and returns their M losses (M,), clipping and validation are per model."""
+    if stack is None:
+        if not isinstance(seed, int): raise ValueError(f"seed must be an int (a list of seeds is for a stack of models); got {seed!r}.")
+        return [seed]
+    seeds = [seed] * stack if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != stack: raise ValueError(f"a stack of {stack} models needs {stack} seeds; got {len(seeds)}.")
+    bad = {k: tuple(v.shape) for k, v in model.state_dict().items() if v.ndim == 0 or v.shape[0] != stack}
+    if bad: raise ValueError(f"every tensor of a stack of {stack} models must have the model axis first; not {bad}.")
+    if dp: raise ValueError("a stack of models trains in one process; under torchrun, train it inside a `run_sharded` "
+                            "job (or pass data_parallel=False).")
+    return seeds
+
+
+def _loss_value(loss: torch.Tensor, stack: int | None):
+    "The logged value of a step's loss: a float, or a stack's list of M floats."
+    if not stack: return loss.item()
+    if loss.shape != (stack,): raise ValueError(f"the step function of a stack of {stack} models must return their "
+                                                f"{stack} losses, shape ({stack},); got shape {tuple(loss.shape)}.")
+    return loss.detach().tolist()
+
+
+def _clip_stack(params: list, clip: float | None, stack: int) -> torch.Tensor:
+    "Each stacked model's gradient norm (M,), each clipped to `clip` as `clip_grad_norm_` clips one model's."
+    gs = [p.grad for p in params if p.grad is not None]
+    norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x.reshape(stack, -1), dim=1) for x in gs], 1), dim=1)
+    if clip is not None:
+        coef = (clip / (norms + 1e-6)).clamp(max=1.0)
+        for x in gs: x.mul_(coef.view(-1, *[1] * (x.ndim - 1)))
+    return norms
+
+
+def _short(v) -> str:
+    "A loss for the progress bar (a stack's: their mean)."
+    return f"{sum(v) / len(v):.4g}" if isinstance(v, list) else f"{v:.4g}"
+
 # %% ../nbs/03_train.ipynb #a16704b8
 def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval mode
         step_fn: Callable,  # `step_fn(model, generator, step) -> loss | {group: loss}`
@@ -186,7 +227,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
         resume: bool = False,  # continue from the checkpoint in `ckpt_dir`, if there is one
         clip: float | None = 10.0,  # largest gradient norm per group; None: no clipping
         device: str | torch.device = "auto",  # 'auto', 'cpu', 'cuda', ... (see `pick_device`)
-        seed: int = 0,  # seeds the loop's generator and the global torch RNG
+        seed: int | Sequence[int] = 0,  # seeds the loop's generator and the global torch RNG; a stack: one seed per model
         progress: bool = True,  # show a progress bar
         desc: str = "train",  # the progress bar's label, also the prefix of `TrainingDiverged` messages
         stop_after: int | None = None,  # end this call after that many of its steps (tests of interruption)
@@ -208,7 +249,13 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
 
     Under torchrun (a process group of N > 1; see `03a_distributed`) the fit is data-parallel unless
     `data_parallel=False`: rank 0's weights are broadcast, gradients averaged after each step, losses logged as
-    the mean over ranks, and rank 0 alone writes the checkpoint (with every rank's RNG states) and shows the bar."""
+    the mean over ranks, and rank 0 alone writes the checkpoint (with every rank's RNG states) and shows the bar.
+
+    A stack of M models (a module with `n_stacked = M`, every state tensor with the model axis first, e.g.
+    `invnb.stacked.StackedINN`) trains them as M independent fits at once: `seed` gives one seed per model,
+    `step_fn(model, [M generators], step)` returns their M losses, each model's gradient is clipped on its own,
+    `val_fn` returns M held-out losses and each model ends at its own best step (`hist.best_step` is then a list).
+    With the same seeds and data, model i follows the loss curve its own fit would."""
     if steps < 0: raise ValueError(f"steps must be >= 0; got {steps}.")
     if schedule not in (None, "cosine"): raise ValueError(f"schedule must be None or 'cosine'; got {schedule!r}.")
     dev = pick_device(device)
@@ -221,9 +268,12 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     dp = data_parallel and world_size() > 1
     if dp and not initialized():
         raise RuntimeError("data_parallel=True needs a process group: launch with torchrun (see invnb.distributed).")
-    shared = torch.Generator(device="cpu").manual_seed(seed) if dp else None   # batch indices, the same on every rank
-    own_seed = _rank_seed(seed, rank()) if dp else seed
+    stack = getattr(model, "n_stacked", None)   # a stack of M models trained at once (see `_check_stack`)
+    seeds = _check_stack(model, stack, seed, dp)
+    shared = torch.Generator(device="cpu").manual_seed(seeds[0]) if dp else None   # batch indices, the same on every rank
+    own_seed = _rank_seed(seeds[0], rank()) if dp else seeds[0]
     g = torch.Generator(device="cpu").manual_seed(own_seed)                     # everything else this rank draws
+    if stack: g = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]   # each model's own stream
     torch.manual_seed(own_seed)
     main = is_main() or not dp   # writes the checkpoint and shows the bar (every rank in a non-parallel fit)
     hist, start, saved = History(), 0, None   # saved: the step of this run's checkpoint on disk
@@ -256,7 +306,9 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
                           f"applies to every parameter group from step {meta['step']} on (optimizer moments are kept).",
                           stacklevel=2)
         if not dp:
-            g.set_state(tensors["rng/loop"]); torch.set_rng_state(tensors["rng/torch"])
+            if stack: [x.set_state(tensors[f"rng/loop{i}"]) for i, x in enumerate(g)]
+            else: g.set_state(tensors["rng/loop"])
+            torch.set_rng_state(tensors["rng/torch"])
             if meta.get("world_size", 1) > 1:
                 warnings.warn(f"resuming {path}, written by {meta['world_size']} processes under torchrun, in one "
                               "process: the batches go on with the shared draws, each step now one process's batch.",
@@ -312,11 +364,23 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
         "Run `val_fn` and keep the model's weights when they are the best so far."
         nonlocal best
         model.eval()
-        with torch.no_grad(): loss = float(val_fn(model))
+        with torch.no_grad(): loss = val_fn(model)
         model.train()
+        if not stack:
+            loss = float(loss)
+            hist.setdefault("val", []).append([step, loss])
+            if math.isfinite(loss) and (best is None or loss < best[0]):
+                best = (loss, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            return
+        loss = [float(x) for x in torch.as_tensor(loss).reshape(-1)]   # a stack: each model keeps its own best
+        if len(loss) != stack: raise ValueError(f"val_fn of a stack of {stack} models must return {stack} losses; got {len(loss)}.")
         hist.setdefault("val", []).append([step, loss])
-        if math.isfinite(loss) and (best is None or loss < best[0]):
-            best = (loss, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        state = model.state_dict()
+        if best is None: best = ([None] * stack, [None] * stack, {k: v.detach().clone() for k, v in state.items()})
+        for i, x in enumerate(loss):
+            if math.isfinite(x) and (best[0][i] is None or x < best[0][i]):
+                best[0][i], best[1][i] = x, step
+                for k, v in state.items(): best[2][k][i] = v[i]
 
     end = steps if stop_after is None else min(steps, start + stop_after)
     bar = progress_bar(range(start, end), initial=start, total=steps, desc=desc, enabled=progress and main)
@@ -334,22 +398,25 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
                 raise ValueError(f"the step function returned losses for {sorted(losses)}, expected one per group {sorted(opts)}.")
             grads = {}
             values = dict(zip(losses, mean_over_ranks([l.item() for l in losses.values()], dev) if dp
-                              else [l.item() for l in losses.values()]))   # a NaN on any rank stops every rank
+                              else [_loss_value(l, stack) for l in losses.values()]))   # a NaN on any rank stops every rank
             for k, loss in losses.items():
-                if not math.isfinite(values[k]):
+                if not all(map(math.isfinite, values[k] if stack else [values[k]])):
                     raise TrainingDiverged(f"{desc}: loss '{k}' became {values[k]} at step {step}"
                                            f"{' (mean over ranks)' if dp else ''}; training stopped, {kept()}. "
                                            "Try a lower lr or clip.")
                 keep = k != list(losses)[-1]  # later losses may share the graph
-                grads[k] = torch.autograd.grad(loss, params[k], retain_graph=keep, allow_unused=True)
+                grads[k] = torch.autograd.grad(loss.sum() if stack else loss, params[k], retain_graph=keep, allow_unused=True)
                 if dp: grads[k] = average_gradients(list(grads[k]), params[k])
             for k, opt in opts.items():
-                for p, gr in zip(params[k], grads[k]): p.grad = gr
-                if clip is not None:
+                for p, gr in zip(params[k], grads[k]):   # in p's layout: a fused Adam reads a strided grad as p's
+                    p.grad = gr if gr is None or gr.stride() == p.stride() else torch.empty_like(p).copy_(gr)
+                if stack:
+                    norm = _clip_stack(params[k], clip, stack)
+                elif clip is not None:
                     norm = torch.nn.utils.clip_grad_norm_(params[k], clip)
                 else:
                     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params[k] if p.grad is not None]))
-                if not torch.isfinite(norm):
+                if not torch.isfinite(norm).all():
                     raise TrainingDiverged(f"{desc}: gradient of '{k}' became non-finite at step {step}; training stopped, "
                                            f"{kept()}. Try a lower lr or clip.")
                 opt.step()
@@ -358,7 +425,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
             for k, v in values.items(): hist.setdefault(k, []).append(v)
             hist.steps_done = step + 1
             if val_fn is not None and val_every and (step + 1) % val_every == 0 and step + 1 < steps: validate(step + 1)
-            if progress and main: bar.set_postfix({k: f"{v[-1]:.4g}" if k != "val" else f"{v[-1][1]:.4g}" for k, v in hist.items()})
+            if progress and main: bar.set_postfix({k: _short(v[-1] if k != "val" else v[-1][1]) for k, v in hist.items()})
             if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < end:
                 hist.seconds += time.perf_counter() - t0; t0 = time.perf_counter()
                 saved = save(step + 1)

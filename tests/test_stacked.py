@@ -1,0 +1,100 @@
+"""M t's trained as one stack: the same runs as one by one (independent truth: each t's own fit), exact resume,
+per-model best steps and clipping, clear errors."""
+import pytest
+import torch
+
+from invnb.analysis import fit_invariances
+from invnb.diagnostics import nll_of
+from invnb.inn import InvarianceINN
+from invnb.stacked import StackedINN, fit_invariances_stacked, stacked_nll_of
+from invnb.train import TrainingDiverged, fit
+
+N, D, SIZE = 240, 6, dict(n_blocks=2, hidden=16, depth=1, embed_dim=8)
+
+
+def data(cond_shape, m, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    codes = {"mean": torch.randn(N, D, generator=g), "logvar": torch.full((N, D), -3.0)}
+    feats = [torch.randn(N, *cond_shape, generator=g) for _ in range(m)]
+    return codes, feats
+
+
+@pytest.mark.parametrize("cond_shape", [(5, 3, 3), (5, 7, 7), (7,)])   # dense, grouped-conv, vector H
+def test_a_stack_follows_each_t_s_own_fit(cond_shape):
+    codes, feats = data(cond_shape, 3)
+    val, vfeats = {k: v[:60] for k, v in codes.items()}, [f[:60] for f in feats]
+    seeds = [0, 0, 4]
+    # clip=0.05 is active on every step (the per-model clipping is tested); a lr at which a run is not chaotic: a
+    # perturbation of the initial weights by 1e-7 (relative) moves the loss curve by ~1e-6, like stacking
+    kw = dict(steps=40, batch_size=16, lr=5e-3, clip=0.05, progress=False, val_every=5, device="cpu")
+    alone = [fit_invariances(codes, f, t=InvarianceINN(D, cond_shape, seed=s, **SIZE), seed=s,
+                             val_fn=lambda m, v=v: nll_of(m, val, v), **kw) for f, v, s in zip(feats, vfeats, seeds)]
+    ts, h = fit_invariances_stacked(codes, feats, [InvarianceINN(D, cond_shape, seed=s, **SIZE) for s in seeds],
+                                    seed=seeds, val_fn=lambda m: stacked_nll_of(m, val, vfeats), **kw)
+    for i, (t, hi) in enumerate(alone):
+        assert max(abs(a - b[i]) for a, b in zip(hi["model"], h["model"])) < 1e-4
+        assert max(abs(a[1] - b[1][i]) for a, b in zip(hi["val"], h["val"])) < 1e-4
+        assert hi.best_step == h.best_step[i]
+        for (k, p), q in zip(t.state_dict().items(), ts[i].state_dict().values()):
+            assert torch.allclose(p.float(), q.float(), atol=1e-4), k
+
+
+def test_each_stacked_model_ends_at_its_own_best_step():
+    codes, feats = data((7,), 2)
+    make = lambda: [InvarianceINN(D, 7, seed=s, **SIZE) for s in (0, 1)]
+    kw = dict(steps=30, batch_size=16, progress=False, device="cpu", seed=[0, 1])
+    # held-out losses made up so that model 0 is best at step 20 and model 1 at the end (validations at 10, 20, 30)
+    losses = iter([[3.0, 9.0], [0.0, 8.0], [5.0, 7.0]])
+    fake = lambda m: torch.tensor(next(losses))
+    ts, h = fit_invariances_stacked(codes, feats, make(), val_fn=fake, val_every=10, **kw)
+    assert h.best_step == [20, 30] and h.best_val == [0.0, 7.0]
+    at20, _ = fit_invariances_stacked(codes, feats, make(), **{**kw, "steps": 20})
+    end, _ = fit_invariances_stacked(codes, feats, make(), **kw)
+    for got, want in ((ts[0], at20[0]), (ts[1], end[1])):
+        for (k, p), q in zip(got.state_dict().items(), want.state_dict().values()): assert torch.equal(p, q), k
+
+
+def test_a_killed_stack_resumes_exactly(tmp_path):
+    codes, feats = data((7,), 2)
+    make = lambda: [InvarianceINN(D, 7, seed=s, **SIZE) for s in (1, 2)]
+    kw = dict(steps=30, batch_size=16, progress=False, device="cpu", seed=[1, 2], ckpt_every=10)
+    full, hf = fit_invariances_stacked(codes, feats, make(), **kw)
+    fit_invariances_stacked(codes, feats, make(), ckpt_dir=tmp_path, stop_after=20, **kw)
+    again, ha = fit_invariances_stacked(codes, feats, make(), ckpt_dir=tmp_path, resume=True, **kw)
+    assert ha["model"] == hf["model"]
+    for a, b in zip(full, again):
+        for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()): assert torch.equal(p, q), k
+
+
+def test_one_diverging_t_stops_the_stack_with_its_index():
+    codes, feats = data((7,), 2)
+    feats[1][0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="nan"):
+        fit_invariances_stacked(codes, feats, [InvarianceINN(D, 7, seed=s, **SIZE) for s in (0, 1)], steps=400,
+                                batch_size=64, progress=False, device="cpu")
+
+
+def test_bad_stacks_are_refused_with_what_differs():
+    with pytest.raises(ValueError, match="hidden"):
+        StackedINN([InvarianceINN(D, 7, seed=0, **SIZE), InvarianceINN(D, 7, seed=0, **{**SIZE, "hidden": 8})])
+    with pytest.raises(ValueError, match="at least one"): StackedINN([])
+    codes, feats = data((7,), 2)
+    ts = [InvarianceINN(D, 7, seed=s, **SIZE) for s in (0, 1)]
+    with pytest.raises(ValueError, match="2 models needs 2 seeds; got 3"):
+        fit_invariances_stacked(codes, feats, ts, steps=2, seed=[0, 1, 2], progress=False, device="cpu")
+    with pytest.raises(ValueError, match="2 t's need 2 feature tensors"):
+        fit_invariances_stacked(codes, feats[:1], ts, steps=2, progress=False, device="cpu")
+    with pytest.raises(ValueError, match=r"z must have shape \(M=2, B, 7\)"):
+        StackedINN(ts).nll(torch.zeros(2, 3, D), torch.zeros(2, 3, 8))
+    with pytest.raises(ValueError, match="a list of seeds is for a stack"):
+        fit(ts[0], lambda m, g, s: m.nll(torch.zeros(2, D), torch.zeros(2, 7)).mean(), 1, seed=[0, 1], progress=False)
+
+
+def test_unstack_gives_the_t_s_back():
+    ts = [InvarianceINN(D, (5, 3, 3), seed=s, **SIZE) for s in (0, 3)]
+    z, zb = torch.randn(2, 4, 5, 3, 3), torch.randn(2, 4, D)
+    for t, i in zip(ts, range(2)): t(zb[i], z[i])                   # ActNorm's data initialisation
+    back = StackedINN(ts).unstack()
+    for t, u in zip(ts, back):
+        for (k, p), q in zip(t.state_dict().items(), u.state_dict().values()): assert torch.equal(p, q), k
+    assert torch.allclose(StackedINN(ts).nll(zb, z), torch.stack([t.nll(zb[i], z[i]) for i, t in enumerate(ts)]), atol=1e-5)
