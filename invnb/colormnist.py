@@ -376,8 +376,10 @@ def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[
         layers = [l for mm, l in jobs if mm == m]
         study.compute_image_variance(xv[:p.n_variance], v, m, layers)
         for l in layers:
+            check = study.results.t_checks.get(m, {}).get(l)
+            agree = f" · f keeps its prediction on {check.agreement:.0%}" if check else ""
             fig = plots.samples_grid(x, study.sample(x, l, model=m, v=v), reconstruction=recon, backend="matplotlib",
-                                     title=f"{m} · {l}: rows = inputs, columns = v")
+                                     title=f"{m} · {l}: rows = inputs, columns = v{agree}")
             grids[f"{m}__{l}"] = name = f"samples_{m}__{l}.png"
             (figs / name).write_bytes(plots.to_png(fig))
     study.save(run.study_dir)

@@ -62,7 +62,7 @@ PROFILES = {
                      est_seconds=dict(data=1, autoencoder=3, classifier=6, factors=1, invariances=6, analysis=4, report=3)),
     "quick": Profile("quick", None, None, ae_steps=6000, ae_width=32, clf_steps=1000, n_checkpoints=7,
                      e_steps=700, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
-                     t_steps=150, t_val_every=25, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
+                     t_steps=250, t_val_every=25, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
                      layers=tuple(l for l in _LAYERS if l not in ("features.12", "classifier")), n_probe=500, fidelity_draws=4,
                      ae_batch_size=32, ae_lr=3e-3, disk_mb=300,
                      est_seconds=dict(data=1, autoencoder=137, classifier=157, factors=51, invariances=181, analysis=65,

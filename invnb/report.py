@@ -325,7 +325,10 @@ def _samples_section(m: dict, r: StudyResults, path: Path, figures_dir) -> list[
     for key, name in m.get("figures", {}).items():
         f = Path(figures_dir or path.parent / "figures") / name
         if f.is_file():
-            parts.append(f"<h3>{html.escape(key.replace('__', ' · '))}</h3><img alt='{html.escape(key)}' "
+            model, _, layer = key.partition("__")
+            c = r.t_checks.get(model, {}).get(layer)
+            agree = f" <small>(f keeps its prediction on {c.agreement:.0%} of these samples)</small>" if c else ""
+            parts.append(f"<h3>{html.escape(key.replace('__', ' · '))}{agree}</h3><img alt='{html.escape(key)}' "
                          f"src='data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}'>")
     return parts
 
