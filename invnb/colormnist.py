@@ -35,8 +35,8 @@ from .train import TrainingDiverged, encode_dataset, nested_bars, pick_device, p
 
 # %% auto #0
 __all__ = ['SEED_OFFSETS', 'RunInterrupted', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage',
-           'factors_stage', 'invariance_jobs', 't_fits', 't_stacks', 'invariances_stage', 'analysis_stage',
-           'run_colormnist']
+           'factors_stage', 'invariance_jobs', 't_fits', 't_stacks', 't_training_set', 'invariances_stage',
+           'analysis_stage', 'run_colormnist']
 
 # %% ../nbs/12_colormnist.ipynb #746bf8db
 class RunInterrupted(KeyboardInterrupt):
@@ -47,7 +47,7 @@ class RunInterrupted(KeyboardInterrupt):
 # use does not move the draws of the others (uses of different generators may share a value: the validation
 # colours and Eq. 19's draws never meet).
 SEED_OFFSETS = dict(val_colours=1, eq19=1, eq20=2, eq20_checkpoints=3, grids=4, share=5, share_checkpoints=6,
-                    null_permutation=7, t_seeds=1000)
+                    null_permutation=7, t_seeds=1000, t_colourings=2000)
 
 
 @dataclass(frozen=True)
@@ -224,10 +224,12 @@ def t_stacks(run: RunSpec, fits: dict) -> dict[str, list[str]]:
 
 
 def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple], codes_val: dict,
-                 base: InvarianceINN, seeds: list[int | None], desc: str) -> None:
+                 base: InvarianceINN, seeds: list[int | None], desc: str, save: list[str] | None = None) -> None:
     """The t's `names` of one size, each started at `base` and trained on its (features, validation features) of
     `data`, as one stack (`invnb.stacked.fit_invariances_stacked`): each ends at its own best held-out step, as
-    `_fit_t` would train it; saved one by one as study/t/<name> with its record."""
+    `_fit_t` would train it; saved one by one as study/t/<name> with its record (only those in `save`, if given: a
+    rerun that lost some of a stack's files trains the same stack again, so the lost t's come back bit for bit and the
+    others' files stay untouched)."""
     p, seeds = run.prof, [run.seed if s is None else s for s in seeds]
     ts = []
     for (feats, _), s in zip(data, seeds):
@@ -239,6 +241,7 @@ def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple],
                                        lr=p.t_lr, **{**run.fit_kwargs(state), "seed": seeds, "desc": desc},
                                        val_fn=val_fn, val_every=p.t_val_every)
     for i, (name, t) in enumerate(zip(names, ts)):
+        if save is not None and name not in save: continue
         path = run.study_dir / "t" / f"{name}.safetensors"
         write_json_atomic(path.with_suffix(".training.json"),
                           {"best_step": hist.best_step[i], "best_val_nll": hist.best_val[i], "steps": p.t_steps,
@@ -247,8 +250,25 @@ def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple],
     run.drop_state(state)
 
 
+def t_training_set(run: RunSpec, data: ColorMNISTData, ae: nn.Module, codes: dict) -> tuple[torch.Tensor, dict]:
+    """(images, codes) the t's train on: the training digits in the run's colouring and, with `t_colourings` K > 1,
+    in K − 1 more. ColorMNIST draws colours independently of the digit, so every colouring is another sample of the
+    same distribution: more (z̄, z) pairs against t's overfitting, at the cost of encoding and Φ for each. The codes
+    of each colouring are cached in the run folder."""
+    K = run.prof.t_colourings
+    if K <= 1: return data.xt, codes
+    xs, cs, ae = [data.xt], [codes], ae.to(run.device)
+    for k in range(1, K):
+        x = ColorMNIST(data.train.ink, data.train.labels[TARGET], seed=run.seed + SEED_OFFSETS["t_colourings"] + k).images()
+        cache = run.out / "cache" / f"codes_train_colouring{k}.safetensors"
+        cs.append(_main_first(lambda: encode_dataset(ae.encode, x, device=run.device, cache=cache))); xs.append(x)
+    ae.cpu()
+    return torch.cat(xs), {key: torch.cat([c[key] for c in cs]) for key in ("mean", "logvar")}
+
+
 def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict, models: dict[str, nn.Module],
-                      jobs: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], InvarianceINN], list[InvarianceINN]] | None:
+                      jobs: list[tuple[str, str]], train: tuple[torch.Tensor, dict] | None = None,
+                      ) -> tuple[dict[tuple[str, str], InvarianceINN], list[InvarianceINN]] | None:
     """Stage 5: first a t of the same size with a constant condition (it models p(z̄) alone); then one t per
     (model, layer) job, started at that flow (`analysis.warm_start`), kept at its best held-out NLL and saved as soon
     as it is trained; the null control `shuffled_z`: a t trained the same way at the final model's checkpoint
@@ -256,8 +276,11 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
     (a t gains a little from its extra steps alone, with or without z); and the same t as the checkpoint layer's
     of the final model with `t_seeds - 1` other seeds (the seed spread). Returns the t's and those other seeds' t's.
 
+    `train`: the (images, codes) the t's train on (`t_training_set`); default: the training images and `codes`.
+
     Under torchrun the t's after the unconditional one are shared out across the ranks (`run_sharded`, balanced by
     `analysis.t_cost`); rank 0 waits for all of them and returns them, the other ranks return None."""
+    xt, codes = train if train is not None else (data.xt, codes)
     t_dir, timeout = run.study_dir / "t", max(600.0, 3 * run.prof.est_seconds.get("invariances", 0))
     constant_condition = lambda n: torch.zeros(n, 1)
     if is_main():                  # a damaged t of an interrupted run is made again (`_loads` warns)
@@ -266,7 +289,7 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
                 (t_dir / f"{k}.safetensors").unlink()
     barrier()
     run_sharded({"unconditional": 1.0}, lambda k: t_dir / f"{k}.safetensors",   # one job: rank 0's
-                lambda k: _fit_t(run, k, codes, constant_condition(len(data.xt)), codes_val,
+                lambda k: _fit_t(run, k, codes, constant_condition(len(xt)), codes_val,
                                  constant_condition(len(data.xv)), "t unconditional"), timeout_s=timeout, log=lambda m: None)
     if not is_main():              # every t starts from this one: the other ranks wait for its file
         wait_for_files({t_dir / "unconditional.safetensors": 0}, timeout, what="unconditional t")
@@ -284,11 +307,11 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
         if model not in cache:
             layers = list(dict.fromkeys(l for m, l, _ in fits.values() if m == model))
             ft, fv = (features_of_probes({l: probe(model, l) for l in layers}, models[model], x, device=run.device)
-                      for x in (data.xt, data.xv))
+                      for x in (xt, data.xv))
             cache[model] = {l: (ft[l], fv[l]) for l in layers}
         return cache[model][layer]
 
-    perm = torch.randperm(len(data.xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
+    perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
     t_file = lambda k: t_dir / f"{k}.safetensors"
     bar = progress_bar(total=len(fits), initial=sum(t_file(k).exists() for k in fits), desc="t's", enabled=run.progress)
 
@@ -310,13 +333,14 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
     def work(key: str):
         todo = [k for k in groups[key] if not t_file(k).exists()]
         for k in todo: run.log(f"  t {list(fits).index(k) + 1}/{len(fits)}: {fits[k][0]} at {fits[k][1]}{what(k)[1]}")
+        names = groups[key]
         with nested_bars():
-            if len(todo) == 1:
+            if len(names) == 1 and todo:
                 seed, _, desc = what(todo[0])
                 _fit_t(run, todo[0], codes, *data_of(todo[0])[:1], codes_val, data_of(todo[0])[1], desc, base, seed=seed)
-            elif todo:
-                _fit_t_stack(run, todo, codes, [data_of(k) for k in todo], codes_val, base,
-                             [what(k)[0] for k in todo], f"{len(todo)} t's at {fits[todo[0]][1]}")
+            elif todo:             # the whole stack again (the same run), saving only the missing t's
+                _fit_t_stack(run, names, codes, [data_of(k) for k in names], codes_val, base,
+                             [what(k)[0] for k in names], f"{len(names)} t's at {fits[names[0]][1]}", save=todo)
         bar.update(len(todo))
 
     shapes = {ml: probe(*ml).feature_shape(tuple(data.xv.shape[1:])) for ml in dict.fromkeys(v[:2] for v in fits.values())}
@@ -471,7 +495,8 @@ def run_colormnist(out="runs/colormnist", # run folder
             e = stages("factors", factors_stage, run, data, codes, codes_val)
             models = {n: m for n, (_, m) in checkpoints.items()}
             jobs = invariance_jobs(profile, list(models))
-            fitted = stages("invariances", invariances_stage, run, data, codes, codes_val, models, jobs)
+            fitted = stages("invariances", lambda: invariances_stage(run, data, codes, codes_val, models, jobs,
+                                                                     t_training_set(run, data, ae, codes)))
             if not main: return None                    # rank 0 has all t's; the analysis is its alone
             ts, seed_ts = fitted
             study = Study(ae, models, ts, e, {"steps": {n: s for n, (s, _) in checkpoints.items()}},

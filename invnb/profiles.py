@@ -48,6 +48,7 @@ class Profile:
     n_variance: int = 64                     # validation images for the image-space variance
     t_seeds: int = 2                         # seeds of t at (final model, checkpoint layer): their spread beside the SE
     t_stack: int = 16                        # t's of the checkpoint layer trained together (invnb.stacked); 1: one by one
+    t_colourings: int = 1                    # the t's train on the training digits in this many colourings (more data)
     disk_mb: int = 200                       # space the run needs
     est_seconds: dict = field(default_factory=dict)  # per stage, on a 2-core CPU (for the time-left estimate)
 
@@ -62,11 +63,18 @@ PROFILES = {
                      est_seconds=dict(data=1, autoencoder=3, classifier=6, factors=1, invariances=6, analysis=4, report=3)),
     "quick": Profile("quick", None, None, ae_steps=6000, ae_width=32, clf_steps=1000, n_checkpoints=7,
                      e_steps=700, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
-                     t_steps=250, t_val_every=25, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
+                     t_steps=150, t_val_every=25, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
                      layers=tuple(l for l in _LAYERS if l not in ("features.12", "classifier")), n_probe=500, fidelity_draws=4,
                      ae_batch_size=32, ae_lr=3e-3, disk_mb=300,
                      est_seconds=dict(data=1, autoencoder=137, classifier=157, factors=51, invariances=181, analysis=65,
                                       report=2)),
+    "long": Profile("long", None, None, ae_steps=6000, ae_width=32, clf_steps=4000, n_checkpoints=9,
+                    e_steps=1500, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
+                    t_steps=1500, t_val_every=100, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
+                    t_colourings=4, layers=tuple(l for l in _LAYERS if l != "classifier"), n_probe=1000,
+                    ae_batch_size=32, ae_lr=3e-3, disk_mb=600,
+                    est_seconds=dict(data=1, autoencoder=130, classifier=600, factors=115, invariances=1100,
+                                     analysis=130, report=3)),
     "paper": Profile("paper", None, None, ae_steps=20000, ae_width=64, clf_steps=40000, n_checkpoints=20,
                      e_steps=20000, e_size=dict(n_blocks=20, hidden=1024, depth=2),
                      t_steps=20000, t_size=dict(n_blocks=20, hidden=1024, depth=2, embed_dim=128),

@@ -25,8 +25,9 @@ def test_a_stack_follows_each_t_s_own_fit(cond_shape):
     val, vfeats = {k: v[:60] for k, v in codes.items()}, [f[:60] for f in feats]
     seeds = [0, 0, 4]
     # clip=0.05 is active on every step (the per-model clipping is tested); a lr at which a run is not chaotic: a
-    # perturbation of the initial weights by 1e-7 (relative) moves the loss curve by ~1e-6, like stacking
-    kw = dict(steps=40, batch_size=16, lr=5e-3, clip=0.05, progress=False, val_every=5, device="cpu")
+    # perturbation of the initial weights by 1e-7 (relative) moves the loss curve by ~1e-6, like stacking (at 5e-3,
+    # the 7×7 case is chaotic: that perturbation alone moves it by 0.16)
+    kw = dict(steps=40, batch_size=16, lr=2e-3, clip=0.05, progress=False, val_every=5, device="cpu")
     alone = [fit_invariances(codes, f, t=InvarianceINN(D, cond_shape, seed=s, **SIZE), seed=s,
                              val_fn=lambda m, v=v: nll_of(m, val, v), **kw) for f, v, s in zip(feats, vfeats, seeds)]
     ts, h = fit_invariances_stacked(codes, feats, [InvarianceINN(D, cond_shape, seed=s, **SIZE) for s in seeds],
@@ -35,8 +36,8 @@ def test_a_stack_follows_each_t_s_own_fit(cond_shape):
         assert max(abs(a - b[i]) for a, b in zip(hi["model"], h["model"])) < 1e-4
         assert max(abs(a[1] - b[1][i]) for a, b in zip(hi["val"], h["val"])) < 1e-4
         assert hi.best_step == h.best_step[i]
-        for (k, p), q in zip(t.state_dict().items(), ts[i].state_dict().values()):
-            assert torch.allclose(p.float(), q.float(), atol=1e-4), k
+        # the trained functions agree (a weight whose gradient is ~0 may differ: Adam scales float noise up to ~lr)
+        assert abs(nll_of(t, codes, feats[i]) - nll_of(ts[i], codes, feats[i])) < 1e-4
 
 
 def test_each_stacked_model_ends_at_its_own_best_step():
