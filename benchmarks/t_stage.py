@@ -1,0 +1,59 @@
+"""Stage 5 of `invnb colormnist` (every t of the study) with the checkpoint layer's t's stacked against one by one.
+
+On a finished run folder, with its autoencoder, classifier checkpoints and profile: the whole t stage (the
+unconditional t, one t per layer and per checkpoint, the null control, the other seeds; feature extraction and
+validation included) is run twice into fresh folders, once with the profile's `t_stack` and once with `t_stack=1`,
+at the same steps. Prints one JSON object: the seconds of each, their ratio (one by one / stacked), and the largest
+differences between the two of each t's best held-out NLL and of its whole held-out curve (float rounding grows over
+a fit; the kept steps are compared too).
+
+    python benchmarks/t_stage.py runs/colormnist
+"""
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from invnb import colormnist
+from invnb.study import Study
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", help="a finished `invnb colormnist` run folder")
+    a = ap.parse_args()
+    warnings.simplefilter("ignore")
+    state = json.loads((Path(a.run) / "state.json").read_text())
+    prof = colormnist.PROFILES[state["profile"]]
+    study = Study.load(Path(a.run) / "study")
+    data = colormnist.load_data(prof, state.get("seed", 0))
+    codes, codes_val = (colormnist.encode_dataset(study.ae.encode, x, device="cpu") for x in (data.xt, data.xv))
+    jobs = colormnist.invariance_jobs(prof, list(study.models))
+    out, seconds = {}, {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, stack in (("stacked", prof.t_stack), ("one_by_one", 1)):
+            run = colormnist.RunSpec(Path(d) / name, dataclasses.replace(prof, t_stack=stack), state.get("seed", 0),
+                                     torch.device("cpu"), False, lambda s: None)
+            (run.study_dir / "t").mkdir(parents=True)
+            t0 = time.perf_counter()
+            colormnist.invariances_stage(run, data, codes, codes_val, study.models, jobs,
+                                         colormnist.t_training_set(run, data, study.ae, codes))
+            seconds[name] = time.perf_counter() - t0
+            out[name] = {f.name: json.loads(f.read_text()) for f in (run.study_dir / "t").glob("*.training.json")}
+    s, o = out["stacked"], out["one_by_one"]
+    print(json.dumps({"profile": prof.name, "t_steps": prof.t_steps, "t_stack": prof.t_stack, "ts": len(s),
+                      "threads": torch.get_num_threads(), "seconds_stacked": round(seconds["stacked"], 1),
+                      "seconds_one_by_one": round(seconds["one_by_one"], 1),
+                      "ratio": round(seconds["one_by_one"] / seconds["stacked"], 3),
+                      "max_best_val_difference": max(abs(s[k]["best_val_nll"] - o[k]["best_val_nll"]) for k in s),
+                      "max_val_curve_difference": max(abs(x[1] - y[1]) for k in s for x, y in zip(s[k]["val_nll"], o[k]["val_nll"])),
+                      "different_kept_steps": sorted(k for k in s if s[k]["best_step"] != o[k]["best_step"])}))
+
+
+if __name__ == "__main__":
+    main()
