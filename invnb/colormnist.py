@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import shutil
 import time
 import warnings
@@ -34,9 +35,9 @@ from .study import Study, environment
 from .train import TrainingDiverged, encode_dataset, nested_bars, pick_device, progress_bar, say
 
 # %% auto #0
-__all__ = ['SEED_OFFSETS', 'RunInterrupted', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage',
-           'factors_stage', 'invariance_jobs', 't_fits', 't_stacks', 't_training_set', 'invariances_stage',
-           'analysis_stage', 'run_colormnist']
+__all__ = ['SEED_OFFSETS', 'FEATURE_BUDGET_MB', 'RunInterrupted', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage',
+           'classifier_stage', 'factors_stage', 'invariance_jobs', 't_fits', 't_stacks', 't_training_set',
+           'invariances_stage', 'analysis_stage', 'run_colormnist']
 
 # %% ../nbs/12_colormnist.ipynb #746bf8db
 class RunInterrupted(KeyboardInterrupt):
@@ -212,6 +213,9 @@ def t_fits(run: RunSpec, jobs: list[tuple[str, str]]) -> dict[str, tuple[str, st
     return fits
 
 
+FEATURE_BUDGET_MB = 2048   # stage 5: features of one layer above this are computed on the fly (one t at a time)
+
+
 def t_stacks(run: RunSpec, fits: dict) -> dict[str, list[str]]:
     """The jobs of stage 5: {job: [t file names]}. The t's at the checkpoint layer (one per checkpoint, the null
     control, the other seeds) share one size and train together as stacks of at most `t_stack`
@@ -301,14 +305,28 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
             return models[model].probe(layer)
 
     fits = t_fits(run, jobs)
-    cache: dict[str, dict] = {}    # one forward pass per model gives the features of all its layers that get a t
+    cache: dict[str, dict] = {}    # one model's layers at a time (a stack's job holds its members' own)
 
-    def features(model: str, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(model: str, layer: str) -> tuple:
+        """Φ of the training and validation images at `layer` of `model`. The layers of `model` whose t's are still to
+        be made come from one forward pass; a layer above `FEATURE_BUDGET_MB` is computed on the fly in each batch
+        (`analysis.layer_features`), as before."""
         if model not in cache:
-            layers = list(dict.fromkeys(l for m, l, _ in fits.values() if m == model))
-            ft, fv = (features_of_probes({l: probe(model, l) for l in layers}, models[model], x, device=run.device)
-                      for x in (xt, data.xv))
-            cache[model] = {l: (ft[l], fv[l]) for l in layers}
+            cache.clear()
+            want = [l for k, (m, l, _) in fits.items() if m == model and not t_file(k).exists()]
+            layers = list(dict.fromkeys([*want, layer]))
+            mb = lambda l: (len(xt) + len(data.xv)) * math.prod(shapes[(model, l)]) * 4 / 2 ** 20
+            small = [l for l in layers if mb(l) <= FEATURE_BUDGET_MB]
+            got = {}
+            if small:
+                ft, fv = (features_of_probes({l: probe(model, l) for l in small}, models[model], x, device=run.device)
+                          for x in (xt, data.xv))
+                got = {l: (ft[l], fv[l]) for l in small}
+            for l in layers:
+                if l not in got:
+                    got[l] = tuple(analysis.layer_features(probe(model, l), x, budget_mb=FEATURE_BUDGET_MB, device=run.device)
+                                   for x in (xt, data.xv))
+            cache[model] = got
         return cache[model][layer]
 
     perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))

@@ -400,8 +400,10 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
             values = dict(zip(losses, mean_over_ranks([l.item() for l in losses.values()], dev) if dp
                               else [_loss_value(l, stack) for l in losses.values()]))   # a NaN on any rank stops every rank
             for k, loss in losses.items():
-                if not all(map(math.isfinite, values[k] if stack else [values[k]])):
-                    raise TrainingDiverged(f"{desc}: loss '{k}' became {values[k]} at step {step}"
+                bad = [i for i, v in enumerate(values[k] if stack else [values[k]]) if not math.isfinite(v)]
+                if bad:
+                    which = f" (in stacked model(s) {bad})" if stack else ""
+                    raise TrainingDiverged(f"{desc}: loss '{k}' became {values[k]}{which} at step {step}"
                                            f"{' (mean over ranks)' if dp else ''}; training stopped, {kept()}. "
                                            "Try a lower lr or clip.")
                 keep = k != list(losses)[-1]  # later losses may share the graph
