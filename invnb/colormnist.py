@@ -354,8 +354,8 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
         names = groups[key]
         with nested_bars():
             if len(names) == 1 and todo:
-                seed, _, desc = what(todo[0])
-                _fit_t(run, todo[0], codes, *data_of(todo[0])[:1], codes_val, data_of(todo[0])[1], desc, base, seed=seed)
+                (seed, _, desc), (feats, val_feats) = what(todo[0]), data_of(todo[0])
+                _fit_t(run, todo[0], codes, feats, codes_val, val_feats, desc, base, seed=seed)
             elif todo:             # the whole stack again (the same run), saving only the missing t's
                 _fit_t_stack(run, names, codes, [data_of(k) for k in names], codes_val, base,
                              [what(k)[0] for k in names], f"{len(names)} t's at {fits[names[0]][1]}", save=todo)
