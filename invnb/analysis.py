@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .autoencoder import sample_gaussian
-from .checkpoint import CheckpointError, write_json_atomic
+from .checkpoint import CheckpointError, read_json, write_json_atomic
 from .data import FactorPairs, check_images, fingerprint
 from .factors import guided_pair_loss, pair_targets
 from .inn import FactorINN, InvarianceINN
@@ -168,11 +168,11 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
     for key, folder in folders.items():      # every folder is checked before anything is trained
         record = folder / "t.args.json"
         if folder.is_dir() and any(folder.iterdir()):          # a finished or an interrupted t: the same call?
-            saved = json.loads(record.read_text()) if record.is_file() else None
+            saved = read_json(record, f"delete {folder} to train this t again") if record.is_file() else None
             if saved != asked[key]:
                 raise ValueError(f"{folder} holds a t trained from other arguments, data or model weights "
                                  f"(recorded: {saved}; asked: {asked[key]}); delete {folder} to train it again, or "
-                                 "pass another ckpt_dir.")
+                                 "write the t's to another folder (ckpt_dir; invnb study: --out).")
         if done(key).is_file() and is_main():                  # finished: loaded once; a damaged one is made again
             try: out[key] = InvarianceINN.load(done(key))
             except (CheckpointError, OSError, ValueError) as e:
@@ -231,9 +231,6 @@ def _fit_record(kwargs: dict, codes: dict, images, probe, features=None) -> dict
             if features is None else {"features": fingerprint(features)})
     return json.loads(json.dumps({"kwargs": kwargs, "layer": getattr(probe, "layer", None), "n": len(codes["mean"]),
                                   "codes": fingerprint(codes["mean"]), **data}, default=str))
-
-
-
 
 # %% ../nbs/07_analysis.ipynb #3b73db1c
 def fit_factors(codes: dict, pairs: FactorPairs, factors: dict[str, int] | None = None, e: FactorINN | None = None,

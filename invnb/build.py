@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch import nn
 
 from . import analysis
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
-from .checkpoint import write_json_atomic
+from .checkpoint import CheckpointError, _check_state, _file_shapes, _meta_build, read_json, write_json_atomic
 from .data import FactorPairs
 from .factors import estimate_factor_sizes
 from .features import BuildError, encode_and_features, probes_of
@@ -82,9 +81,8 @@ def _builder(spec: str, *, may_import: bool):
     return obj
 
 
-def model_from_recipe(recipe: dict, expect: str | None = None) -> nn.Module:
-    """A model built from `recipe` (see above), in eval mode, with the builder's initial weights; `expect`: the
-    class ('module.QualName') the rebuilt model must have."""
+def _from_recipe(recipe: dict, expect: str | None) -> nn.Module:
+    "The model `recipe` builds (on the current default device), refused unless its class is `expect`."
     if not isinstance(recipe, dict): raise BuildError(f"a recipe is a dict; got {recipe!r}.")
     kwargs = recipe.get("kwargs") or {}
     plain = (bool, int, float, str, type(None))
@@ -108,19 +106,54 @@ def model_from_recipe(recipe: dict, expect: str | None = None) -> nn.Module:
         model = Adapted(model, InputAdapter(a.get("size"), tuple(a["mean"]), tuple(a["std"])))
     got = _class_name(model)
     if expect is not None and got != expect:
-        raise BuildError(f"the recipe {recipe} builds a {got}, but the study saved a {expect}; pass the model in "
-                         "models={...}.")
+        raise BuildError(f"the recipe {_short(recipe)} builds a {got}, but the study saved a {expect}; pass the model "
+                         "in models={...}.")
     return model.eval()
 
 
 def _class_name(model) -> str: return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
+def _short(recipe) -> str:
+    "A recipe for a message: its first 160 characters (an edited one can hold anything)."
+    r = repr(recipe)
+    return r if len(r) <= 160 else r[:160] + " …"
+
+
+def _recipe_on_meta(recipe: dict, expect: str | None, shapes: dict[str, tuple], source, fix: str) -> nn.Module:
+    """The model of `recipe` on the meta device, refused (`CheckpointError`, naming `source`) unless its tensor
+    names and `shapes` are those of `source` (a saved weights file, or a model); stopped as soon as it holds far
+    more tensors or elements than those (the budget of `invnb.checkpoint`, buffers that are not saved included)."""
+    what, name = f"the recipe {_short(recipe)}", str(recipe.get("torchvision", "model"))
+    model = _meta_build(source, lambda: _from_recipe(recipe, expect), shapes, name, what=what, fix=fix,
+                        passthrough=(BuildError,))
+    _check_state(source, model, shapes, what=what, fix=fix[0].upper() + fix[1:] + ".")
+    return model
+
+
+def model_from_recipe(recipe: dict, expect: str | None = None, weights: str | Path | None = None) -> nn.Module:
+    """A model built from `recipe` (see above), in eval mode, with the builder's initial weights; `expect`: the
+    class ('module.QualName') the rebuilt model must have. With `weights`, the file of saved weights the model is
+    rebuilt for, it is first built on the meta device and refused unless it takes exactly those tensors (names and
+    shapes, and no more than the budget of `invnb.checkpoint` in all): only then is it built for real."""
+    if not isinstance(recipe, dict): raise BuildError(f"a recipe is a dict; got {recipe!r}.")
+    if weights is not None:
+        _recipe_on_meta(recipe, expect, _file_shapes(weights), weights,
+                        fix="the study's recipe (meta['recipe'] in study.json) was edited, or its weights file "
+                            "replaced; pass the model in models={...}")
+    return _from_recipe(recipe, expect)
+
+
 def _check_recipe(recipe, model: nn.Module):
-    "A recipe given to `Study.build` must rebuild the model's class (a torchvision one is built on the meta device)."
+    """A recipe given to `Study.build` must rebuild the model: its class and its tensors' names and shapes (a
+    torchvision one is built on the meta device); a builder's is only looked up, never called."""
     if isinstance(recipe, dict) and "builder" in recipe and "torchvision" not in recipe:
         _builder(recipe["builder"], may_import=False); return
-    with torch.device("meta"): model_from_recipe(recipe, expect=_class_name(model))
+    if not isinstance(recipe, dict): raise BuildError(f"a recipe is a dict; got {recipe!r}.")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try: _recipe_on_meta(recipe, _class_name(model), shapes, "the model passed to Study.build",
+                         fix="pass the recipe that builds this model, or recipe=False")
+    except CheckpointError as e: raise BuildError(str(e)) from None
 
 # %% ../nbs/08b_build.ipynb #daa7bcbe
 T_SIZE = dict(n_blocks=6, hidden=128, depth=2, embed_dim=64)   # t's default size (the quick ColorMNIST profile's)
@@ -140,7 +173,10 @@ def _check_same_model(out: Path, model: nn.Module, name: str):
     path, fp = out / "build.json", {"name": name, "class": f"{type(model).__module__}.{type(model).__qualname__}",
                                     "weights": _fingerprint(model)}
     if path.is_file() and any((out / "t").glob("*/t.safetensors")):
-        old = json.loads(path.read_text()).get("model")
+        fix = f"delete {out / 't'} to train the t's again (or delete {path.name}, if they were trained on this model)"
+        rec = read_json(path, fix=fix)
+        if not isinstance(rec, dict): raise CheckpointError(f"{path} is damaged (not a JSON object); {fix}.")
+        old = rec.get("model")
         if old is not None and old != fp:
             raise BuildError(f"{out} holds t's trained on another model (recorded {old}, this one {fp}); choose another "
                              f"out, or delete {out / 't'} to train them again.")
@@ -162,7 +198,8 @@ def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
         for t in (codes["mean"], *labels.values()): digest.update(t.contiguous().numpy().tobytes())
         record = broadcast({"factors": names, "sizes": sizes, "size": size, "steps": kw["steps"],   # rank 0's, for all
                             "data": digest.hexdigest()[:16]})
-        if (ckpt / "record.json").is_file() and json.loads((ckpt / "record.json").read_text()) != record:
+        rec_path = ckpt / "record.json"
+        if rec_path.is_file() and read_json(rec_path, fix=f"delete {ckpt} to train e again") != record:
             raise BuildError(f"{ckpt} holds an e trained from other images, labels or settings; delete it to train e again.")
         barrier()                              # every rank has read the record before rank 0 writes it
         ckpt.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,13 @@
 # %% ../nbs/02_checkpoint.ipynb #4aa686b7
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import math
 import os
 import re
+import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -23,26 +26,62 @@ from torch.nn.modules.module import register_module_buffer_registration_hook, re
 import invnb
 
 # %% auto #0
-__all__ = ['FORMAT', 'CheckpointError', 'save_tensors', 'write_text_atomic', 'write_json_atomic', 'read_meta', 'load_tensors',
-           'Checkpointable', 'save_model', 'load_model']
+__all__ = ['FORMAT', 'CheckpointError', 'DiskFull', 'is_disk_full', 'disk_full', 'save_tensors', 'write_text_atomic',
+           'write_bytes_atomic', 'write_json_atomic', 'read_json', 'read_meta', 'load_tensors', 'Checkpointable',
+           'save_model', 'load_model']
 
 # %% ../nbs/02_checkpoint.ipynb #3c42be6c
 class CheckpointError(ValueError):
     "A file that is not a valid invnb checkpoint for what was asked."
 
 
-def _atomic(path: str | Path, write) -> Path:
-    "Call `write(tmp)` on a temp file next to `path`, fsync it and rename it over `path`; remove it on failure."
+class DiskFull(OSError):
+    "No space left on the device while writing `filename`; what was finished before is kept (a rerun resumes)."
+
+
+def is_disk_full(e: BaseException) -> bool:
+    "Whether `e` is the device running out of space (an OSError, or safetensors' error that carries its text)."
+    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
+
+
+def disk_full(path: str | Path) -> DiskFull:
+    "The one-line error for a write of `path` that ran out of space: the file, and the free space left."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try: free = f"{shutil.disk_usage(next(p for p in [path.parent, *path.parents] if p.exists())).free / 2 ** 20:.1f} MB"
+    except (OSError, StopIteration): free = "unknown space"
+    return DiskFull(errno.ENOSPC, f"no space left on the device while writing {path} ({free} free there); free some "
+                    "space and run the same command again: what was finished is kept and the run resumes", str(path))
+
+
+def _file_mode() -> int:
+    "The mode a new file gets under this process's umask (mkstemp's temp files are 0600 whatever the umask)."
+    with _UMASK_LOCK:                               # os.umask can only be read by setting it
+        mask = os.umask(0o22); os.umask(mask)
+    return 0o666 & ~mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _atomic(path: str | Path, write) -> Path:
+    """Call `write(tmp)` on a temp file next to `path`, fsync it and rename it over `path` with the umask's mode;
+    on failure remove it and leave `path` as it was (`DiskFull`, one line, when the device ran out of space)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if is_disk_full(e): raise disk_full(path) from None
+        raise
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())
         with open(tmp, "rb+") as f: os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(e): raise disk_full(path) from None
         raise
     return path
 
@@ -59,9 +98,39 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    "Write `data` to `path` atomically (figures)."
+    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def _non_finite(obj, where: str = "") -> tuple[str, float] | None:
+    "(where, value) of the first NaN or infinity in a JSON-like `obj` ('a.b[1]'), or None."
+    if isinstance(obj, float) and not math.isfinite(obj): return where or "the value", obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        if found := _non_finite(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}" if where else str(k)):
+            return found
+    return None
+
+
 def write_json_atomic(path: str | Path, obj) -> Path:
-    "Write `obj` as indented JSON to `path` atomically."
-    return write_text_atomic(path, json.dumps(obj, indent=1))
+    "Write `obj` as indented strict JSON to `path` atomically (NaN and infinity are refused: strict parsers reject them)."
+    if bad := _non_finite(obj):
+        raise ValueError(f"{path}: {bad[0]} is {bad[1]}; JSON has no NaN or infinity (strict parsers reject them), so "
+                         "it is not written. A number that could not be computed is null; find why this one is not finite.")
+    return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=False))
+
+
+def read_json(path: str | Path, fix: str = "delete it and run the same command again to make it anew"):
+    "The JSON in `path`; a `CheckpointError` naming the file and `fix` when it is empty, cut off or not JSON."
+    path = Path(path)
+    try: text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError: raise CheckpointError(f"{path} is not a text file (damaged?); {fix}.") from None
+    if not text.strip(): raise CheckpointError(f"{path} is empty (damaged or cut off); {fix}.")
+    try: return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is damaged: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                              f"{fix}.") from None
 
 
 def read_meta(path: str | Path) -> dict:
@@ -162,52 +231,101 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
     return save_tensors(path, model.state_dict(), meta)
 
 
-def _check_state(path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    shapes = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        lines = [f"{path}: its weights do not match its config ({type(model).__name__})."]
+_REFIX = "The file was edited or written by another version; re-save the model from its source."
+
+
+def _check_state(path, model: nn.Module, shapes: dict[str, tuple], what: str = "its config", fix: str = _REFIX) -> None:
+    "Refuse `model` unless its state dict has exactly the tensor names and `shapes` stored in `path`."
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    mismatched = [f"{k}: file {tuple(shapes[k])} vs model {v}" for k, v in expected.items()
+                  if k in shapes and tuple(shapes[k]) != v]
+    if missing or unexpected or mismatched:
+        lines = [f"{path}: its weights do not match {what} ({type(model).__name__})."]
         if missing: lines.append(f"  missing in file: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         if unexpected: lines.append(f"  unexpected in file: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if shapes: lines.append("  shape mismatches: " + "; ".join(shapes[:5]))
-        lines.append("  The file was edited or written by another version; re-save the model from its source.")
+        if mismatched: lines.append("  shape mismatches: " + "; ".join(mismatched[:5]))
+        lines.append(f"  {fix}")
         raise CheckpointError("\n".join(lines))
 
 
-class _TooManyTensors(Exception): pass
+def _file_shapes(path: str | Path) -> dict[str, tuple]:
+    "The name and shape of every tensor in the safetensors file `path`, read from its header (no tensor is loaded)."
+    try:
+        with safe_open(str(path), framework="pt") as f: return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+# %% ../nbs/02_checkpoint.ipynb #926cdd5f
+# The budget of a model rebuilt from a file, against what the file stores (its tensors, their elements): the slack
+# covers buffers not saved with the weights (masks, permutations, normalisation constants) and tiny models.
+_SLACK_FACTOR = 2             # at most 2 × the stored tensors and 2 × the stored elements ...
+_TENSOR_SLACK = 100           # ... + 100 parameters and buffers
+_ELEMENT_SLACK = 10 ** 6      # ... + 1e6 elements (non-persistent buffers included)
+
+
+def _budget(shapes: dict[str, tuple]) -> dict[str, tuple[int, int]]:
+    "{'tensors': (stored, most allowed), 'elements': (stored, most allowed)} for a file holding tensors of `shapes`."
+    stored = sum(math.prod(s) for s in shapes.values())
+    return {"tensors": (len(shapes), _SLACK_FACTOR * len(shapes) + _TENSOR_SLACK),
+            "elements": (stored, _SLACK_FACTOR * stored + _ELEMENT_SLACK)}
+
+
+class _OverBudget(BaseException):
+    "Raised inside a build that holds too much; a BaseException, so no `except Exception` in a model's code hides it."
 
 
 @contextmanager
-def _tensor_budget(limit: int):
-    "Stop a model's construction (in this thread) once it has registered more than `limit` parameters and buffers."
-    count, me = [0], threading.get_ident()
+def _build_budget(max_tensors: int, max_elements: int):
+    "Stop a model's construction (in this thread) once its parameters and buffers exceed either limit."
+    count, me = {"tensors": 0, "elements": 0}, threading.get_ident()
 
     def hook(module, name, value):
         if value is not None and threading.get_ident() == me:
-            count[0] += 1
-            if count[0] > limit: raise _TooManyTensors
+            count["tensors"] += 1; count["elements"] += value.numel()   # numel is free on the meta device
+            for what, most in (("tensors", max_tensors), ("elements", max_elements)):
+                if count[what] > most: raise _OverBudget(what, count[what])
     handles = [register_module_parameter_registration_hook(hook), register_module_buffer_registration_hook(hook)]
     try: yield
     finally:
         for h in handles: h.remove()
 
 
-def _check_config(path, klass: type, config: dict, tensors: dict[str, torch.Tensor]) -> None:
-    "Build `klass(**config)` on the meta device (no memory, bounded work) and check it against the stored tensors."
-    limit = 2 * len(tensors) + 100                 # slack for non-persistent buffers and replaced layers
+def _elements(model: nn.Module) -> int:
+    "Elements of every parameter, buffer (non-persistent ones too) and other tensor attribute of `model`'s modules."
+    seen, n = set(), 0
+    for m in model.modules():
+        for v in [*m._parameters.values(), *m._buffers.values(), *vars(m).values()]:
+            if isinstance(v, torch.Tensor) and id(v) not in seen: seen.add(id(v)); n += v.numel()
+    return n
+
+
+def _meta_build(path, build, shapes: dict[str, tuple], name: str, what: str = "its config",
+                fix: str = "the file was edited or written by another version, re-save the model from its source",
+                passthrough: tuple = ()) -> nn.Module:
+    """`build()` on the meta device (shapes only: no memory), refused (`CheckpointError`) as soon as it holds far more
+    tensors or elements than the file `path` stores (tensors of `shapes`): see `_SLACK_FACTOR`. `what` built the model
+    (for the messages); `passthrough`: errors of `build` raised as they are (the others: 'cannot rebuild')."""
+    budget = _budget(shapes)
     try:
-        with torch.device("meta"), _tensor_budget(limit): model = klass(**config)
-    except _TooManyTensors:
-        raise CheckpointError(f"{path}: its config builds a {klass.__name__} with far more tensors than the "
-                              f"{len(tensors)} the file holds; the file was edited or written by another version, "
-                              "re-save the model from its source.") from None
+        with torch.device("meta"), _build_budget(budget["tensors"][1], budget["elements"][1]): model = build()
+    except _OverBudget as e: (kind, n), stopped = e.args, True
+    except passthrough: raise
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot rebuild {klass.__name__} from its stored config "
-                              f"({type(e).__name__}: {e}).") from None
-    _check_state(path, model, tensors)
+        raise CheckpointError(f"{path}: cannot rebuild {name} from {what} ({type(e).__name__}: {e}).") from None
+    else:
+        (kind, n), stopped = ("elements", _elements(model)), False
+        if n <= budget[kind][1]: return model
+    raise CheckpointError(f"{path}: its weights do not match {what} ({name}), which asks for far more {kind} than the "
+                          f"{budget[kind][0]:,} the file stores ({'over ' if stopped else ''}{n:,}, counting buffers "
+                          f"that are not saved); {fix}.")
+
+
+def _check_config(path, klass: type, config: dict, shapes: dict[str, tuple]) -> None:
+    "Build `klass(**config)` on the meta device (no memory, bounded work) and check it against the stored tensors."
+    model = _meta_build(path, lambda: klass(**config), shapes, klass.__name__)
+    _check_state(path, model, shapes)
 
 
 def load_model(path: str | Path, cls: type | None = None, device: str | torch.device = "cpu") -> nn.Module:
@@ -220,9 +338,9 @@ def load_model(path: str | Path, cls: type | None = None, device: str | torch.de
         raise CheckpointError(f"{path}: its metadata is damaged (config must be a JSON object, module a string); "
                               "re-save the model from its source.")
     klass = _find_class(path, name, module, meta.get("version"))
-    if cls is not None and not issubclass(klass, cls):
+    if cls is not None and not issubclass(klass, cls):      # the class first: nothing is built for the wrong one
         raise CheckpointError(f"{path} holds a {name}, not a {cls.__name__}; load it with {name}.load(path).")
-    _check_config(path, klass, config, tensors)    # before anything real is allocated
+    _check_config(path, klass, config, {k: tuple(v.shape) for k, v in tensors.items()})   # before anything real
     model = klass(**config)
     model.load_state_dict(tensors)
     return model.to(device)

@@ -5,7 +5,6 @@
 # %% ../nbs/06a_classifier.ipynb #8f287a46
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .diagnostics import accuracy
-from .checkpoint import Checkpointable, CheckpointError, load_model, write_json_atomic
+from .checkpoint import Checkpointable, CheckpointError, load_model, read_json, write_json_atomic
 from .probe import InputAdapter, Probe
 from .distributed import barrier, is_main
 from .train import batch_indices, fit, nested_bars, progress_bar
@@ -44,12 +43,13 @@ class ColorMNISTClassifier(Checkpointable, nn.Module):
 def _read_records(path: Path) -> list[dict]:
     "The records of `path`; each must name a file inside its folder (a records.json cannot point elsewhere)."
     fix = f"delete the folder {path.parent} to train the classifier again"
-    try:
-        recs = json.loads(path.read_text())
-        if not isinstance(recs, list) or not all(isinstance(r, dict) and isinstance(r.get("file", ""), str) for r in recs):
-            raise ValueError("not a list of {'step', 'file', 'val_accuracy'} records")
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is damaged ({e}); {fix}.") from None
+    try: recs = read_json(path, fix=fix)             # empty, cut off or not JSON: a CheckpointError naming it ...
+    except CheckpointError as e:                     # ... said as the records' damage always was: "is damaged (why)"
+        why = str(e).removeprefix(f"{path} ").removesuffix(f"; {fix}.").removeprefix("is damaged: ").removeprefix("is ")
+        raise CheckpointError(f"{path} is damaged ({why}); {fix}.") from None
+    except OSError as e: raise CheckpointError(f"{path} is damaged ({e}); {fix}.") from None
+    if not isinstance(recs, list) or not all(isinstance(r, dict) and isinstance(r.get("file", ""), str) for r in recs):
+        raise CheckpointError(f"{path} is damaged (not a list of {{'step', 'file', 'val_accuracy'}} records); {fix}.")
     root = path.parent.resolve()
     for r in recs:
         if "file" in r and not (path.parent / r["file"]).resolve().is_relative_to(root):
@@ -92,5 +92,5 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             write_json_atomic(rec_path, records)
         barrier()
     if not trained:  # everything was on disk: hand back the final weights
-        model.load_state_dict(load_model(out / records[-1]["file"]).state_dict())
+        model.load_state_dict(load_model(out / records[-1]["file"], type(model)).state_dict())
     return records

@@ -10,7 +10,7 @@ import sys
 
 from .build import T_SIZE, BuildError
 from .studyrun import MISSING_AE, run_study
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, DiskFull, disk_full, is_disk_full
 from .data import DatasetNotFound
 from .colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist
 from .demo import demo
@@ -64,16 +64,28 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--n-eval", type=int, default=100, help="Eq. 19: representations and draws of v each (default 100)")
     s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="delete an earlier run in --out and start again (a rerun with "
+                   "other settings is refused without it)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines only)")
     v = sub.add_parser("check", help="check a run folder: metrics.json, report.html and the hashes of its files")
-    v.add_argument("out", help="run folder of invnb colormnist")
+    v.add_argument("out", help="run folder of invnb colormnist or invnb study")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `invnb` console script."
+    "Entry point of the `invnb` console script; a full disk is one line, whichever command ran out of space."
     ap = parser()
     a = ap.parse_args(argv)
+    try: return _command(ap, a)
+    except OSError as e:
+        if not is_disk_full(e): raise
+        full = e if isinstance(e, DiskFull) else disk_full(e.filename or a.out)
+        print(f"invnb {a.command}: error: {full.strerror}", file=sys.stderr)
+        return 2
+
+
+def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    "Run the parsed command `a`; its exit code."
     if a.command == "check":
         try: problems = check_run(a.out)
         except RunError as e: problems = [str(e)]
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_study(a.out, a.model, a.layers, a.images, a.ae, weights=a.weights, checkpoint=a.checkpoint,
                       train_ae=a.train_ae, size=a.size, steps=a.steps, batch_size=a.batch_size, device=a.device,
-                      seed=a.seed, n_eval=a.n_eval, progress=not a.no_progress, log=say,
+                      seed=a.seed, n_eval=a.n_eval, force=a.force, progress=not a.no_progress, log=say,
                       t_size=dict(T_SIZE, n_blocks=a.t_blocks, hidden=a.t_hidden, embed_dim=a.t_embed))
         except KeyboardInterrupt:
             print(f"invnb study: interrupted; the finished t's are saved in {a.out}/t; run the same command to continue.",
@@ -128,6 +140,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invnb colormnist: error: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import math
 import shutil
 import time
@@ -21,7 +20,7 @@ from torch import nn
 
 from . import analysis, diagnostics, plots
 from .autoencoder import SmallAE, train_autoencoder
-from .checkpoint import CheckpointError, load_model, write_json_atomic
+from .checkpoint import CheckpointError, load_model, read_json, write_json_atomic
 from .classifier import ColorMNISTClassifier, train_classifier
 from .data import ColorMNIST, FactorPairs, fingerprint, load_mnist
 from .distributed import barrier, broadcast, init_distributed, is_main, run_sharded, wait_for_files
@@ -140,7 +139,8 @@ def classifier_stage(run: RunSpec, data: ColorMNISTData) -> dict[str, tuple[int,
                             batch_size=p.clf_batch_size, lr=p.clf_lr, device=run.device, seed=run.seed,
                             progress=run.progress)
     if is_main(): run.drop_state("classifier/train")
-    return {f"step{r['step']:06d}": (r["step"], load_model(folder / r["file"]).eval()) for r in recs}
+    return {f"step{r['step']:06d}": (r["step"], load_model(folder / r["file"], ColorMNISTClassifier).eval())
+            for r in recs}
 
 # %% ../nbs/12_colormnist.ipynb #3e661e15
 def factors_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict) -> FactorINN:
@@ -385,7 +385,7 @@ def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[
     report_half = _val_halves(data, {"x": xv})[1]         # e's table on the half of the images that did not choose e
     study.compute_factor_report(report_half[0]["x"], report_half[1], seed=s)
     for f in sorted((run.study_dir / "t").glob("*.training.json")):      # how stage 5 trained each t
-        rec = json.loads(f.read_text())
+        rec = read_json(f, "delete it and the t beside it, then run the same command again to train that t anew")
         study.record_t_training(f.name[:-len(".training.json")], best_step=rec["best_step"],
                                 best_val_nll=rec["best_val_nll"], steps=rec["steps"])
     study.compute_accuracy(xv, data.val.labels[TARGET])

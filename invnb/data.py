@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import warnings
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 
@@ -17,9 +20,9 @@ import torch.nn.functional as F
 import invnb
 
 # %% auto #0
-__all__ = ['PALETTE', 'CELEBA_FACTORS', 'check_images', 'check_dtype', 'fingerprint', 'DatasetNotFound', 'load_mnist',
-           'ColorMNIST', 'FactorPairs', 'image_transform', 'load_celeba', 'attribute_labels', 'FlatImageFolder',
-           'load_image_folder']
+__all__ = ['PALETTE', 'CELEBA_FACTORS', 'MAX_PIXELS', 'check_images', 'check_dtype', 'fingerprint', 'DatasetNotFound',
+           'load_mnist', 'ColorMNIST', 'FactorPairs', 'image_transform', 'load_celeba', 'attribute_labels',
+           'ImageFiles', 'FlatImageFolder', 'load_image_folder']
 
 # %% ../nbs/04_data.ipynb #bb661c2b
 def check_images(x: torch.Tensor, channels: int | None = 3, size: int | None = None, name: str = "images") -> torch.Tensor:
@@ -232,10 +235,17 @@ class FactorPairs:
 CELEBA_FACTORS = ["Black_Hair", "Eyeglasses", "Male", "No_Beard", "Young", "Smiling"]  # Sec. B.5
 
 
+def _to_unit(im) -> torch.Tensor:
+    "A PIL image as float (3, H, W) in [0, 1]: 'RGB' as ToTensor does (÷ 255), grey 'F' (in [0, 1]) on 3 channels."
+    from torchvision.transforms.functional import to_tensor
+    x = to_tensor(im)
+    return x.repeat(3, 1, 1) if im.mode == "F" else x
+
+
 def image_transform(size: int = 128):
-    "Resize the short side, centre-crop to size×size, scale to [-1, 1]."
+    "Resize the short side, centre-crop to size×size, scale to [-1, 1] ('RGB' images, or 16-bit grey as 'F' in [0, 1])."
     from torchvision import transforms as T
-    return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+    return T.Compose([T.Resize(size), T.CenterCrop(size), _to_unit, T.Normalize([0.5] * 3, [0.5] * 3)])
 
 
 def load_celeba(root: str | Path = "data", split: str = "train", size: int = 128, download: bool = False):
@@ -258,36 +268,180 @@ def attribute_labels(celeba, names: list[str] = CELEBA_FACTORS) -> dict[str, tor
     if missing: raise ValueError(f"unknown CelebA attributes {missing}; see celeba.attr_names.")
     return {n: celeba.attr[:, celeba.attr_names.index(n)].long() for n in names}
 
+# %% ../nbs/04_data.ipynb #5b7f2e91
+MAX_PIXELS = 100_000_000     # larger images are refused before decoding; raise it here or with max_pixels=
 
-def _load_rgb(path: str):
-    "ImageFolder's loader, naming the file that cannot be decoded."
+_EIGHT_BIT = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}   # unsigned 16-bit grey: v / 65535
+_GAP = 2                    # a large image is decoded/reduced to no less than _GAP × its size after the resize
+_PIL_LIMIT = threading.Lock()
+
+
+class _Refused(ValueError):
+    "A file invnb does not read: '{path} {reason}; {fix}.'"
+    def __init__(self, path, reason: str, fix: str):
+        self.path, self.reason, self.fix = str(path), reason, fix
+        super().__init__(f"{path} {reason}; {fix}.")
+
+
+def _open(path):
+    "PIL's lazy open (the header only), with invnb's pixel limit in place of Pillow's bomb warning and error."
     from PIL import Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try: return Image.open(path)
+        except Image.DecompressionBombError: pass
+    with _PIL_LIMIT:                            # above twice Pillow's limit: open it anyway, `_check` decides
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try: return Image.open(path)
+        finally: Image.MAX_IMAGE_PIXELS = old
+
+
+def _check(im, path, max_pixels: int):
+    "Refuse, from the header alone, an image above `max_pixels` or in a mode without a nominal range."
+    n = im.width * im.height
+    if n > max_pixels:
+        raise _Refused(path, f"is {im.width}×{im.height} pixels ({n / 1e6:.3g} megapixels), above the limit of "
+                             f"{max_pixels / 1e6:g} megapixels (invnb.data.MAX_PIXELS)",
+                       f"downscale the file, or pass max_pixels={n} to load_image_folder to read it")
+    if im.mode not in _EIGHT_BIT | _SIXTEEN_BIT | {"I"}:
+        kind = {"F": " (32-bit float)"}.get(im.mode, "")
+        raise _Refused(path, f"has PIL mode {im.mode!r}{kind}, which has no nominal range to map to [-1, 1]",
+                       "save it as an 8-bit or 16-bit PNG (e.g. values scaled to 0..65535 as uint16)")
+
+
+def _rgb(im):
+    "An 8-bit PIL image as 'RGB' (alpha dropped; premultiplied 'La'/'RGBa' undone first)."
+    return (im.convert(im.mode.upper()) if im.mode in ("La", "RGBa") else im).convert("RGB")
+
+
+def _unit(im, path):
+    "A 16-bit grey image (or mode 'I' within 0..65535) as mode 'F' in [0, 1]: v / 65535."
+    if im.mode == "I":
+        lo, hi = im.getextrema()
+        if lo < 0 or hi > 65535:
+            raise _Refused(path, f"has 32-bit integer pixels (PIL mode 'I') in {lo}..{hi}, outside the 16-bit "
+                                 "range 0..65535 that is read as [-1, 1]", "save it as an 8-bit or 16-bit PNG")
+    return im.convert("F").point(lambda v: v * (1 / 65535))
+
+
+def _resized_size(w: int, h: int, size: int) -> tuple[int, int]:
+    "The (width, height) torchvision's Resize(size) gives a w×h image: short side `size`, long side truncated."
+    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
+def _decode(path, size: int | None = None, max_pixels: int | None = None):
+    """`path` as 'RGB' (8-bit modes, alpha dropped) or 'F' in [0, 1] (16-bit grey) for `image_transform(size)`;
+    refused (`_Refused`) before decoding when `_check` says so. An image at least 2×_GAP times `size` is resized
+    here, to what `image_transform`'s Resize would give: a JPEG decoded at 1/2..1/8 scale (`draft`), then reduced by
+    an integer factor and resized from the exact box (Pillow's `reducing_gap`, as `Image.thumbnail` does)."""
+    from PIL import Image
+    with _open(path) as im:
+        _check(im, path, MAX_PIXELS if max_pixels is None else max_pixels)
+        target = _resized_size(*im.size, size) if size else None
+        if target and min(im.width / target[0], im.height / target[1]) < 2 * _GAP: target = None   # as before
+        drafted = im.draft(im.mode, (_GAP * target[0], _GAP * target[1])) if target else None
+        im.load()
+        if im.mode in _SIXTEEN_BIT or im.mode == "I": im = _unit(im, path)
+        elif im.mode not in ("L", "RGB"): im = _rgb(im)       # colours (alpha dropped) before any resize
+        if target: im = im.resize(target, Image.BILINEAR, box=drafted[1] if drafted else None, reducing_gap=_GAP)
+        return im if im.mode == "F" else _rgb(im)
+
+
+def _load_rgb(path: str, size: int | None = None, max_pixels: int | None = None):
+    "ImageFolder's loader (`_decode`), naming the file that cannot be decoded."
     try:
-        with open(path, "rb") as f: return Image.open(f).convert("RGB")
+        return _decode(path, size, max_pixels)
+    except (_Refused, MemoryError): raise
     except Exception as e:
         raise ValueError(f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace the file.") from None
 
 
-def _unreadable(paths) -> list[tuple[str, str]]:
-    "(path, reason) of each file whose pixels PIL cannot decode (a bad header, or data cut off)."
-    from PIL import Image
+def _unreadable(paths, size: int | None = None, max_pixels: int | None = None) -> list[tuple[str, str, str]]:
+    "(path, reason, fix) of each file that `_decode` refuses or PIL cannot decode (a bad header, or data cut off)."
     bad = []
     for p in paths:
-        try:
-            with Image.open(p) as im: im.load()
-        except Exception as e: bad.append((p, f"{type(e).__name__}: {e}"))
+        try: _decode(p, size, max_pixels)
+        except _Refused as e: bad.append((p, e.reason, e.fix))
+        except MemoryError: raise                                   # not the file's fault
+        except Exception as e:
+            bad.append((p, f"is not a readable image ({type(e).__name__}: {e})", "delete or replace it"))
     return bad
 
+# %% ../nbs/04_data.ipynb #d8e5f3b6
+def _within(path: str, top: str) -> bool: return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
 
-class FlatImageFolder(torch.utils.data.Dataset):
-    "The images directly inside `root` as one class (label 0), with ImageFolder's attributes (samples, targets, classes)."
-    def __init__(self, root: Path, transform, loader):
+
+def _entries(folder, root_real: str, seen: set, skipped: list) -> tuple[list[str], list[str]]:
+    """(image files, subfolders to walk) of `folder`, by name. A folder link into the tree or above it (a cycle),
+    or a folder walked already, goes to `skipped`; the others are added to `seen` (real paths)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    files, folders = [], []
+    with os.scandir(folder) as it:
+        for e in sorted(it, key=lambda e: e.name):
+            if e.is_dir():
+                real = os.path.realpath(e.path)
+                loop = e.is_symlink() and (_within(real, root_real) or _within(root_real, real))
+                if loop or real in seen: skipped.append(e.path)
+                else: seen.add(real); folders.append(e.path)
+            elif e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file(): files.append(e.path)
+    return files, folders
+
+
+def _walk(top: str, root_real: str, seen: set, skipped: list) -> list[str]:
+    "The image files under `top`, sorted as ImageFolder sorts them (by folder, then name); see `_entries`."
+    found, stack = [], [top]
+    while stack:
+        files, folders = _entries(stack.pop(), root_real, seen, skipped)
+        found += files; stack += folders
+    return sorted(found, key=os.path.split)
+
+
+def _once(samples: list) -> tuple[list, list[str]]:
+    "(samples without a second path to the same file, the paths left out): hard links, links to one file."
+    seen, kept, dropped = set(), [], []
+    for p, t in samples:
+        try: st = os.stat(p)
+        except OSError: kept.append((p, t)); continue              # gone: `_unreadable` names it
+        if (st.st_dev, st.st_ino) in seen: dropped.append(p)
+        else: seen.add((st.st_dev, st.st_ino)); kept.append((p, t))
+    return kept, dropped
+
+
+def _image_samples(root: Path) -> tuple[list, list[str], list[str], list[str]]:
+    """(samples, classes, skipped folders, files left out as repeats) of an image folder: a class per subfolder
+    (ImageFolder's layout), or, without subfolders, the images inside it as one class named after it."""
+    root_real = os.path.realpath(root)
+    seen, skipped = {root_real}, []
+    files, class_dirs = _entries(root, root_real, seen, skipped)
+    if class_dirs:
+        classes = [os.path.basename(d) for d in class_dirs]
+        samples = [(p, k) for k, d in enumerate(class_dirs) for p in _walk(d, root_real, seen, skipped)]
+    else: classes, samples = [root.name], [(p, 0) for p in files]
+    samples, repeats = _once(samples)
+    return samples, classes, skipped, repeats
+
+
+def _warn_skipped(root: Path, skipped: list[str], repeats: list[str]):
+    "Say which folders and files `_image_samples` left out (from `load_image_folder`: stacklevel 3 is its caller)."
+    show = lambda ps: ", ".join(ps[:5]) + (", ..." if len(ps) > 5 else "")
+    if skipped:
+        warnings.warn(f"{root}: skipped {len(skipped)} folder link(s) into the folder, above it or to a folder already "
+                      f"read, so that each image counts once: {show(skipped)}", stacklevel=3)
+    if repeats:
+        warnings.warn(f"{root}: {len(repeats)} file(s) reached a second time (hard links or links to one file) "
+                      f"counted once: {show(repeats)}", stacklevel=3)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    "Labelled image files with ImageFolder's attributes (root, samples, imgs, targets, classes, class_to_idx, loader)."
+    def __init__(self, root, samples: list[tuple[str, int]], classes: list[str], transform, loader):
         from torchvision.datasets.folder import IMG_EXTENSIONS
-        self.root, self.transform, self.loader = str(root), transform, loader
-        self.classes, self.class_to_idx = [root.name], {root.name: 0}
-        self.samples = self.imgs = [(str(p), 0) for p in sorted(root.iterdir())
-                                    if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
-        self.targets = [0] * len(self.samples)
+        self.root, self.transform, self.loader, self.extensions = str(root), transform, loader, IMG_EXTENSIONS
+        self.target_transform = None
+        self.classes, self.class_to_idx = list(classes), {c: i for i, c in enumerate(classes)}
+        self.samples = self.imgs = list(samples)
+        self.targets = [t for _, t in self.samples]
 
     def __len__(self) -> int: return len(self.samples)
 
@@ -295,33 +449,43 @@ class FlatImageFolder(torch.utils.data.Dataset):
         path, label = self.samples[i]
         return self.transform(self.loader(path)), label
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.root!r}: {len(self)} images, classes {self.classes})"
 
-def load_image_folder(root: str | Path, size: int = 128, on_error: str = "raise"):
+
+class FlatImageFolder(ImageFiles):
+    "The images directly inside `root` as one class (label 0), each real file once."
+    def __init__(self, root: Path, transform, loader):
+        files = _entries(root, os.path.realpath(root), set(), [])[0]
+        super().__init__(root, _once([(p, 0) for p in files])[0], [Path(root).name], transform, loader)
+
+
+def load_image_folder(root: str | Path, size: int = 128, on_error: str = "raise", max_pixels: int | None = None):
     """An ImageFolder (one subfolder per class, e.g. AnimalFaces), or a folder of images without subfolders (one
-    class), at size×size in [-1, 1]; `on_error`: 'raise'|'skip' unreadable files."""
-    from torchvision.datasets import ImageFolder
+    class), at size×size in [-1, 1]; `on_error`: 'raise'|'skip' unreadable files; images above `max_pixels`
+    (default `MAX_PIXELS`) are refused unread."""
     if on_error not in ("raise", "skip"): raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}.")
     root = Path(root)
     if not root.is_dir():
         raise DatasetNotFound(f"no image folder at {root}: put the images in {root} (or in {root}/<class name>/, "
                               "e.g. AnimalFaces: one folder per animal class).")
-    if not any(d.is_dir() for d in root.iterdir()):
-        ds = FlatImageFolder(root, image_transform(size), _load_rgb)
-        if not ds.samples: raise DatasetNotFound(f"{root} holds no images; expected {root}/*.jpg|png (or class subfolders).")
-    else:
-        try:
-            ds = ImageFolder(str(root), transform=image_transform(size), loader=_load_rgb)
-        except FileNotFoundError as e:
-            raise DatasetNotFound(f"{root} holds no images in class subfolders ({e}); expected {root}/<class>/*.jpg|png.") from None
-    bad = _unreadable(p for p, _ in ds.samples)
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    samples, classes, skipped, repeats = _image_samples(root)
+    _warn_skipped(root, skipped, repeats)
+    if not samples: raise DatasetNotFound(f"{root} holds no images; expected {root}/*.jpg|png (or class subfolders).")
+    empty = [c for k, c in enumerate(classes) if k not in {t for _, t in samples}]
+    if empty:
+        raise DatasetNotFound(f"{root} holds no images in the class folder(s) {', '.join(empty)}; expected "
+                              f"{root}/<class>/*.jpg|png (remove the empty folders).")
+    ds = ImageFiles(root, samples, classes, image_transform(size), partial(_load_rgb, size=size, max_pixels=limit))
+    bad = _unreadable((p for p, _ in ds.samples), size, limit)
     if bad and on_error == "raise":
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ValueError(f"{bad[0][0]} is not a readable image ({bad[0][1]}){more}; delete or replace it, or pass "
-                         "on_error='skip' to leave unreadable files out.")
+        raise ValueError(f"{bad[0][0]} {bad[0][1]}{more}; {bad[0][2]}, or move it out of the folder (from Python, load_image_folder(..., on_error='skip') leaves such files out).")
     if bad:
-        drop = {p for p, _ in bad}
+        drop = {p for p, _, _ in bad}
         warnings.warn(f"{root}: skipped {len(bad)} unreadable image file(s): {', '.join(sorted(drop)[:5])}"
-                      f"{', ...' if len(bad) > 5 else ''}", stacklevel=2)
+                      f"{', ...' if len(bad) > 5 else ''} ({bad[0][0]} {bad[0][1]})", stacklevel=2)
         ds.samples = ds.imgs = [s for s in ds.samples if s[0] not in drop]
         ds.targets = [t for _, t in ds.samples]
         if not ds.samples: raise DatasetNotFound(f"{root} holds no readable images; expected {root}/<class>/*.jpg|png.")

@@ -20,7 +20,8 @@ from .runs import RunError, damaged_artifacts
 # %% auto #0
 __all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'AGREEMENT_LAYER', 'FACTOR_OWN_MIN',
            'FACTOR_OFF_MAX', 'CLASS_SHARE_MIN', 'FIG4_RISING', 'FIG4_FALLING', 'run_metrics', 'checks', 'fig4_claim',
-           'validate_metrics', 'check_run', 'summary_png', 'write_report', 'study_metrics', 'write_study_report']
+           'validate_metrics', 'check_run', 'summary_png', 'write_report', 'study_metrics', 'validate_study_metrics',
+           'write_study_report']
 
 # %% ../nbs/13_report.ipynb #5321cd05
 FORMAT = 2
@@ -135,14 +136,16 @@ def validate_metrics(m: dict) -> list[str]:
 
 
 def check_run(out) -> list[str]:
-    "Problems with a run folder of `invnb colormnist` (empty list: complete, well-formed and unchanged)."
+    """Problems with a run folder of `invnb colormnist` or `invnb study` (empty list: complete, well-formed and
+    unchanged); a study run's metrics are checked by `validate_study_metrics` (below, with the study report)."""
     out = Path(out)
     if not out.is_dir(): return [f"{out} is not a folder"]
     bad = []
     try: m = json.loads((out / "metrics.json").read_text())
     except FileNotFoundError: return [f"{out} lacks metrics.json; is the run finished?"]
     except (ValueError, OSError) as e: return [f"{out / 'metrics.json'} is damaged ({e}); run the study again"]
-    bad += validate_metrics(m) if isinstance(m, dict) else ["metrics.json is not a JSON object"]
+    if not isinstance(m, dict): bad.append("metrics.json is not a JSON object")
+    else: bad += validate_study_metrics(m) if m.get("kind") == "study" else validate_metrics(m)
     rep = out / "report.html"
     if not rep.is_file() or rep.stat().st_size == 0: bad.append(f"{rep} is missing or empty")
     try: state = json.loads((out / "state.json").read_text())
@@ -352,6 +355,27 @@ def study_metrics(study, *, layers: list[str], settings: dict, data: dict, figur
             "recipe": study.meta.get("recipe"), "layers": list(layers),
             "run": {"settings": settings, "data": data, "environment": study.meta.get("environment", {})},
             "figures": figures, "seconds": seconds, "results": study.results.to_json()}
+
+
+def validate_study_metrics(m: dict) -> list[str]:
+    "Problems with the `metrics.json` of an `invnb study` run (empty list: well-formed); `check_run` uses it."
+    bad = []
+    try:
+        r, name, layers, settings = StudyResults.from_json(m["results"]), m["model"], m["layers"], m["run"]["settings"]
+        bad += r.problems()
+        if settings.get("layers", layers) != layers: bad.append(f"layers {layers}, the settings name {settings['layers']}")
+        for what, got in (("eq19", r.eq19.get(name, {})), ("image_variance", r.image_variance.get(name, {}))):
+            if missing := [l for l in layers if l not in got]: bad.append(f"{what}[{name}] lacks layers {missing}")
+        if missing := [l for l in layers if l not in m["figures"]]: bad.append(f"no sample grid for layers {missing}")
+        for k, v in m["seconds"].items():
+            if not v >= 0: bad.append(f"seconds[{k}] = {v} < 0")
+        ae = r.diagnostics.autoencoder
+        if ae is None: bad.append("diagnostics lack the autoencoder's reconstruction (diagnostics['autoencoder'])")
+        elif not (math.isfinite(ae.mse) and ae.mse >= 0 and math.isfinite(ae.psnr)):
+            bad.append(f"autoencoder mse {ae.mse} / psnr {ae.psnr} are not finite and >= 0")
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        bad.append(f"missing or malformed entry: {type(e).__name__}: {e}")
+    return list(dict.fromkeys(bad))
 
 
 def write_study_report(m: dict, path, figures_dir=None) -> Path:

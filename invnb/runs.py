@@ -29,13 +29,16 @@ LOCK = ".invnb.lock"
 
 @contextmanager
 def run_lock(out: Path):
-    "Hold an exclusive lock on the run folder `out` (created if needed) while the block runs."
+    """Hold an exclusive lock on the run folder `out` (created if needed) while the block runs. A run that leaves
+    nothing but the lock (it failed before writing anything) takes the lock file away, and the folder if it made it."""
     try:
         if out.exists() and not out.is_dir(): raise RunError(f"--out {out} is a file, not a folder; choose a folder.")
+        made = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         f = open(out / LOCK, "a+")
     except OSError as e:
         raise RunError(f"cannot write to {out} ({e.strerror}); choose a folder you can write to with --out.") from None
+    held = False
     try:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -43,10 +46,14 @@ def run_lock(out: Path):
             holder = f.read().strip() or "another process"
             raise RunError(f"{out} is in use by another invnb run ({holder}); wait for it to finish, or choose "
                            "another --out.") from None
+        held = True
         f.seek(0); f.truncate()
         f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
         yield
     finally:
+        if held and [p.name for p in out.iterdir()] == [LOCK]:   # ours: no other run can be using the folder
+            (out / LOCK).unlink(missing_ok=True)
+            if made: out.rmdir()
         f.close()   # closing releases the lock
 
 
@@ -113,8 +120,26 @@ def _clear(out: Path):
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    "{'a.b': value} for nested dicts, so that a difference is named down to the setting."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v: out.update(_flat(v, f"{prefix}{k}."))
+        else: out[f"{prefix}{k}"] = v
+    return out
+
+
 def _changed(saved: dict, now: dict) -> list[str]:
+    "The settings (dotted names, e.g. 'autoencoder.size') whose recorded and asked values differ."
+    saved, now = _flat(saved), _flat(now)
     return sorted(k for k in set(saved) | set(now) if k != "est_seconds" and saved.get(k) != now.get(k))
+
+
+def _differences(saved: dict, now: dict) -> str:
+    "What differs between the recorded and the asked settings, 'name: recorded, asked' each (long values cut)."
+    short = lambda v: r if len(r := json.dumps(v)) <= 80 else r[:77] + "..."
+    saved_f, now_f = _flat(saved), _flat(now)
+    return "; ".join(f"{k}: {short(saved_f.get(k))} recorded, {short(now_f.get(k))} asked" for k in _changed(saved, now))
 
 
 def prepare_run(out: Path, # the run folder (locked by the caller)
@@ -125,12 +150,15 @@ def prepare_run(out: Path, # the run folder (locked by the caller)
                 force: bool, # delete an earlier run first
                 log, # where messages go
                 disk_mb: int = 0, # space a new run needs
+                rerun_finished: bool = False, # a finished, intact run is run again (its state returned) instead of None
                 ) -> dict | None:
-    "The run's state (new or resumed), or None when the run is finished, intact and not forced."
+    """The run's state (new or resumed), or None when the run is finished, intact and not forced (unless
+    `rerun_finished`). A resume must have the same profile, seed, settings and data; what differs is named."""
     state_path = out / "state.json"
     others = [p for p in out.iterdir() if p.name != LOCK]
     if others and not state_path.exists() and not force:
-        raise RunError(f"{out} is not empty and holds no invnb run (no state.json); choose another --out.")
+        raise RunError(f"{out} is not empty and holds no invnb run (no state.json: not a run folder, or "
+                       "a study run of an earlier invnb); choose another --out, or --force to delete what it holds and start there.")
     if force and others:
         log(f"--force: deleting the earlier run in {out}.")
         _clear(out)
@@ -141,14 +169,19 @@ def prepare_run(out: Path, # the run folder (locked by the caller)
             raise RunError(f"{out} holds a run with profile {state.get('profile')!r} and seed {state.get('seed')}; this "
                            f"run asks for profile {profile!r} and seed {seed}. Use another --out, or --force to replace it.")
         if changed := _changed(state.get("settings", {}), settings):
-            raise RunError(f"{out} holds a {profile} run made with other settings ({', '.join(changed)} differ, e.g. "
-                           f"from another invnb version); its parts cannot be mixed with this run's. Use another --out, "
-                           "or --force to replace it.")
+            raise RunError(f"{out} holds a {profile} run made with other settings ({', '.join(changed)} differ: "
+                           f"{_differences(state.get('settings', {}), settings)}); its parts cannot be mixed with this "
+                           "run's. Use another --out, or --force to replace it.")
         if changed := _changed(state.get("data", {}), data_info):
             raise RunError(f"{out} holds a run on other data ({', '.join(changed)} differ: {state.get('data')} vs "
                            f"{data_info}); use another --out, or --force to replace it.")
         if state.get("finished"):
             bad = damaged_artifacts(out, state.get("artifacts", {}))
+            if not bad and rerun_finished:
+                state["finished"] = False
+                log(f"{out} holds a finished {profile} run (seed {seed}) with these settings; running it again, "
+                    "reusing its finished parts.")
+                return state
             if not bad:
                 log(f"{out} holds a finished {profile} run (seed {seed}); report: {out / 'report.html'}. "
                     "Nothing to do; --force runs it again from scratch.")

@@ -5,7 +5,6 @@
 # %% ../nbs/08_study.ipynb #ba7fe62e
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 
@@ -13,8 +12,9 @@ import torch
 from torch import nn
 
 from . import analysis, diagnostics, edits
-from .autoencoder import reconstruction_metrics
-from .checkpoint import Checkpointable, CheckpointError, load_model, load_tensors, save_tensors, write_json_atomic
+from .autoencoder import Autoencoder, reconstruction_metrics
+from .checkpoint import Checkpointable, CheckpointError, load_model, load_tensors, read_json, save_tensors
+from .checkpoint import _find_class, write_json_atomic
 from .factors import factor_report
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
@@ -38,12 +38,37 @@ def environment(device=None) -> dict:
 
 
 def _inside(folder: Path, rel: str) -> Path:
-    "`folder / rel`, refused unless it lies inside `folder` (a study.json cannot point elsewhere)."
+    """`folder / rel`, refused unless it lies inside `folder` once every symlink is resolved: no file of a study (ae, e,
+    a model, a t) is read from elsewhere, whether study.json names it or a symlink points away."""
     path = (folder / rel).resolve()
     if not path.is_relative_to(folder.resolve()):
-        raise CheckpointError(f"{folder / 'study.json'} names the file {rel!r}, which lies outside the study folder; "
-                              "refusing to read it. The index was edited by hand or comes from an untrusted source.")
+        raise CheckpointError(f"{folder / 'study.json'}: the study's file {rel!r} lies outside the study folder "
+                              "(a path in the index, or a symlink, pointing elsewhere); refusing to read it. The "
+                              "folder was edited by hand or comes from an untrusted source.")
     return path
+
+
+def _read_index(index: Path) -> dict:
+    "study.json's parts: {'models': [entries], 'ts': {(model, layer): file}, 'e', 'results', 'meta'}; or one error."
+    idx = read_json(index, fix="save the study again, or delete the folder")
+    try:
+        entries = [m if isinstance(m, dict) else {"name": m, "file": f"models/{m}.safetensors"} for m in idx["models"]]
+        if not all(isinstance(m["name"], str) and isinstance(m["file"], str) for m in entries):
+            raise TypeError("a model's name or file is not a string")
+        ts = {(r["model"], r["layer"]): r["file"] for r in idx["ts"]}
+        return {"models": entries, "ts": ts, "e": bool(idx["e"]), "results": idx["results"], "meta": idx["meta"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index} is damaged ({type(e).__name__}: {e}); save the study again, or delete the "
+                              "folder.") from None
+
+
+def _expected_class(index: Path, entry: dict) -> type:
+    "The invnb model class study.json records for a model's file (any invnb model when none is recorded or known)."
+    recorded = entry.get("class")
+    if not isinstance(recorded, str) or "." not in recorded: return Checkpointable
+    module, _, name = recorded.rpartition(".")
+    try: return _find_class(index, name, module)       # imports nothing but invnb's own modules
+    except CheckpointError: return Checkpointable
 
 # %% ../nbs/08_study.ipynb #435f1346
 class StudyParts:
@@ -322,7 +347,8 @@ class Study(StudyDiagnostics):
         for name, m in self.models.items():
             file = f"models/{unique('models/' + analysis.safe_name(name))[7:]}.safetensors"
             if isinstance(m, Checkpointable):   # rebuilt from its config on load
-                m.save(folder / file); models.append({"name": name, "file": file})
+                m.save(folder / file)
+                models.append({"name": name, "file": file, "class": f"{type(m).__module__}.{type(m).__name__}"})
             else:                               # a user's model: its weights only; `load` takes the model back
                 cls = f"{type(m).__module__}.{type(m).__qualname__}"
                 save_tensors(folder / file, m.state_dict(), {"kind": "weights", "class": cls})
@@ -345,7 +371,9 @@ class Study(StudyDiagnostics):
 
     @classmethod
     def load(cls, folder, models: dict[str, nn.Module] | None = None) -> "Study":
-        """A study written by `save`; every file it names must lie inside `folder`. A model that is not an invnb
+        """A study written by `save`. Every file it reads must lie inside `folder` (symlinks resolved) and hold what
+        it stands for (the ae an `Autoencoder`, e a `FactorINN`, the t's `InvarianceINN`s, a model the class that
+        study.json records), which is checked before anything is built. A model that is not an invnb
         model (a torchvision network, an `Adapted` one) was saved as weights only: pass it back in `models`
         ({name: an instance of the same architecture}) and its weights are loaded into it, unless the study
         records a recipe for it (`meta['recipe']`, written by `Study.build`; see `08b_build`), from which it is
@@ -354,38 +382,38 @@ class Study(StudyDiagnostics):
         index = folder / "study.json"
         if not index.is_file():
             raise FileNotFoundError(f"{folder} holds no study.json; is it a folder written by Study.save?")
-        try:
-            idx = json.loads(index.read_text())
-            entries = [m if isinstance(m, dict) else {"name": m, "file": f"models/{m}.safetensors"} for m in idx["models"]]
-            files = {m["name"]: m["file"] for m in entries}
-            weights_only = {m["name"]: m.get("class", "?") for m in entries if m.get("weights_only")}
-            tfiles = {(r["model"], r["layer"]): r["file"] for r in idx["ts"]}
-            has_e, results, meta = bool(idx["e"]), idx["results"], idx["meta"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index} is damaged ({type(e).__name__}: {e}); save the study again, or delete the "
-                                  "folder.") from None
+        idx = _read_index(index)
+        entries, meta = {m["name"]: m for m in idx["models"]}, idx["meta"]
+        # every file through the same check, before anything is read or built: none may lie outside the folder
+        paths = {n: _inside(folder, m["file"]) for n, m in entries.items()}
+        tpaths = {k: _inside(folder, f) for k, f in idx["ts"].items()}
+        ae_path, e_path = _inside(folder, "ae.safetensors"), _inside(folder, "e.safetensors") if idx["e"] else None
+        weights_only = {n: m.get("class", "?") for n, m in entries.items() if m.get("weights_only")}
         given = dict(models or {})
-        if unknown := sorted(set(given) - set(files)):
-            raise ValueError(f"models {unknown} are not in this study; it has {sorted(files)}.")
+        if unknown := sorted(set(given) - set(entries)):
+            raise ValueError(f"models {unknown} are not in this study; it has {sorted(entries)}.")
         missing = [n for n in weights_only if n not in given]
         if missing and isinstance(meta, dict) and meta.get("recipe") and meta.get("name") in missing:
             from invnb.build import model_from_recipe       # a torchvision network, rebuilt for the model it names
-            given[meta["name"]] = model_from_recipe(meta["recipe"], expect=weights_only[meta["name"]])
-            missing.remove(meta["name"])
+            n = meta["name"]                                # checked against its saved weights on the meta device first
+            given[n] = model_from_recipe(meta["recipe"], expect=weights_only[n], weights=paths[n])
+            missing.remove(n)
         if missing:
             raise ValueError(f"{index}: the model(s) {missing} were saved as weights only (classes "
                              f"{sorted({weights_only[n] for n in missing})} are not invnb models); pass them back, e.g. "
                              f"Study.load({str(folder)!r}, models={{{missing[0]!r}: model}}), with model built as "
                              "when the study was made.")
-        def model(n, f):
-            if n not in weights_only: return load_model(_inside(folder, f)) if n not in given else given[n]
-            tensors, _ = load_tensors(_inside(folder, f))
+        def model(n):
+            if n in given and n not in weights_only: return given[n]
+            if n not in weights_only: return load_model(paths[n], _expected_class(index, entries[n]))
+            tensors, _ = load_tensors(paths[n])
             try: given[n].load_state_dict(tensors)
             except RuntimeError as e:
                 raise ValueError(f"the model passed for {n!r} does not fit its saved weights ({str(e).splitlines()[0]}); "
                                  f"pass a {weights_only[n]} of the same architecture.") from None
             return given[n]
-        models = {n: model(n, f) for n, f in files.items()}
-        ts = {k: InvarianceINN.load(_inside(folder, f)) for k, f in tfiles.items()}
-        e = FactorINN.load(folder / "e.safetensors") if has_e else None
-        return cls(load_model(folder / "ae.safetensors"), models, ts, e, results, meta)
+        ae = load_model(ae_path, Autoencoder)
+        models = {n: model(n) for n in entries}
+        ts = {k: InvarianceINN.load(p) for k, p in tpaths.items()}
+        e = FactorINN.load(e_path) if e_path is not None else None
+        return cls(ae, models, ts, e, idx["results"], meta)

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import os
 import time
 from contextlib import nullcontext
 from collections.abc import Mapping
@@ -14,19 +16,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import analysis
+from . import analysis, plots
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
-from .build import BuildError, _adapter_recipe, _build, _builder   # the build's own helpers, one package
-from .checkpoint import CheckpointError, load_model, write_json_atomic
+from .build import T_SIZE, BuildError, _adapter_recipe, _build, _builder   # the build's own helpers, one package
+from .checkpoint import CheckpointError, load_model, write_bytes_atomic, write_json_atomic
+from .data import fingerprint, load_image_folder
 from .features import image_batches, probes_of
 from .probe import IMAGENET, Adapted, InputAdapter
-from .distributed import barrier, init_distributed, is_main
+from .distributed import barrier, broadcast, init_distributed, is_main
+from .report import study_metrics, write_study_report
+from .runs import RunError, artifacts, prepare_run, run_lock, sha256
 from .train import pick_device, say
 
-
-
 # %% auto #0
-__all__ = ['MISSING_AE', 'load_state_dict_file', 'model_from_spec', 'run_study']
+__all__ = ['MISSING_AE', 'MIN_IMAGES', 'load_state_dict_file', 'model_from_spec', 'run_study']
 
 # %% ../nbs/08c_studyrun.ipynb #a84696d7
 MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
@@ -47,9 +50,8 @@ def load_state_dict_file(path) -> dict[str, torch.Tensor]:
     else:
         try: state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-            raise BuildError(f"{path} cannot be read with torch.load(weights_only=True) ({type(e).__name__}: {first}); "
-                             "invnb never unpickles arbitrary objects: save the weights with "
+            raise BuildError(f"{path} cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
+                             f"{_why_not_loaded(e)}); invnb never unpickles arbitrary objects: save the weights with "
                              "torch.save(model.state_dict(), path).") from None
         for key in ("state_dict", "model"):
             if isinstance(state, Mapping) and isinstance(state.get(key), Mapping): state = state[key]; break
@@ -59,7 +61,19 @@ def load_state_dict_file(path) -> dict[str, torch.Tensor]:
         raise BuildError(f"{path} holds {what}, not a state dict (parameter names -> tensors); save one with "
                          "torch.save(model.state_dict(), path).")
     if all(k.startswith("module.") for k in state): state = {k[len("module."):]: v for k, v in state.items()}
+    if bad := [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise BuildError(f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: "
+                         f"{len(bad)} of {len(state)} tensors); the model was saved after its training diverged. Pass a "
+                         "checkpoint saved before that.")
     return dict(state)
+
+
+def _why_not_loaded(e: Exception) -> str:
+    "The informative part of torch.load's refusal, whole (its first sentence, or the line that names what was refused)."
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    named = [l for l in lines if l.startswith(("Trying to load", "Unsupported", "Unsupported global"))]
+    if named: return named[0].rstrip(".")
+    return (lines[0].split(". ")[0].rstrip(".") if lines else "no message")
 
 
 def _load_weights(model: nn.Module, state: dict, what: str):
@@ -113,16 +127,15 @@ def _autoencoder(path, out: Path, images, train_steps: int | None, size: int, de
     "The autoencoder of a run: loaded from `path`, or (with `train_steps`) a SmallAE trained on the folder, reused."
     if path is not None:
         if not Path(path).is_file(): raise BuildError(f"--ae {path} does not exist; pass the .safetensors file of an invnb autoencoder.")
-        try: ae = load_model(path)
-        except CheckpointError as e: raise BuildError(f"--ae {path}: {e}") from None
-        if not isinstance(ae, Autoencoder):
-            raise BuildError(f"--ae {path} holds a {type(ae).__name__}, not an invnb autoencoder (SmallAE, BigAE).")
+        try: ae = load_model(path, Autoencoder)   # the class is checked before anything is built
+        except CheckpointError as e:
+            raise BuildError(f"--ae {path}: {e} --ae takes an invnb autoencoder (SmallAE, BigAE).") from None
         return ae.eval()
     if not train_steps: raise BuildError(MISSING_AE)
     saved = out / "ae.safetensors"
-    if saved.is_file():
+    if saved.is_file():   # the run's settings check has made sure it was trained with these settings on these images
         log(f"  reusing the autoencoder trained by an earlier run: {saved}")
-        return load_model(saved).eval()
+        return load_model(saved, Autoencoder).eval()
     try: ae = SmallAE(size=size, width=32, seed=seed)
     except ValueError as e: raise BuildError(f"--size: {e}") from None
     n, batches, source = image_batches(images, 256, size)
@@ -133,11 +146,80 @@ def _autoencoder(path, out: Path, images, train_steps: int | None, size: int, de
     barrier()
     return ae.cpu().eval()
 
+# %% ../nbs/08c_studyrun.ipynb #5ed440ce
+MIN_IMAGES = 16   # the fewest images a study runs on: fewer give t almost nothing to fit and Eq. 19's jackknife no SE
+
+
+def _images_record(images, size: int) -> dict:
+    """What identifies a run's images, for the settings check of a rerun: their number and a SHA-256 over each file's
+    path inside the folder, its class and its bytes (a tensor: its fingerprint; a Dataset: only its length)."""
+    if isinstance(images, (str, Path)):
+        ds, h = load_image_folder(images, size=size), hashlib.sha256()
+        for path, label in ds.samples:
+            h.update(f"{os.path.relpath(path, images)}\0{label}\0{sha256(Path(path))}\n".encode())
+        record = {"images": len(ds), "sha256": h.hexdigest()[:16]}
+    elif isinstance(images, torch.Tensor): record = {"images": len(images), "sha256": fingerprint(images)}
+    else: record = {"images": image_batches(images, 1, size)[0]}
+    if (n := record["images"]) < MIN_IMAGES:
+        where = images if isinstance(images, (str, Path)) else "the images"
+        raise BuildError(f"{where} holds {n} image{'' if n == 1 else 's'}; a study needs at least {MIN_IMAGES} (t's fit "
+                         "and Eq. 19's standard error need more than a handful): add images.")
+    return record
+
+
+def _run_settings(model, weights, checkpoint, ae, auto, train_ae: int | None, size: int, layers: list, steps: int,
+                  t_size: dict | None, batch_size: int, seed: int, n_eval: int, n_grid: int, n_draws: int) -> dict:
+    """Every setting that shapes a result of `invnb study`, as used: a given autoencoder by its file's hash (its size
+    is its own), a trained one by its architecture, steps and size; a rerun with any of them changed is refused."""
+    file = lambda f: None if f is None else {"file": str(f), "sha256": sha256(Path(f))[:16]}
+    autoencoder = (dict(file(ae), size=auto.size) if ae is not None
+                   else {"arch": "SmallAE", "width": 32, "train_steps": train_ae, "size": size})
+    return {"model": model, "weights": weights, "checkpoint": file(checkpoint), "autoencoder": autoencoder,
+            "layers": list(layers), "steps": steps, "t_size": dict(T_SIZE if t_size is None else t_size),
+            "batch_size": batch_size, "seed": seed, "n_eval": n_eval, "n_grid": n_grid, "n_draws": n_draws}
+
+
+def _open_run(out: Path, settings: dict, record: dict, seed: int, force: bool, log) -> dict | None:
+    "Rank 0: the run's state (new, resumed or rerun); a changed setting is refused. Every rank learns whether it may go on."
+    state, refused = None, None
+    if is_main():
+        try: state = prepare_run(out, "study", seed, settings, record, force, log, rerun_finished=True)
+        except RunError as e: refused = e
+    if broadcast(refused is not None):
+        raise refused if refused is not None else BuildError("rank 0 refused the run folder; see its message.")
+    return state
+
+
+def _stage(state: dict | None, out: Path, name: str, t0: float) -> None:
+    "Record a finished stage's seconds in state.json (rank 0)."
+    if state is None: return
+    state["stages"][name] = {"seconds": round(time.perf_counter() - t0, 2)}
+    write_json_atomic(out / "state.json", state)
+
 # %% ../nbs/08c_studyrun.ipynb #97ccb091
-def run_study(out,                      # run folder: study/, t/, figures/, report.html, metrics.json
+def _analyse(study, x: torch.Tensor, out: Path, seed: int, n_eval: int, n_grid: int, n_draws: int,
+             progress: bool) -> dict:
+    "The report's numbers and sample grids (figures/samples_<layer>.png); {layer: grid file}."
+    name, ls, figs, grids = study.meta["name"], study.meta["layers"], out / "figures", {}
+    with torch.no_grad():
+        study.compute_reconstruction(x)
+        study.compute_eq19(x, name, ls, n_outer=min(n_eval, len(x)), n_inner=n_eval, seed=seed + 1, progress=progress)
+        v = torch.randn(n_draws, study.ae.zdim, generator=torch.Generator().manual_seed(seed + 4))
+        study.compute_image_variance(x[:64], v, name, ls)
+        xg = x[:n_grid]
+        recon = study.reconstruct(xg)
+        for l in ls:
+            fig = plots.samples_grid(xg, study.sample(xg, l, v=v), reconstruction=recon, backend="matplotlib",
+                                     title=f"{l}: rows = inputs, columns = the same draws of v")
+            grids[l] = f"samples_{analysis.safe_name(l)}.png"
+            write_bytes_atomic(figs / grids[l], plots.to_png(fig))
+    return grids
+
+
+def run_study(out,                      # run folder: study/, t/, figures/, report.html, metrics.json, state.json
               model: str,               # torchvision:NAME or package.module:function
               layers,                   # list or comma-separated layer names
-              images,                   # an image folder (or anything `Study.build` takes)
+              images,                   # an image folder (or anything `Study.build` takes), at least `MIN_IMAGES`
               ae=None,                  # an invnb autoencoder file (.safetensors)
               *, weights: str | None = None,   # torchvision weights, e.g. IMAGENET1K_V1 (downloaded once)
               checkpoint=None,          # a state dict file for the model
@@ -145,14 +227,14 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
               size: int = 32,           # ... at this image size
               steps: int = 2000, t_size: dict | None = None, batch_size: int = 128, device="auto", seed: int = 0,
               n_eval: int = 100, n_grid: int = 6, n_draws: int = 8, budget_mb: float = 2048,
+              force: bool = False,      # delete an earlier run in `out` first (a rerun with other settings is refused)
               progress: bool = True, log=None) -> Path:
     """Build, analyse and report a study of `model` at `layers` on `images` (see above); the path of report.html
-    (None on the ranks other than 0 under torchrun, which train their share of the t's).
-    `log` takes the stage lines (default: the `invnb` logger, `invnb.train.say`, silent with `progress=False`)."""
+    (None on the ranks other than 0 under torchrun, which train their share of the t's). The settings that shape the
+    results are recorded in state.json: a rerun with the same ones reuses the finished parts, one with others is
+    refused, naming what differs. `log` takes the stage lines (default: the `invnb` logger, `invnb.train.say`,
+    silent with `progress=False`)."""
     if log is None: log = say if progress else (lambda message: None)
-    from invnb import plots
-    from invnb.report import study_metrics, write_study_report
-    from invnb.runs import run_lock
     if ae is None and not train_ae: raise BuildError(MISSING_AE)
     out, t_all, secs = Path(out), time.perf_counter(), {}
     try: dev = init_distributed(pick_device(device))   # under torchrun: join the group, this rank's GPU
@@ -161,14 +243,22 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
                          "cuda:N or mps.") from None
     main = is_main()
     if not main: log, progress = (lambda message: None), False     # rank 0 speaks, locks and writes the report
-    # everything that can be checked without reading an image: the model, its layers, the autoencoder file
+    # everything that can be checked before the lock: the model, its layers, the autoencoder file, the images
     net, recipe = model_from_spec(model, weights, checkpoint, seed)
     names = list(probes_of(net, layers))
     auto = _autoencoder(ae, out, images, None, size, dev, seed, progress, log) if ae is not None else None
+    if ae is None:                                      # the size of the autoencoder to train, before anything is written
+        try:
+            with torch.device("meta"): SmallAE(size=size, width=32)
+        except ValueError as e: raise BuildError(f"--size: {e}") from None
+    record = _images_record(images, auto.size if auto is not None else size)
+    settings = _run_settings(model, weights, checkpoint, ae, auto, train_ae, size, names, steps, t_size, batch_size,
+                             seed, n_eval, n_grid, n_draws)
     with run_lock(out) if main else nullcontext():
+        state = _open_run(out, settings, record, seed, force, log)
         t0 = time.perf_counter()
         if auto is None: auto = _autoencoder(None, out, images, train_ae, size, dev, seed, progress, log)
-        secs["autoencoder"] = round(time.perf_counter() - t0, 2)
+        _stage(state, out, "autoencoder", t0)
         log(f"[1/3] codes, features and one t per layer ({', '.join(names)}) on {images}")
         t0 = time.perf_counter()
         built = _build(net, names, images, ae=auto, device=dev, out=out, steps=steps, t_size=t_size,
@@ -176,34 +266,20 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
                        keep=max(n_eval, n_grid))
         if built is None: return None         # under torchrun: this rank's t's are trained, rank 0 does the rest
         study, x, info = built
-        secs["build"] = round(time.perf_counter() - t0, 2)
+        _stage(state, out, "build", t0)
         if info["reused"]: log(f"  loaded the finished t's of {info['reused']} (delete {out / 't'} to train them again)")
         log(f"[2/3] analysis: Eq. 19, image-space variance, sample grids ({len(x)} images)")
         t0 = time.perf_counter()
-        name, ls = study.meta["name"], study.meta["layers"]
-        with torch.no_grad():
-            study.compute_reconstruction(x)
-            study.compute_eq19(x, name, ls, n_outer=min(n_eval, len(x)), n_inner=n_eval, seed=seed + 1, progress=progress)
-            v = torch.randn(n_draws, auto.zdim, generator=torch.Generator().manual_seed(seed + 4))
-            study.compute_image_variance(x[:64], v, name, ls)
-            figs, grids, xg = out / "figures", {}, x[:n_grid]
-            figs.mkdir(exist_ok=True)
-            recon = study.reconstruct(xg)
-            for l in ls:
-                fig = plots.samples_grid(xg, study.sample(xg, l, v=v), reconstruction=recon, backend="matplotlib",
-                                         title=f"{l}: rows = inputs, columns = the same draws of v")
-                grids[l] = f"samples_{analysis.safe_name(l)}.png"
-                (figs / grids[l]).write_bytes(plots.to_png(fig))
+        grids = _analyse(study, x, out, seed, n_eval, n_grid, n_draws, progress)
         study.save(out / "study")
-        secs["analysis"] = round(time.perf_counter() - t0, 2)
+        _stage(state, out, "analysis", t0)
         log("[3/3] report")
-        secs["total"] = round(time.perf_counter() - t_all, 1)
-        settings = {"model": model, "weights": weights, "checkpoint": None if checkpoint is None else str(checkpoint),
-                    "ae": None if ae is None else str(ae), "train_ae": train_ae, "steps": steps,
-                    "t_size": study.meta["t"], "batch_size": batch_size, "seed": seed, "n_eval": n_eval,
-                    "device": str(dev)}
-        m = study_metrics(study, layers=ls, settings=settings, data=info, figures=grids, seconds=secs)
+        secs = {k: v["seconds"] for k, v in state["stages"].items()} | {"total": round(time.perf_counter() - t_all, 1)}
+        m = study_metrics(study, layers=study.meta["layers"], settings=settings, data=info | {"record": record},
+                          figures=grids, seconds=secs)
         write_json_atomic(out / "metrics.json", m)
-        report = write_study_report(m, out / "report.html", figs)
+        report = write_study_report(m, out / "report.html", out / "figures")
+        state["finished"], state["artifacts"] = True, artifacts(out)
+        write_json_atomic(out / "state.json", state)
     log(f"done in {time.perf_counter() - t_all:.0f} s; report: {report}")
     return report

@@ -51,6 +51,24 @@ def _show(view: W.Image, data: bytes) -> None:
     view.width = str(int.from_bytes(data[16:20], "big"))      # the PNG header's width field
 
 
+def _some_images(x, name: str = "images") -> torch.Tensor:
+    "`check_images(x, channels=None, name=name)`, and at least one image (a widget has nothing to show for 0); return x."
+    check_images(x, channels=None, name=name)
+    if len(x) == 0:
+        raise ValueError(f"{name} must hold at least one image, shape (N, C, H, W) with N ≥ 1; got {tuple(x.shape)}. "
+                         "Pass some of the study's images, e.g. x[:8].")
+    return x
+
+
+def _one_image(x, name: str = "image") -> torch.Tensor:
+    "One image (C, H, W), or the first of a batch (N, C, H, W) with N ≥ 1, as a batch (1, C, H, W)."
+    if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be one image (C, H, W) or a batch (N, C, H, W) with N ≥ 1; got {got}. "
+                         "Pass one of the study's images, e.g. x[0].")
+    return _some_images(x if x.ndim == 4 else x[None], name)[:1]
+
+
 def _in_kernel() -> bool:
     "True inside IPython/Jupyter (where Output widgets capture); outside, clear_output would print escape codes."
     from IPython import get_ipython
@@ -79,11 +97,11 @@ class LayerExplorer(W.VBox):
     COLUMNS = 8   # samples per row of the picture
     def __init__(self, study: Study, images: torch.Tensor, model: str | None = None, n: int = 8,
                  temperature: float = 1.0, seed: int = 0, scale: int = SCALE):
-        self.study, self.images, self.model = study, check_images(images, channels=None), model or study.default_model
+        self.study, self.images, self.model = study, _some_images(images), model or study.default_model
         layers = study.layers(self.model)
         if not layers: raise ValueError(f"the study has no t for model {self.model!r}; train one first.")
         self.generator, self.scale, self.error, self.last_ms = torch.Generator().manual_seed(seed), scale, None, None
-        self.image_pick = W.BoundedIntText(value=0, min=0, max=len(images) - 1, description="image")
+        self.image_pick = W.BoundedIntText(value=0, min=0, max=len(self.images) - 1, description="image")
         self.layer_pick = W.Dropdown(options=layers, value=layers[-1] if len(layers) else None, description="layer")
         self.n_slider = W.IntSlider(value=n, min=1, max=MAX_SAMPLES, description="samples")
         self.temp_slider = W.FloatSlider(value=temperature, **TEMPERATURE, description="temperature",
@@ -144,13 +162,15 @@ class FactorEditor(W.VBox):
                  class_names=None, seed: int = 0, scale: int = EDIT_SCALE):
         if study.e is None: raise ValueError("the study has no semantic INN e; train one with invnb.analysis.fit_factors.")
         self.study, self.e, self.f = study, study.e, study._model(model)
-        self.x = check_images(image if image.dim() == 4 else image[None], channels=None, name="image")[:1]
-        self.partners = check_images(partners, channels=None, name="partners")
+        self.x, self.partners = _one_image(image, "image"), _some_images(partners, "partners")
+        if self.partners.shape[1:] != self.x.shape[1:]:
+            raise ValueError(f"partners must be images shaped like image, (N, {', '.join(map(str, self.x.shape[1:]))}); "
+                             f"got {tuple(self.partners.shape)}.")
         self.class_names, self.scale, self.error, self.last_ms = class_names, scale, None, None
         self.generator = torch.Generator().manual_seed(seed)
         self.sliders = {k: W.FloatSlider(value=0.0, min=0.0, max=1.0, step=ALPHA_STEP, description=k,
                                          continuous_update=True) for k in self.e.factors}
-        self.partner_pick = W.BoundedIntText(value=0, min=0, max=len(partners) - 1, description="swap with…")
+        self.partner_pick = W.BoundedIntText(value=0, min=0, max=len(self.partners) - 1, description="swap with…")
         self.random_button = W.Button(description="random partner", icon="random")
         self.reset_button = W.Button(description="reset")
         self.view = W.Image(format="png")
@@ -215,6 +235,7 @@ class CurveExplorer(W.VBox):
 
     def __init__(self, study: Study, images: torch.Tensor | None = None, backend: str = "image"):
         if backend not in self.BACKENDS: raise ValueError(f"backend must be one of {self.BACKENDS}; got {backend!r}.")
+        if images is not None: _some_images(images)
         self.study, self.images, self.backend, self.error, self.last_ms = study, images, backend, None, None
         r = study.results
         models = list(study.models)

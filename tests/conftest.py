@@ -79,3 +79,35 @@ def smoke_run(tmp_path_factory):
     lines = []
     report = run_colormnist(out, "smoke", device="cpu", progress=False, log=lines.append)
     return out, report, lines
+
+
+# -- a small image folder and an autoencoder of it: `Study.build` and `invnb study` (test_build, test_studyrun) -----
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory):
+    "24 PNGs of random coloured shapes (32 px) in the ImageFolder layout: two class subfolders."
+    import numpy as np
+    from PIL import Image, ImageDraw
+    root = tmp_path_factory.mktemp("shapes") / "images"
+    rng = np.random.default_rng(0)
+    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))
+    for i in range(24):
+        kind = ("squares", "discs")[i % 2]
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        im = Image.new("RGB", (32, 32), colour())
+        a, b = sorted(rng.integers(2, 30, 2)); c, d = sorted(rng.integers(2, 30, 2))
+        box = (int(a), int(c), int(max(b, a + 6)), int(max(d, c + 6)))
+        (ImageDraw.Draw(im).rectangle if kind == "squares" else ImageDraw.Draw(im).ellipse)(box, fill=colour())
+        im.save(root / kind / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ae(folder, tmp_path_factory):
+    "(a SmallAE trained for a few steps on the folder, its file)."
+    from invnb.autoencoder import SmallAE, train_autoencoder
+    from invnb.data import load_image_folder
+    x = torch.stack([im for im, _ in load_image_folder(folder, size=32)])
+    ae = SmallAE(size=32, width=8)
+    train_autoencoder(ae, x, steps=20, batch_size=8, device="cpu", progress=False)
+    return ae.eval(), ae.save(tmp_path_factory.mktemp("ae") / "ae.safetensors")

@@ -9,7 +9,6 @@ from torch import nn
 from torchvision.models import resnet18
 
 from invnb import analysis
-from invnb.autoencoder import SmallAE, train_autoencoder
 from invnb.build import BuildError, model_from_recipe, torchvision_recipe
 from invnb.studyrun import load_state_dict_file, model_from_spec
 from invnb.features import features_of_layers
@@ -23,31 +22,7 @@ CLI_T = ["--t-blocks", "1", "--t-hidden", "8", "--t-embed", "8", "--steps", "5",
          "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    "24 PNGs of random coloured shapes (32 px) in the ImageFolder layout: two class subfolders."
-    from PIL import Image, ImageDraw
-    root = tmp_path_factory.mktemp("shapes") / "images"
-    rng = np.random.default_rng(0)
-    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))
-    for i in range(24):
-        kind = ("squares", "discs")[i % 2]
-        (root / kind).mkdir(parents=True, exist_ok=True)
-        im = Image.new("RGB", (32, 32), colour())
-        a, b = sorted(rng.integers(2, 30, 2)); c, d = sorted(rng.integers(2, 30, 2))
-        box = (int(a), int(c), int(max(b, a + 6)), int(max(d, c + 6)))
-        (ImageDraw.Draw(im).rectangle if kind == "squares" else ImageDraw.Draw(im).ellipse)(box, fill=colour())
-        im.save(root / kind / f"{i:02d}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def ae(folder, tmp_path_factory):
-    "(a SmallAE trained for a few steps on the folder, its file)."
-    x = torch.stack([im for im, _ in load_image_folder(folder, size=32)])
-    ae = SmallAE(size=32, width=8)
-    train_autoencoder(ae, x, steps=20, batch_size=8, device="cpu", progress=False)
-    return ae.eval(), ae.save(tmp_path_factory.mktemp("ae") / "ae.safetensors")
+# `folder` (24 PNGs in two class subfolders) and `ae` (a SmallAE of them, its file): fixtures in conftest.py
 
 
 def build(folder, ae, **kw):
@@ -250,19 +225,20 @@ def test_cli_bad_inputs_are_one_line_errors(folder, ae, tmp_path, capsys):
 def test_invnb_study_under_torchrun_shares_the_t_s_out_and_equals_one_process(folder, tmp_path):
     """2 ranks (gloo): the autoencoder trained data-parallel, one t per layer on each rank, rank 0's report. The same
     autoencoder and layers in one process at the same thread count give bit-identical t's."""
-    import os, shutil, subprocess, sys
+    import os, subprocess, sys
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"): env.pop(k, None)
-    args = ["-m", "invnb", "study", "--model", "torchvision:resnet18", "--images", str(folder), "--layers",
-            "layer2,layer3", "--train-ae", "10", "--size", "32", *[a for a in CLI_T if a != "--no-progress"]]
+    base = ["-m", "invnb", "study", "--model", "torchvision:resnet18", "--images", str(folder), "--layers",
+            "layer2,layer3", *[a for a in CLI_T if a != "--no-progress"]]
     two, one = tmp_path / "two", tmp_path / "one"
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
-                        "--out", str(two)], capture_output=True, text=True, env=env, timeout=600)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *base,
+                        "--train-ae", "10", "--size", "32", "--out", str(two)], capture_output=True, text=True, env=env,
+                       timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "rank 0/2: 1 of 2 fits to run here" in p.stdout + p.stderr
     assert (two / "report.html").is_file() and not (two / ".rank1" / "cache").exists()   # in memory: no disk cache
-    one.mkdir(); shutil.copy(two / "ae.safetensors", one / "ae.safetensors")            # the same autoencoder
-    q = subprocess.run([sys.executable, *args, "--out", str(one)], capture_output=True, text=True, env=env, timeout=600)
+    q = subprocess.run([sys.executable, *base, "--ae", str(two / "ae.safetensors"), "--out", str(one)],   # the same ae
+                       capture_output=True, text=True, env=env, timeout=600)
     assert q.returncode == 0, q.stdout[-3000:] + q.stderr[-3000:]
     for layer in ("layer2", "layer3"):
         assert (one / "t" / layer / "t.safetensors").read_bytes() == (two / "t" / layer / "t.safetensors").read_bytes()

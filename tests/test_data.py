@@ -226,3 +226,215 @@ def test_check_dtype_names_the_input_the_model_and_the_fix():
                                          r"torch.float64\. Convert with x\.to\(torch\.float32\) \(e\.g\. x\.float\(\)\), or "
                                          r"the model with model\.to\(torch\.float64\)"):
         check_dtype(x.double(), lin, "codes")
+
+
+# -- what load_image_folder reads: PIL modes by their nominal range, folder links once, a pixel limit ----------------
+
+def test_a_16_bit_image_maps_by_its_nominal_range_and_8_bit_as_before(tmp_path):
+    "A 16-bit grey PNG (values 1000 and 40000) must not load as white: v / 65535 * 2 - 1, never min/max per image."
+    from PIL import Image
+    root = tmp_path / "imgs"; (root / "a").mkdir(parents=True)
+    grey = np.full((96, 128), 1000, np.uint16); grey[:, 64:] = 40000
+    Image.fromarray(grey).save(root / "a" / "grey16.png")
+    assert Image.open(root / "a" / "grey16.png").mode == "I;16"
+    rgb = np.zeros((96, 128, 3), np.uint8); rgb[:, 64:] = (200, 100, 30)
+    Image.fromarray(rgb).save(root / "a" / "rgb8.png")
+    lo, hi = 1000 / 65535 * 2 - 1, 40000 / 65535 * 2 - 1
+    for size, tol in ((96, 1e-4), (32, 1e-3)):                 # at its own size (exact), and resized
+        ds = load_image_folder(root, size=size)
+        assert [Path(p).name for p, _ in ds.samples] == ["grey16.png", "rgb8.png"]
+        x, x8 = ds[0][0], ds[1][0]
+        m = size // 4                                          # left and right of the edge, clear of the resize's blur
+        assert x.shape == (3, size, size) and torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])
+        torch.testing.assert_close(x[:, :, :size // 2 - m], torch.full((3, size, size // 2 - m), lo), atol=tol, rtol=0)
+        torch.testing.assert_close(x[:, :, size // 2 + m:], torch.full((3, size, size // 2 - m), hi), atol=tol, rtol=0)
+        right = torch.tensor([200, 100, 30]) / 255 * 2 - 1
+        torch.testing.assert_close(x8[:, :, :size // 2 - m], torch.full((3, size, size // 2 - m), -1.0))
+        torch.testing.assert_close(x8[:, :, size // 2 + m:], right[:, None, None].expand(3, size, size // 2 - m))
+    # 8-bit exactly as before: PIL's RGB image through the same resize, centre-crop and scaling
+    from invnb.data import image_transform
+    ref = image_transform(32)(Image.open(root / "a" / "rgb8.png").convert("RGB"))
+    assert torch.equal(load_image_folder(root, size=32)[1][0], ref)
+
+
+def _mode_files(root):
+    "One small file per PIL mode a file can hold: {name: (mode opened as, expected grey/colour in [-1, 1] or None)}."
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))
+    files = {}
+    for mode, ext in (("1", "png"), ("L", "png"), ("LA", "png"), ("P", "png"), ("PA", "tif"), ("RGBA", "png"),
+                      ("CMYK", "jpg"), ("CMYK", "tif"), ("YCbCr", "tif"), ("LAB", "tif")):
+        name = f"{mode}.{ext}"
+        rgb.convert(mode).save(root / name)
+        files[name] = None                                      # expected: PIL's own convert('RGB')
+    u16 = np.full((24, 24), 1000, np.uint16); u16[:, 12:] = 40000
+    Image.fromarray(u16.astype(">u2")).save(root / "I16B.tif")
+    Image.fromarray(u16.astype(np.int32)).save(root / "I.tif")
+    for name in ("I16B.tif", "I.tif"): files[name] = u16 / 65535 * 2 - 1
+    return files
+
+
+def test_every_pil_mode_a_file_can_hold_loads_by_its_nominal_range_or_is_refused_by_name(tmp_path):
+    from PIL import Image
+    from invnb.data import image_transform
+    root = tmp_path / "modes"; root.mkdir()
+    files = _mode_files(root)
+    assert {Image.open(root / n).mode for n in files} >= {"1", "L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr", "LAB",
+                                                          "I;16B", "I"}
+    ds = load_image_folder(root, size=24)
+    got = {Path(p).name: ds[i][0] for i, (p, _) in enumerate(ds.samples)}
+    assert set(got) == set(files)
+    for name, want in files.items():
+        if want is None:
+            want = image_transform(24)(Image.open(root / name).convert("RGB"))
+        else:
+            want = torch.from_numpy(want).float().expand(3, -1, -1)
+        torch.testing.assert_close(got[name], want, atol=1e-4, rtol=0, msg=name)
+    # modes without a nominal range: refused when the dataset is built, naming the file, the mode and the fix
+    bad = tmp_path / "bad"; bad.mkdir()
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(bad / "float.tif")
+    with pytest.raises(ValueError, match=r"float\.tif.*mode 'F'.*(8-bit|16-bit) PNG"):
+        load_image_folder(bad, size=8)
+    (bad / "float.tif").unlink()
+    Image.fromarray(np.array([[-5, 70000]] * 4, np.int32)).save(bad / "int32.tif")
+    with pytest.raises(ValueError, match=r"int32\.tif.*mode 'I'.*-5\.\.70000.*16-bit PNG"):
+        load_image_folder(bad, size=8)
+
+
+def _small_pngs(folder, n, start=0):
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(folder / f"{i:02d}.png")
+
+
+def _load_warned(root):
+    "(dataset, the warnings' text) of load_image_folder(root)."
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ds = load_image_folder(root, size=8)
+    return ds, " | ".join(str(w.message) for w in rec)
+
+
+def test_a_folder_link_back_into_the_tree_is_not_followed_and_each_file_counts_once(tmp_path):
+    import os
+    import re
+    root = tmp_path / "F"
+    _small_pngs(root / "a", 12); _small_pngs(root / "b", 12, start=12)
+    os.symlink(".", root / "a" / "loop")                       # a cycle inside a class folder: 24 files, not 344
+    ds, msg = _load_warned(root)
+    assert len(ds) == 24 and re.search(r"1 folder link.*F/a/loop", msg), (len(ds), msg)
+    assert len(ds.samples) == len(ds.imgs) == len(ds.targets) == 24
+    assert ds.classes == ["a", "b"] and ds.class_to_idx == {"a": 0, "b": 1} and ds.targets == [0] * 12 + [1] * 12
+    assert [Path(p).name for p, _ in ds.samples] == [f"{i:02d}.png" for i in range(24)]
+    x, y = ds[13]
+    assert x.shape == (3, 8, 8) and y == 1
+    # a flat folder (no class subfolders) with a loop: the loop is no class, its files count once
+    flat = tmp_path / "photos"; _small_pngs(flat, 5)
+    os.symlink(".", flat / "loop")
+    ds, msg = _load_warned(flat)
+    assert len(ds) == 5 and re.search(r"1 folder link.*photos/loop", msg), (len(ds), msg)
+    assert ds.classes == ["photos"] and ds.targets == [0] * 5
+    # links to the root and above it (cycles that a walk following links would multiply without end)
+    os.symlink(root, root / "b" / "top")
+    os.symlink(tmp_path, root / "b" / "above")
+    ds, msg = _load_warned(root)
+    assert len(ds) == 24 and "3 folder link" in msg and all(l in msg for l in ("F/a/loop", "F/b/top", "F/b/above")), msg
+    assert ds.targets == [0] * 12 + [1] * 12
+    # a link to a folder outside the tree is read (linked datasets), once, however many links lead to it
+    _small_pngs(tmp_path / "extra", 3, start=24)
+    os.symlink(tmp_path / "extra", root / "a" / "more"); os.symlink(tmp_path / "extra", root / "b" / "same")
+    os.link(root / "a" / "00.png", root / "a" / "00_again.png")  # a hard link: the same file
+    ds, msg = _load_warned(root)
+    assert len(ds) == 27 and re.search(r"F/b/same.*1 file", msg), (len(ds), msg)
+    assert ds.targets == [0] * 15 + [1] * 12
+    assert sum("/more/" in p for p, _ in ds.samples) == 3 and not any("00_again" in p for p, _ in ds.samples)
+
+
+def test_a_large_image_is_read_at_a_reduced_scale_and_still_matches_a_full_resolution_resize(tmp_path):
+    "JPEG draft / integer reduce before the resize must keep the picture: close to resizing the full decode."
+    from PIL import Image
+    from invnb.data import _decode, image_transform
+    root = tmp_path / "big"; (root / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    tex = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).resize((1600, 1200), Image.BICUBIC)
+    tex.save(root / "a" / "t.png"); tex.save(root / "a" / "t.jpg", quality=95)
+    Image.fromarray(np.asarray(tex.convert("L")).astype(np.uint16) * 257).save(root / "a" / "t16.png")
+    for size, tol in ((32, 0.03), (128, 0.01)):
+        ds = load_image_folder(root, size=size)
+        assert [Path(p).name for p, _ in ds.samples] == ["t.jpg", "t.png", "t16.png"]
+        for i, (p, _) in enumerate(ds.samples):
+            x, ref = ds[i][0], image_transform(size)(_decode(p))          # `_decode` without a size: the full image
+            assert x.shape == ref.shape == (3, size, size)
+            assert (x - ref).abs().mean() < tol and (x - ref).abs().max() < 5 * tol, (p, size, (x - ref).abs().max())
+
+
+def _child(code: str):
+    "Run `code` in a fresh python (one thread for torch)."
+    import os
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _big_png(path, w, h, value=128, rows=None):
+    """A real w×h 8-bit grey PNG of one value, written row by row (a few hundred kB, nothing big in memory); `rows`
+    cuts its data short (a header that claims the size)."""
+    import struct, zlib
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    z, row = zlib.compressobj(1), b"\x00" + bytes([value]) * w
+    data = b"".join(z.compress(row) for _ in range(h if rows is None else rows)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+_HUGE = r"""
+import resource, warnings
+from pathlib import Path
+import torch
+from PIL import Image
+from invnb.data import load_image_folder
+root = Path(ROOT)
+ds = load_image_folder(root / "small", size=32)               # what a normal small folder needs (torch included) ...
+assert len([ds[i] for i in range(len(ds))]) == 2
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmPeak")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (peak + (300 << 20), peak + (300 << 20)))   # ... and 300 MB more, no more
+def refused(folder, pattern, **kw):
+    import re
+    try: load_image_folder(folder, size=32, **kw)
+    except ValueError as e:
+        assert re.search(pattern, str(e)), str(e)
+        assert "\n" not in str(e), str(e)
+        return
+    raise AssertionError(f"{folder} was read")
+with warnings.catch_warnings(record=True) as rec:
+    warnings.simplefilter("always")
+    refused(root / "png", r"png/a/big\.png is 13000×13000 .*169 megapixels.*max_pixels=")
+    refused(root / "jpg", r"jpg/a/big\.jpg is 12000×12000 .*144 megapixels.*max_pixels=")
+    refused(root / "bomb", r"bomb/a/bomb\.png is 20000×20000 .*400 megapixels.*max_pixels=")
+    ds = load_image_folder(root / "png", size=32, on_error="skip")
+    assert len(ds) == 1 and ds[0][0].shape == (3, 32, 32)
+    assert any("big.png" in str(w.message) for w in rec)
+    ds = load_image_folder(root / "jpg", size=32, max_pixels=150_000_000)   # a raised limit: read at a reduced scale
+    x = ds[[Path(p).name for p, _ in ds.samples].index("big.jpg")][0]
+    assert x.shape == (3, 32, 32) and (x - x.mean((1, 2), keepdim=True)).abs().max() < 0.02, x.mean((1, 2))
+    assert (x.mean((1, 2)) - (torch.tensor([200, 30, 90]) / 255 * 2 - 1)).abs().max() < 0.03, x.mean((1, 2))
+assert not [w for w in rec if issubclass(w.category, Image.DecompressionBombWarning)], [str(w.message) for w in rec]
+print("OK")
+"""
+
+
+def test_a_huge_image_is_refused_by_a_stated_limit_and_a_raised_limit_decodes_it_small(tmp_path):
+    """A 169-megapixel PNG must not cost 1.6 GB: refused (file, size, how to raise the limit); with the limit raised a
+    144-megapixel JPEG is decoded at 1/8 scale. Under a memory limit (300 MB above a small folder's needs; the JPEG
+    alone would take 432 MB decoded whole), so that a regression fails here instead of exhausting the machine."""
+    from PIL import Image
+    _small_pngs(tmp_path / "small" / "a", 2)
+    Image.open(tmp_path / "small" / "a" / "01.png").save(tmp_path / "small" / "a" / "01.jpg")
+    (tmp_path / "small" / "a" / "01.png").unlink()
+    for name in ("png", "jpg", "bomb"): _small_pngs(tmp_path / name / "a", 1)
+    _big_png(tmp_path / "png" / "a" / "big.png", 13000, 13000)
+    Image.new("RGB", (12000, 12000), (200, 30, 90)).save(tmp_path / "jpg" / "a" / "big.jpg", quality=90)
+    _big_png(tmp_path / "bomb" / "a" / "bomb.png", 20000, 20000, rows=2)   # above Pillow's own bomb error
+    r = _child(f"ROOT = {str(tmp_path)!r}\n" + _HUGE)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), (r.stdout[-2000:], r.stderr[-3000:])

@@ -134,3 +134,65 @@ def test_class_and_factor_names_are_escaped_in_factor_editor_html(parts):
     assert fe.error is None and "<img src=x" not in fe.status.value and "&lt;img" in fe.status.value
     assert evil in fe.sliders and fe.sliders[evil].description == evil
     assert not any(s.description_allow_html for s in fe.sliders.values())   # slider labels are shown as text
+
+
+# --- empty or malformed inputs: a clear ValueError that names the argument, not ipywidgets' "setting min > max" ---
+
+def test_layer_explorer_rejects_an_empty_batch(parts):
+    study, _, x, _ = parts
+    with pytest.raises(ValueError, match=r"images must hold at least one image.*N ≥ 1.*got \(0, 3, 28, 28\)"):
+        LayerExplorer(study, x[:0])
+
+
+def test_factor_editor_rejects_empty_partners(parts):
+    study, _, x, _ = parts
+    with pytest.raises(ValueError, match=r"partners must hold at least one image.*N ≥ 1.*got \(0, 3, 28, 28\)"):
+        FactorEditor(study, x[0], x[:0])
+
+
+def test_factor_editor_rejects_an_empty_image(parts):
+    "A batch of 0 as `image` used to build a widget whose status line showed a torch error ('only one element tensors…')."
+    study, _, x, _ = parts
+    with pytest.raises(ValueError, match=r"image must hold at least one image.*got \(0, 3, 28, 28\)"):
+        FactorEditor(study, x[:0], x)
+
+
+def test_factor_editor_image_must_be_one_image_or_a_batch(parts):
+    study, _, x, _ = parts
+    need = r"image must be one image \(C, H, W\) or a batch \(N, C, H, W\) with N ≥ 1; got "
+    with pytest.raises(ValueError, match=need + r"\(28, 28\)"):          # was: "got (1, 28, 28)", a shape never passed
+        FactorEditor(study, x[0, 0], x)
+    with pytest.raises(ValueError, match=need + "list"):                  # was: AttributeError 'list' ... 'dim'
+        FactorEditor(study, [x[0]], x)
+    fe = FactorEditor(study, x[:3], x)                                     # a batch: its first image
+    assert torch.equal(fe.x, x[:1]) and fe.error is None
+
+
+def test_factor_editor_partners_must_be_shaped_like_the_image(parts):
+    "Partners of another size or channel count used to build a widget that only showed the AE's error, naming `images`."
+    study, _, x, _ = parts
+    with pytest.raises(ValueError, match=r"partners must be images shaped like image, \(N, 3, 28, 28\); got \(4, 3, 32, 32\)"):
+        FactorEditor(study, x[0], torch.rand(4, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"partners must be images shaped like image.*got \(4, 1, 28, 28\)"):
+        FactorEditor(study, x[0], x[:4, :1])
+
+
+def test_curve_explorer_checks_its_images(parts):
+    "Its images are only used by “Compute Eq. 19”: a bad batch used to construct fine and fail on the first click."
+    study, _, x, _ = parts
+    with pytest.raises(ValueError, match=r"images must hold at least one image.*got \(0, 3, 28, 28\)"):
+        CurveExplorer(study, images=x[:0])
+    with pytest.raises(ValueError, match=r"images must be a tensor \(B, C, H, W\); got \(3, 28, 28\)"):
+        CurveExplorer(study, images=x[0])
+
+
+def test_curve_explorer_on_a_study_without_ts_or_results_says_so(parts):
+    "No t and no results: the widget still builds, with empty pickers and a plain 'no results' line (no traceback)."
+    study = parts[0]
+    bare = Study(study.ae, {"final": study.models["final"]}, {})
+    ce = CurveExplorer(bare)
+    assert ce.error is None and ce.layer_pick.options == () and ce.figure is None
+    assert "no results for Eq. 19 per layer" in ce.status.value
+    for view in CurveExplorer.VIEWS:
+        ce.view_pick.value = view
+        assert ce.error is None and "no results" in ce.status.value

@@ -1,0 +1,186 @@
+"""`invnb study` as a run folder: the settings check of a rerun, `invnb check`, and what a careful user, a hostile
+file and a full disk meet (NaN weights, pickles, too few images, the umask, a lone lock file)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from invnb.checkpoint import write_json_atomic
+from invnb.cli import main
+from invnb.runs import LOCK, run_lock, sha256
+
+CLI_T = ["--t-blocks", "1", "--t-hidden", "8", "--t-embed", "8", "--steps", "5", "--n-eval", "6", "--device", "cpu",
+         "--no-progress"]
+
+
+def study(folder, out, *extra) -> list[str]:
+    return ["study", "--model", "torchvision:resnet18", "--images", str(folder), "--layers", "layer2", "--out",
+            str(out), *CLI_T, *extra]
+
+
+def run(args, capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished(folder, ae, tmp_path_factory):
+    "A finished `invnb study` run with a given autoencoder (--ae), made under umask 022."
+    out = tmp_path_factory.mktemp("finished") / "run"
+    old = os.umask(0o022)
+    try: assert main(study(folder, out, "--ae", str(ae[1]))) == 0
+    finally: os.umask(old)
+    return out
+
+
+def test_invnb_check_passes_a_healthy_study_run_and_finds_its_damage(finished, tmp_path, capsys):
+    code, err = run(["check", str(finished)], capsys)
+    assert code == 0, err
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    t = next((out / "study" / "t").glob("*.safetensors"))
+    t.write_bytes(t.read_bytes()[:-8] + b"damaged!")
+    m = json.loads((out / "metrics.json").read_text())
+    del m["results"]["eq19"]["model"]["layer2"]
+    (out / "metrics.json").write_text(json.dumps(m))
+    code, err = run(["check", str(out)], capsys)
+    assert code == 1 and f"study/t/{t.name}" in err and "eq19[model] lacks layers ['layer2']" in err, err
+    assert "KeyError" not in err
+
+
+def test_a_study_run_records_only_the_settings_it_used(finished, ae):
+    m = json.loads((finished / "metrics.json").read_text())
+    s = m["run"]["settings"]
+    assert s["autoencoder"] == {"file": str(ae[1]), "sha256": sha256(ae[1])[:16], "size": 32}   # its own size
+    assert not {"train_ae", "size", "device"} & set(s) and s["layers"] == ["layer2"]
+    assert json.loads((finished / "state.json").read_text())["settings"] == s
+
+
+def test_metrics_json_is_strict_json_and_nan_is_refused_by_name(finished, tmp_path):
+    json.loads((finished / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    with pytest.raises(ValueError, match=r"a\.b\[1\] is nan.*JSON has no NaN"):
+        write_json_atomic(tmp_path / "m.json", {"a": {"b": [1.0, float("nan")]}})
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_files_keep_the_umask_s_mode(finished, tmp_path):
+    modes = {p.relative_to(finished).as_posix(): p.stat().st_mode & 0o777 for p in finished.rglob("*") if p.is_file()}
+    assert modes["report.html"] == modes["metrics.json"] == 0o644, modes
+    assert set(modes.values()) == {0o644}, modes               # the t's, the study, the figures, the lock alike
+    old = os.umask(0o027)
+    try: assert (write_json_atomic(tmp_path / "a.json", {}).stat().st_mode & 0o777) == 0o640
+    finally: os.umask(old)
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_what_differs(folder, ae, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = study(folder, out, "--train-ae", "3", "--size", "32")
+    code, err = run(base, capsys)
+    assert code == 0, err
+    trained = sha256(out / "ae.safetensors")
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    im = next(other.rglob("*.png"))
+    from PIL import Image
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(im)
+    for extra, named in ((["--size", "64"], "autoencoder.size: 32 recorded, 64 asked"),
+                         (["--train-ae", "4"], "autoencoder.train_steps: 3 recorded, 4 asked"),
+                         (["--steps", "6"], "steps: 5 recorded, 6 asked"),
+                         (["--layers", "layer2,layer3"], "layers"),
+                         (["--images", str(other)], "other data (sha256 differ")):
+        code, err = run(base + extra, capsys)
+        assert code == 2 and named in err and err.count("\n") == 1 and "--force" in err, (extra, err)
+    code, err = run(study(folder, out, "--ae", str(ae[1])), capsys)        # another autoencoder: a given one
+    assert code == 2 and "autoencoder.file" in err and "autoencoder.train_steps" in err, err
+    assert sha256(out / "ae.safetensors") == trained                       # nothing of the first run was touched
+    code, err = run(base + ["--size", "64", "--force"], capsys)             # --force replaces the run
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["run"]["settings"]["autoencoder"]["size"] == 64
+
+
+def test_too_few_images_are_refused_naming_the_minimum(folder, ae, tmp_path, capsys):
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(next(folder.rglob("*.png")), one / "a.png")
+    code, err = run(study(one, tmp_path / "run", "--ae", str(ae[1])), capsys)
+    assert code == 2 and "holds 1 image; a study needs at least 16" in err and not (tmp_path / "run").exists(), err
+
+
+def test_nan_weights_in_a_checkpoint_are_named_as_such(folder, ae, tmp_path, capsys):
+    state = resnet18().state_dict()
+    state["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    code, err = run(study(folder, tmp_path / "run", "--ae", str(ae[1]), "--checkpoint", str(tmp_path / "nan.pt")), capsys)
+    assert code == 2 and "holds NaN or infinite weights (layer1.0.conv1.weight" in err and "lower lr" not in err, err
+
+
+def test_a_pickle_refusal_is_whole_and_runs_nothing(folder, ae, tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, torch
+        class Evil:
+            def __reduce__(self): return (os.system, ("touch {tmp_path / 'pwned'}",))
+        torch.save({{"w": Evil()}}, {str(evil)!r})""")], check=True)
+    code, err = run(study(folder, tmp_path / "run", "--ae", str(ae[1]), "--checkpoint", str(evil)), capsys)
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "pwned").exists(), err
+    assert "unsupported GLOBAL posix.system whose module posix is blocked" in err, err        # the reason, whole
+    assert err.rstrip().endswith("torch.save(model.state_dict(), path).")
+
+
+def test_a_failed_run_leaves_no_lone_lock(tmp_path, capsys):
+    code, err = run(["colormnist", "--profile", "smoke", "--out", str(tmp_path / "new"), "--mnist-root",
+                     str(tmp_path / "nothing"), "--no-progress"], capsys)
+    assert code == 2 and not (tmp_path / "new").exists(), err            # the folder it made goes with the lock
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ZeroDivisionError), run_lock(tmp_path / "empty"): 1 / 0
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())   # a folder it found stays
+    with run_lock(tmp_path / "kept"): (tmp_path / "kept" / "state.json").write_text("{}")
+    assert (tmp_path / "kept" / LOCK).is_file()                           # a folder with a run keeps its lock
+
+
+def test_a_damaged_t_record_is_named_with_the_fix(finished, folder, ae, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    (out / "t" / "layer2" / "t.args.json").write_text("")
+    code, err = run(study(folder, out, "--ae", str(ae[1])), capsys)
+    assert code == 2 and f"{out / 't' / 'layer2' / 't.args.json'} is empty" in err and err.count("\n") == 1, err
+    assert f"delete {out / 't' / 'layer2'} to train this t again" in err
+
+
+UNSHARE = shutil.which("unshare")
+
+
+def _mount_namespace_works() -> bool:
+    if UNSHARE is None: return False
+    return subprocess.run([UNSHARE, "-rm", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _mount_namespace_works(), reason="needs unshare -rm (a private mount namespace) for a tmpfs")
+def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_resumes(folder, ae, tmp_path):
+    """A run into a 400 kB tmpfs (in a private mount namespace) stops with one line naming the file and the free
+    space; after the tmpfs is enlarged, the same command finishes, and its t equals the t of a run with room."""
+    disk, saved, roomy = tmp_path / "disk", tmp_path / "saved", tmp_path / "roomy"
+    disk.mkdir(); saved.mkdir()
+    args = " ".join(f"'{a}'" for a in study(folder, disk / "run", "--ae", str(ae[1])))
+    script = textwrap.dedent(f"""
+        mount -t tmpfs -o size=400k tmpfs {disk}
+        {sys.executable} -m invnb {args} > {saved}/out1 2> {saved}/err1; echo $? > {saved}/rc1
+        mount -o remount,size=256m tmpfs {disk}
+        {sys.executable} -m invnb {args} > {saved}/out2 2> {saved}/err2; echo $? > {saved}/rc2
+        cp {disk}/run/t/layer2/t.safetensors {saved}/t.safetensors 2>/dev/null
+        true""")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    subprocess.run([UNSHARE, "-rm", "bash", "-c", script], check=True, env=env, timeout=600)
+    err1 = (saved / "err1").read_text()
+    assert (saved / "rc1").read_text().strip() == "2", err1
+    assert err1.count("\n") == 1 and "no space left on the device while writing" in err1 and "MB free there" in err1, err1
+    assert "Traceback" not in err1
+    assert (saved / "rc2").read_text().strip() == "0", (saved / "err2").read_text()
+    assert main(study(folder, roomy, "--ae", str(ae[1]))) == 0
+    assert (saved / "t.safetensors").read_bytes() == (roomy / "t" / "layer2" / "t.safetensors").read_bytes()
