@@ -53,11 +53,20 @@ def disk_full(path: str | Path) -> DiskFull:
                     "space and run the same command again: what was finished is kept and the run resumes", str(path))
 
 
+def _umask() -> int:
+    "This process's umask: from /proc on Linux (no side effect), else read by setting it and setting it back."
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"): return int(line.split()[1], 8)
+    except (OSError, ValueError): pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o22); os.umask(mask)
+    return mask
+
+
 def _file_mode() -> int:
     "The mode a new file gets under this process's umask (mkstemp's temp files are 0600 whatever the umask)."
-    with _UMASK_LOCK:                               # os.umask can only be read by setting it
-        mask = os.umask(0o22); os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 _UMASK_LOCK = threading.Lock()
@@ -76,7 +85,8 @@ def _atomic(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, _file_mode())
+        try: os.chmod(tmp, _file_mode())
+        except OSError: pass                        # a file system without modes (FAT, some network mounts)
         with open(tmp, "rb+") as f: os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:

@@ -97,9 +97,9 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         demo(steps=a.steps, out=a.out, seed=a.seed)
         return 0
     if a.command == "study":
-        for flag, v in (("--steps", a.steps), ("--n-eval", a.n_eval), ("--batch-size", a.batch_size),
-                        ("--t-blocks", a.t_blocks), ("--t-hidden", a.t_hidden), ("--t-embed", a.t_embed)):
-            if v < 1: ap.error(f"{flag} must be at least 1")
+        for flag, v, least in (("--steps", a.steps, 1), ("--n-eval", a.n_eval, 2), ("--batch-size", a.batch_size, 1),
+                               ("--t-blocks", a.t_blocks, 1), ("--t-hidden", a.t_hidden, 1), ("--t-embed", a.t_embed, 1)):
+            if v < least: ap.error(f"{flag} must be at least {least}")
         if a.ae is None and not a.train_ae:
             print(f"invnb study: error: {MISSING_AE}", file=sys.stderr)
             return 2

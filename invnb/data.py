@@ -303,7 +303,7 @@ def _check(im, path, max_pixels: int):
     if n > max_pixels:
         raise _Refused(path, f"is {im.width}×{im.height} pixels ({n / 1e6:.3g} megapixels), above the limit of "
                              f"{max_pixels / 1e6:g} megapixels (invnb.data.MAX_PIXELS)",
-                       f"downscale the file, or pass max_pixels={n} to load_image_folder to read it")
+                       f"downscale the file (from Python, load_image_folder(..., max_pixels={n}) reads it as it is)")
     if im.mode not in _EIGHT_BIT | _SIXTEEN_BIT | {"I"}:
         kind = {"F": " (32-bit float)"}.get(im.mode, "")
         raise _Refused(path, f"has PIL mode {im.mode!r}{kind}, which has no nominal range to map to [-1, 1]",

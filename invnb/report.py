@@ -157,6 +157,9 @@ def check_run(out) -> list[str]:
         bad.append(f"files changed or missing since the run finished: {', '.join(damaged)}; run the same command "
                    "again to make them anew")
     if not state.get("artifacts"): bad.append("state.json records no finished artifacts; the run is not finished")
+    elif not state.get("finished"):
+        bad.append("the run was started again and has not finished (state.json: finished is false); run the same "
+                   "command to finish it")
     return bad
 
 # %% ../nbs/13_report.ipynb #cde56999

@@ -21,13 +21,17 @@ class Estimate(NamedTuple):
 
     def __str__(self) -> str: return f"{self.value:.3f} ± {self.se:.3f}"
 
-    def to_json(self) -> dict: return {"value": float(self.value), "se": float(self.se)}
+    def to_json(self) -> dict:
+        "`{'value', 'se'}`; a number that could not be computed (NaN, e.g. the SE of one sample) is null: strict JSON."
+        finite = lambda v: float(v) if math.isfinite(v) else None
+        return {"value": finite(self.value), "se": finite(self.se)}
 
     @classmethod
     def from_json(cls, d) -> "Estimate":
-        "From `{'value', 'se'}` (or the `[value, se]` lists of studies saved by invnb 0.1)."
-        if isinstance(d, dict) and {"value", "se"} <= set(d): return cls(float(d["value"]), float(d["se"]))
-        if isinstance(d, (list, tuple)) and len(d) == 2: return cls(float(d[0]), float(d[1]))
+        "From `{'value', 'se'}` (null read as NaN), or the `[value, se]` lists of studies saved by invnb 0.1."
+        num = lambda v: math.nan if v is None else float(v)
+        if isinstance(d, dict) and {"value", "se"} <= set(d): return cls(num(d["value"]), num(d["se"]))
+        if isinstance(d, (list, tuple)) and len(d) == 2: return cls(num(d[0]), num(d[1]))
         raise ValueError(f"not an estimate (expected {{'value': v, 'se': s}}): {d!r}")
 
 # %% ../nbs/07a_results.ipynb #127171b8

@@ -51,9 +51,11 @@ def run_lock(out: Path):
         f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
         yield
     finally:
-        if held and [p.name for p in out.iterdir()] == [LOCK]:   # ours: no other run can be using the folder
-            (out / LOCK).unlink(missing_ok=True)
-            if made: out.rmdir()
+        try:
+            if held and [p.name for p in out.iterdir()] == [LOCK]:   # ours: no other run can be using the folder
+                (out / LOCK).unlink(missing_ok=True)
+                if made: out.rmdir()
+        except OSError: pass            # the folder changed under us: leave it, and keep the run's own error
         f.close()   # closing releases the lock
 
 
@@ -156,9 +158,10 @@ def prepare_run(out: Path, # the run folder (locked by the caller)
     `rerun_finished`). A resume must have the same profile, seed, settings and data; what differs is named."""
     state_path = out / "state.json"
     others = [p for p in out.iterdir() if p.name != LOCK]
-    if others and not state_path.exists() and not force:
-        raise RunError(f"{out} is not empty and holds no invnb run (no state.json: not a run folder, or "
-                       "a study run of an earlier invnb); choose another --out, or --force to delete what it holds and start there.")
+    if others and not state_path.exists():       # --force too: it deletes only what an invnb run wrote
+        raise RunError(f"{out} is not empty and holds no invnb run (no state.json: not a run folder, or a study run "
+                       "of an earlier invnb); choose another --out (an empty or new folder). --force deletes only a "
+                       "folder that holds an invnb run.")
     if force and others:
         log(f"--force: deleting the earlier run in {out}.")
         _clear(out)

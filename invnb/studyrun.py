@@ -171,7 +171,7 @@ def _run_settings(model, weights, checkpoint, ae, auto, train_ae: int | None, si
                   t_size: dict | None, batch_size: int, seed: int, n_eval: int, n_grid: int, n_draws: int) -> dict:
     """Every setting that shapes a result of `invnb study`, as used: a given autoencoder by its file's hash (its size
     is its own), a trained one by its architecture, steps and size; a rerun with any of them changed is refused."""
-    file = lambda f: None if f is None else {"file": str(f), "sha256": sha256(Path(f))[:16]}
+    file = lambda f: None if f is None else {"sha256": sha256(Path(f))[:16]}   # by content: its path may change
     autoencoder = (dict(file(ae), size=auto.size) if ae is not None
                    else {"arch": "SmallAE", "width": 32, "train_steps": train_ae, "size": size})
     return {"model": model, "weights": weights, "checkpoint": file(checkpoint), "autoencoder": autoencoder,
@@ -184,7 +184,7 @@ def _open_run(out: Path, settings: dict, record: dict, seed: int, force: bool, l
     state, refused = None, None
     if is_main():
         try: state = prepare_run(out, "study", seed, settings, record, force, log, rerun_finished=True)
-        except RunError as e: refused = e
+        except Exception as e: refused = e               # whatever stops rank 0 here, the other ranks learn of it
     if broadcast(refused is not None):
         raise refused if refused is not None else BuildError("rank 0 refused the run folder; see its message.")
     return state
@@ -236,6 +236,7 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     silent with `progress=False`)."""
     if log is None: log = say if progress else (lambda message: None)
     if ae is None and not train_ae: raise BuildError(MISSING_AE)
+    if n_eval < 2: raise BuildError(f"n_eval (--n-eval) must be at least 2 (Eq. 19's jackknife SE); got {n_eval}.")
     out, t_all, secs = Path(out), time.perf_counter(), {}
     try: dev = init_distributed(pick_device(device))   # under torchrun: join the group, this rank's GPU
     except (RuntimeError, ValueError) as e:
@@ -275,7 +276,8 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
         _stage(state, out, "analysis", t0)
         log("[3/3] report")
         secs = {k: v["seconds"] for k, v in state["stages"].items()} | {"total": round(time.perf_counter() - t_all, 1)}
-        m = study_metrics(study, layers=study.meta["layers"], settings=settings, data=info | {"record": record},
+        files = {k: str(v) for k, v in (("ae", ae), ("checkpoint", checkpoint)) if v is not None}   # where, for the reader
+        m = study_metrics(study, layers=study.meta["layers"], settings=settings, data=info | {"record": record, **files},
                           figures=grids, seconds=secs)
         write_json_atomic(out / "metrics.json", m)
         report = write_study_report(m, out / "report.html", out / "figures")

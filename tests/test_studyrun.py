@@ -57,13 +57,28 @@ def test_invnb_check_passes_a_healthy_study_run_and_finds_its_damage(finished, t
 def test_a_study_run_records_only_the_settings_it_used(finished, ae):
     m = json.loads((finished / "metrics.json").read_text())
     s = m["run"]["settings"]
-    assert s["autoencoder"] == {"file": str(ae[1]), "sha256": sha256(ae[1])[:16], "size": 32}   # its own size
+    assert s["autoencoder"] == {"sha256": sha256(ae[1])[:16], "size": 32}      # by its content, and its own size
+    assert m["run"]["data"]["ae"] == str(ae[1])                                 # where it was, for the reader
     assert not {"train_ae", "size", "device"} & set(s) and s["layers"] == ["layer2"]
     assert json.loads((finished / "state.json").read_text())["settings"] == s
 
 
+def test_a_rerun_with_the_same_autoencoder_by_another_path_goes_on(finished, ae, folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    shutil.copy(ae[1], tmp_path / "same.safetensors")
+    code, err = run(study(folder, out, "--ae", str(tmp_path / "same.safetensors")), capsys)
+    assert code == 0, err
+    with pytest.raises(SystemExit):                                        # one sample has no SE: refused up front
+        main(study(folder, out, "--ae", str(ae[1]), "--n-eval", "1"))
+    assert "--n-eval must be at least 2" in capsys.readouterr().err
+
+
 def test_metrics_json_is_strict_json_and_nan_is_refused_by_name(finished, tmp_path):
     json.loads((finished / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    from invnb.results import Estimate
+    assert Estimate.from_json(Estimate(0.5, float("nan")).to_json()).se != Estimate(0.5, 0.0).se   # NaN → null → NaN
+    assert Estimate(0.5, float("nan")).to_json() == {"value": 0.5, "se": None}
     with pytest.raises(ValueError, match=r"a\.b\[1\] is nan.*JSON has no NaN"):
         write_json_atomic(tmp_path / "m.json", {"a": {"b": [1.0, float("nan")]}})
     assert not (tmp_path / "m.json").exists()
@@ -78,7 +93,7 @@ def test_files_keep_the_umask_s_mode(finished, tmp_path):
     finally: os.umask(old)
 
 
-def test_a_rerun_with_other_settings_is_refused_naming_what_differs(folder, ae, tmp_path, capsys):
+def test_a_rerun_with_other_settings_is_refused_naming_what_differs(folder, ae, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     base = study(folder, out, "--train-ae", "3", "--size", "32")
     code, err = run(base, capsys)
@@ -92,12 +107,17 @@ def test_a_rerun_with_other_settings_is_refused_naming_what_differs(folder, ae, 
     for extra, named in ((["--size", "64"], "autoencoder.size: 32 recorded, 64 asked"),
                          (["--train-ae", "4"], "autoencoder.train_steps: 3 recorded, 4 asked"),
                          (["--steps", "6"], "steps: 5 recorded, 6 asked"),
-                         (["--layers", "layer2,layer3"], "layers"),
+                         (["--layers", "layer2,layer3"], 'layers: ["layer2"] recorded, ["layer2", "layer3"] asked'),
+                         (["--n-eval", "7"], "n_eval: 6 recorded, 7 asked"),
+                         (["--t-hidden", "9"], "t_size.hidden: 8 recorded, 9 asked"),
                          (["--images", str(other)], "other data (sha256 differ")):
         code, err = run(base + extra, capsys)
         assert code == 2 and named in err and err.count("\n") == 1 and "--force" in err, (extra, err)
     code, err = run(study(folder, out, "--ae", str(ae[1])), capsys)        # another autoencoder: a given one
-    assert code == 2 and "autoencoder.file" in err and "autoencoder.train_steps" in err, err
+    assert code == 2 and "autoencoder.sha256" in err and "autoencoder.train_steps" in err, err
+    monkeypatch.chdir(folder.parent)                                         # the same images by another path: the same run
+    code, err = run(study(os.path.relpath(folder), out, "--train-ae", "3", "--size", "32"), capsys)
+    assert code == 0, err
     assert sha256(out / "ae.safetensors") == trained                       # nothing of the first run was touched
     code, err = run(base + ["--size", "64", "--force"], capsys)             # --force replaces the run
     assert code == 0, err
@@ -129,7 +149,7 @@ def test_a_pickle_refusal_is_whole_and_runs_nothing(folder, ae, tmp_path, capsys
         torch.save({{"w": Evil()}}, {str(evil)!r})""")], check=True)
     code, err = run(study(folder, tmp_path / "run", "--ae", str(ae[1]), "--checkpoint", str(evil)), capsys)
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "pwned").exists(), err
-    assert "unsupported GLOBAL posix.system whose module posix is blocked" in err, err        # the reason, whole
+    assert "posix.system" in err and "(UnpicklingError: Weights only load failed" not in err, err   # the reason, whole
     assert err.rstrip().endswith("torch.save(model.state_dict(), path).")
 
 
@@ -184,3 +204,21 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_resumes(folder,
     assert (saved / "rc2").read_text().strip() == "0", (saved / "err2").read_text()
     assert main(study(folder, roomy, "--ae", str(ae[1]))) == 0
     assert (saved / "t.safetensors").read_bytes() == (roomy / "t" / "layer2" / "t.safetensors").read_bytes()
+
+
+def test_errors_a_cli_user_meets_offer_what_the_cli_can_do(folder, ae, tmp_path, capsys):
+    "An unreadable image: delete or move it (the skip option is Python's, and said so); a t of other arguments: --out."
+    bad = tmp_path / "images"
+    shutil.copytree(folder, bad)
+    (bad / "discs" / "broken.png").write_bytes(b"not a png" * 10)
+    code, err = run(study(bad, tmp_path / "run", "--ae", str(ae[1])), capsys)
+    assert code == 2 and "broken.png" in err and "move it out of the folder" in err, err
+    assert "from Python, load_image_folder(..., on_error='skip')" in err and err.count("\n") == 1
+    from invnb.analysis import fit_invariances_over
+    from invnb.probe import Probe
+    model, x = resnet18().eval(), torch.randn(4, 3, 32, 32)
+    codes = {"mean": torch.randn(4, 8), "logvar": torch.zeros(4, 8)}
+    kw = dict(ckpt_dir=tmp_path / "t", n_blocks=1, hidden=8, embed_dim=8, batch_size=4, device="cpu", progress=False)
+    fit_invariances_over({"layer4": Probe(model, "layer4")}, x, codes, steps=1, **kw)
+    with pytest.raises(ValueError, match=r"write the t's to another folder \(ckpt_dir; invnb study: --out\)"):
+        fit_invariances_over({"layer4": Probe(model, "layer4")}, x, codes, steps=2, **kw)
