@@ -71,7 +71,7 @@ def load_state_dict_file(path) -> dict[str, torch.Tensor]:
 def _why_not_loaded(e: Exception) -> str:
     "The informative part of torch.load's refusal, whole (its first sentence, or the line that names what was refused)."
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    named = [l for l in lines if l.startswith(("Trying to load", "Unsupported", "Unsupported global"))]
+    named = [l for l in lines if l.startswith(("Trying to load", "Unsupported"))]
     if named: return named[0].rstrip(".")
     return (lines[0].split(". ")[0].rstrip(".") if lines else "no message")
 
