@@ -11,7 +11,7 @@ import sys
 from .build import T_SIZE, BuildError
 from .studyrun import MISSING_AE, run_study
 from .checkpoint import CheckpointError, DiskFull, disk_full, is_disk_full
-from .data import DatasetNotFound
+from .data import AUGMENTATIONS, DatasetNotFound
 from .colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist
 from .demo import demo
 from .report import check_run
@@ -66,6 +66,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="delete an earlier run in --out and start again (a rerun with "
                    "other settings is refused without it)")
+    s.add_argument("--augment", help="label-preserving transforms for the autoencoder's and the t's images, "
+                   f"comma-separated: {', '.join(AUGMENTATIONS)} (default: none); recorded in the run")
+    s.add_argument("--augment-copies", type=int, default=4, help="with --augment: the images in this many copies, the "
+                   "first as it is (default 4)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines only)")
     v = sub.add_parser("check", help="check a run folder: metrics.json, report.html and the hashes of its files")
     v.add_argument("out", help="run folder of invnb colormnist or invnb study")
@@ -98,7 +102,8 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         return 0
     if a.command == "study":
         for flag, v, least in (("--steps", a.steps, 1), ("--n-eval", a.n_eval, 2), ("--batch-size", a.batch_size, 1),
-                               ("--t-blocks", a.t_blocks, 1), ("--t-hidden", a.t_hidden, 1), ("--t-embed", a.t_embed, 1)):
+                               ("--t-blocks", a.t_blocks, 1), ("--t-hidden", a.t_hidden, 1), ("--t-embed", a.t_embed, 1),
+                               ("--augment-copies", a.augment_copies, 1)):
             if v < least: ap.error(f"{flag} must be at least {least}")
         if a.ae is None and not a.train_ae:
             print(f"invnb study: error: {MISSING_AE}", file=sys.stderr)
@@ -107,7 +112,8 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
             run_study(a.out, a.model, a.layers, a.images, a.ae, weights=a.weights, checkpoint=a.checkpoint,
                       train_ae=a.train_ae, size=a.size, steps=a.steps, batch_size=a.batch_size, device=a.device,
                       seed=a.seed, n_eval=a.n_eval, force=a.force, progress=not a.no_progress, log=say,
-                      t_size=dict(T_SIZE, n_blocks=a.t_blocks, hidden=a.t_hidden, embed_dim=a.t_embed))
+                      t_size=dict(T_SIZE, n_blocks=a.t_blocks, hidden=a.t_hidden, embed_dim=a.t_embed),
+                      augment=a.augment, augment_copies=a.augment_copies)
         except KeyboardInterrupt:
             print(f"invnb study: interrupted; the finished t's are saved in {a.out}/t; run the same command to continue.",
                   file=sys.stderr)

@@ -36,7 +36,7 @@ from .train import TrainingDiverged, encode_dataset, nested_bars, pick_device, p
 # %% auto #0
 __all__ = ['SEED_OFFSETS', 'FEATURE_BUDGET_MB', 'RunInterrupted', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage',
            'classifier_stage', 'factors_stage', 'invariance_jobs', 't_fits', 't_stacks', 't_training_set',
-           'invariances_stage', 'analysis_stage', 'run_colormnist']
+           'invariances_stage', 'analysis_stage', 'grid_caption', 'run_colormnist']
 
 # %% ../nbs/12_colormnist.ipynb #746bf8db
 class RunInterrupted(KeyboardInterrupt):
@@ -407,7 +407,7 @@ def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[
         layers = [l for mm, l in jobs if mm == m]
         study.compute_probes(xt[:p.n_probe], tl, xv, vl, m, layers)
         study.compute_t_checks(xt[:p.n_check], xv, m, layers, n_fidelity=p.n_fidelity, n_samples=p.fidelity_draws,
-                               seed=s, baseline_nll=null_nll)
+                               seed=s, baseline_nll=null_nll, pool=xt)
     # the same inputs and the same draws of v for every layer and checkpoint (the layout of Fig. S7)
     v = torch.randn(p.n_draws, study.ae.zdim, generator=torch.Generator().manual_seed(s + off["grids"]))
     x = xv[:p.n_grid]
@@ -418,14 +418,28 @@ def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[
         layers = [l for mm, l in jobs if mm == m]
         study.compute_image_variance(xv[:p.n_variance], v, m, layers)
         for l in layers:
-            check = study.results.t_checks.get(m, {}).get(l)
-            agree = f" · f keeps its prediction on {check.agreement:.0%}" if check else ""
             fig = plots.samples_grid(x, study.sample(x, l, model=m, v=v), reconstruction=recon, backend="matplotlib",
-                                     title=f"{m} · {l}: rows = inputs, columns = v{agree}")
+                                     title=grid_caption(study.results, m, l))
             grids[f"{m}__{l}"] = name = f"samples_{m}__{l}.png"
             (figs / name).write_bytes(plots.to_png(fig))
     study.save(run.study_dir)
     return grids
+
+
+def grid_caption(r, model: str, layer: str) -> str:
+    """The title of a sample grid, as Fig. S7 reads: what the rows and columns are, t's agreement beside its ceiling,
+    and the identifiable share of each factor at (`model`, `layer`): a factor with a high share stays fixed along a
+    row, the others vary."""
+    check, ceiling = r.t_checks.get(model, {}).get(layer), r.diagnostics.ceiling_of(model, layer)
+    parts = [f"{model} · {layer}: rows = inputs, columns = draws of v"]
+    if check is not None:
+        se = f" ± {check.agreement_se:.2f}" if check.agreement_se is not None else ""
+        of = f" of {ceiling.value:.2f}" if ceiling is not None else ""
+        parts.append(f"f keeps its prediction on {check.agreement:.2f}{se}{of}")
+    share = r.factor_estimates("share").get(model, {}).get(layer)
+    if share:
+        parts.append("share " + ", ".join(f"{k} {e.value:.2f}" for k, e in share.items() if k != "residual"))
+    return "\n".join(parts)
 
 # %% ../nbs/12_colormnist.ipynb #174d482a
 class _Stages:

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 import invnb
 
 # %% auto #0
-__all__ = ['PALETTE', 'CELEBA_FACTORS', 'MAX_PIXELS', 'check_images', 'check_dtype', 'fingerprint', 'DatasetNotFound',
-           'load_mnist', 'ColorMNIST', 'FactorPairs', 'image_transform', 'load_celeba', 'attribute_labels',
-           'ImageFiles', 'FlatImageFolder', 'load_image_folder']
+__all__ = ['PALETTE', 'CELEBA_FACTORS', 'MAX_PIXELS', 'AUGMENTATIONS', 'check_images', 'check_dtype', 'fingerprint',
+           'DatasetNotFound', 'load_mnist', 'ColorMNIST', 'FactorPairs', 'image_transform', 'load_celeba',
+           'attribute_labels', 'ImageFiles', 'FlatImageFolder', 'load_image_folder', 'Augmented']
 
 # %% ../nbs/04_data.ipynb #bb661c2b
 def check_images(x: torch.Tensor, channels: int | None = 3, size: int | None = None, name: str = "images") -> torch.Tensor:
@@ -490,3 +490,78 @@ def load_image_folder(root: str | Path, size: int = 128, on_error: str = "raise"
         ds.targets = [t for _, t in ds.samples]
         if not ds.samples: raise DatasetNotFound(f"{root} holds no readable images; expected {root}/<class>/*.jpg|png.")
     return ds
+
+# %% ../nbs/04_data.ipynb #9e847d13
+def _jitter(x: torch.Tensor) -> torch.Tensor:
+    from torchvision.transforms import v2
+    return v2.ColorJitter(0.2, 0.2, 0.2, 0.02)((x + 1) / 2) * 2 - 1   # ColorJitter works on [0, 1]
+
+
+def _crop(x: torch.Tensor) -> torch.Tensor:
+    from torchvision.transforms import v2
+    s = x.shape[-1]
+    return v2.RandomCrop(s, padding=max(1, s // 8), padding_mode="reflect")(x)
+
+
+def _rotate(x: torch.Tensor) -> torch.Tensor:
+    from torchvision.transforms import v2
+    s, pad = x.shape[-1], max(1, x.shape[-1] // 4)
+    big = F.pad(x[None], (pad,) * 4, mode="reflect")[0]                # rotate, then cut out the middle again
+    return v2.functional.center_crop(v2.RandomRotation(10)(big), [s, s])
+
+
+def _flip(x: torch.Tensor) -> torch.Tensor: return x.flip(-1) if torch.rand(()) < 0.5 else x
+
+
+AUGMENTATIONS = {"flip": _flip, "crop": _crop, "jitter": _jitter, "rotate": _rotate}   # name -> (C, H, W) -> (C, H, W)
+
+
+class Augmented(torch.utils.data.Dataset):
+    """`copies` × N images: copy 0 is `images` as they are, copy k > 0 each image under the named label-preserving
+    `transforms` (`AUGMENTATIONS`, or callables (C, H, W) -> (C, H, W)) with draws fixed by (`seed`, index).
+    `images`: a tensor (N, C, H, W) in [-1, 1] or a Dataset of images or (image, label)."""
+    def __init__(self, images, transforms, copies: int = 4, seed: int = 0):
+        if isinstance(images, torch.utils.data.DataLoader):
+            raise TypeError("Augmented takes the images (a tensor or a Dataset), not a DataLoader: pass loader.dataset.")
+        names = [transforms] if isinstance(transforms, str) else list(transforms)
+        if not names: raise ValueError(f"name at least one transform: {', '.join(AUGMENTATIONS)}.")
+        for t in names:
+            if isinstance(t, str) and t not in AUGMENTATIONS:
+                raise ValueError(f"unknown augmentation {t!r}; choose from {', '.join(AUGMENTATIONS)}.")
+        if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
+            raise ValueError(f"copies must be a whole number ≥ 1 (1: no augmented copies); got {copies!r}.")
+        self.images, self.copies, self.seed = images, copies, seed
+        self.names = [t if isinstance(t, str) else getattr(t, "__name__", type(t).__name__) for t in names]
+        self.fns = [AUGMENTATIONS[t] if isinstance(t, str) else t for t in names]
+        if len(images) and copies > 1:                                   # a transform must keep the image's size
+            x = self._original(0)
+            for name, fn in zip(self.names, self.fns):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed); y = fn(x.clone())
+                if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+                    got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                    raise ValueError(f"the augmentation {name!r} changes the image: {tuple(x.shape)} in, {got} out; "
+                                     "an augmentation must keep the size (crop back to it, or resize every image first).")
+
+    def _original(self, i: int):
+        item = self.images[i]
+        return item[0] if isinstance(item, (tuple, list)) else item
+
+    def record(self) -> dict:
+        "What identifies the augmentation, for a run's settings."
+        return {"transforms": list(self.names), "copies": self.copies}
+
+    def __len__(self): return self.copies * len(self.images)
+
+    def __getitem__(self, i: int):
+        if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} images.")
+        i %= len(self)
+        k, j = divmod(i, len(self.images))
+        item = self.images[j]
+        x, rest = (item[0], tuple(item[1:])) if isinstance(item, (tuple, list)) else (item, ())
+        if k > 0:
+            with torch.random.fork_rng(devices=[]):                      # the draws of this index, whatever came before
+                torch.manual_seed(self.seed * 1_000_003 + i)
+                for fn in self.fns: x = fn(x)
+            x = x.clamp(-1, 1)
+        return (x, *rest) if rest else x

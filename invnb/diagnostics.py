@@ -18,7 +18,7 @@ from .inn import InvarianceINN
 from .probe import Probe
 
 # %% auto #0
-__all__ = ['nll_of', 'sample_fidelity', 'probe_accuracy', 'accuracy']
+__all__ = ['nll_of', 'sample_fidelity', 'probe_accuracy', 'agreement_ceiling', 'accuracy']
 
 # %% ../nbs/07d_diagnostics.ipynb #df1f3e94
 @torch.no_grad()
@@ -37,18 +37,24 @@ def nll_of(t, codes: dict, features, n: int | None = None, seed: int = 0, batch_
 @torch.no_grad()
 def sample_fidelity(ae, probe: Probe, t: InvarianceINN, f: Callable, x: torch.Tensor, n: int = 8,
                     generator: torch.Generator | None = None) -> dict[str, float]:
-    """{'agreement': share of decoded samples on which f predicts what it predicts on D(E(x)),
-    'phi_distance': mean ‖Φ(D(z̄)) − Φ(x)‖ over the samples / mean ‖Φ(x) − Φ(x')‖ over other images x'}."""
+    """{'agreement': share of decoded samples on which f predicts what it predicts on D(E(x)), 'agreement_se': its
+    standard error over the images, 'phi_distance': mean ‖Φ(D(z̄)) − Φ(x)‖ over the samples / mean ‖Φ(x) − Φ(x')‖ over other images x'}."""
     if len(x) < 2: raise ValueError("sample_fidelity needs at least 2 images (one is compared with the others).")
     check_trained(t, "t", "fit it (`fit_invariances`) before asking for its sample fidelity")
     samples = sample_images(ae, probe, t, x, n=n, generator=generator)                # (B, n, C, H, W)
     flat = samples.reshape(-1, *samples.shape[2:])
     target = f(ae.decode(ae.encode(x)[0])).argmax(1)
-    agree = (f(flat).argmax(1).reshape(len(x), n) == target[:, None]).float().mean().item()
+    agree = f(flat).argmax(1).reshape(len(x), n) == target[:, None]
     z, zs = probe.phi(x).flatten(1), probe.phi(flat).flatten(1).reshape(len(x), n, -1)
     near = (zs - z[:, None]).norm(dim=-1).mean()
     other = (z - z.roll(1, 0)).norm(dim=-1).mean()
-    return {"agreement": agree, "phi_distance": (near / other).item()}
+    return {**_agreement(agree), "phi_distance": (near / other).item()}
+
+
+def _agreement(hits: torch.Tensor, name: str = "agreement") -> dict[str, float]:
+    "{name: mean of the (B, n) hits, name_se: its standard error over the B images (each image's n draws are one unit)}."
+    per_image = hits.float().mean(1)
+    return {name: per_image.mean().item(), f"{name}_se": (per_image.std() / len(per_image) ** 0.5).item()}
 
 
 def probe_accuracy(train_features: torch.Tensor, # (N, ...) features of training images
@@ -74,6 +80,31 @@ def probe_accuracy(train_features: torch.Tensor, # (N, ...) features of training
     for n, c in zip(names, k):
         out[n] = (scores[:, i:i + c].argmax(1) == val_labels[n]).double().mean().item(); i += c
     return out
+
+# %% ../nbs/07d_diagnostics.ipynb #96b5c3ff
+@torch.no_grad()
+def agreement_ceiling(ae,                             # the autoencoder: encode(x) -> (mean, logvar), decode(z̄)
+                      probe: Probe,                   # Φ: the layer t conditions on
+                      f: Callable,                    # the model whose predictions are compared
+                      x: torch.Tensor,                # held-out images (B, C, H, W)
+                      pool: torch.Tensor,             # training images (N, C, H, W) the neighbours come from
+                      k: int = 4,                     # neighbours per image: the oracle's draws
+                      generator: torch.Generator | None = None,  # the posterior draw of each neighbour's code
+                      batch_size: int = 500,
+                     ) -> dict[str, float]:
+    """{'ceiling': the sample agreement of an oracle t whose samples are the codes of the `k` images of `pool` nearest
+    to x in Φ-space, 'ceiling_se': its standard error over the images of `x`}."""
+    if len(x) < 1: raise ValueError("agreement_ceiling needs at least one held-out image.")
+    if not 1 <= k <= len(pool):
+        raise ValueError(f"k must be between 1 and the pool's {len(pool)} images; got {k}. Pass more training images or a smaller k.")
+    phi = lambda imgs: torch.cat([probe.phi(b).flatten(1) for b in imgs.split(batch_size)])
+    zx, zp = phi(x), phi(pool)
+    near = torch.cat([torch.cdist(b, zp).topk(k, largest=False).indices for b in zx.split(batch_size)])   # (B, k)
+    mean, logvar = (torch.cat(c) for c in zip(*[ae.encode(b) for b in pool[near.flatten()].split(batch_size)]))
+    zbar = sample_gaussian(mean, logvar, generator)
+    pred = torch.cat([f(ae.decode(b)).argmax(1) for b in zbar.split(batch_size)]).reshape(len(x), k)
+    target = torch.cat([f(ae.decode(ae.encode(b)[0])).argmax(1) for b in x.split(batch_size)])
+    return _agreement(pred == target[:, None], "ceiling")
 
 # %% ../nbs/07d_diagnostics.ipynb #50069b79
 @torch.no_grad()

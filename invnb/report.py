@@ -18,10 +18,10 @@ from .results import FACTOR_KINDS, StudyResults
 from .runs import RunError, damaged_artifacts
 
 # %% auto #0
-__all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'AGREEMENT_LAYER', 'FACTOR_OWN_MIN',
-           'FACTOR_OFF_MAX', 'CLASS_SHARE_MIN', 'FIG4_RISING', 'FIG4_FALLING', 'run_metrics', 'checks', 'fig4_claim',
-           'validate_metrics', 'check_run', 'summary_png', 'write_report', 'study_metrics', 'validate_study_metrics',
-           'write_study_report']
+__all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'AGREEMENT_LAYER', 'CEILING_SHARE',
+           'FACTOR_OWN_MIN', 'FACTOR_OFF_MAX', 'CLASS_SHARE_MIN', 'FIG4_RISING', 'FIG4_FALLING', 'run_metrics',
+           'checks', 'agreement_text', 'fig4_claim', 'validate_metrics', 'check_run', 'summary_png', 'write_report',
+           'study_metrics', 'validate_study_metrics', 'write_study_report']
 
 # %% ../nbs/13_report.ipynb #5321cd05
 FORMAT = 2
@@ -40,8 +40,9 @@ def run_metrics(study, *, profile: str, seed: int, settings: dict, data: dict, e
 PSNR_MIN = 24.0           # dB: the autoencoder reconstructs well enough to read colours and digits
 RECON_ACC_DROP_MAX = 0.03  # f's accuracy on D(E(x)) at most 3 points below its accuracy on x
 NLL_GAP_MAX = 2.0         # nats: held-out minus training NLL of t; larger means t memorised training images
-AGREEMENT_MIN = 0.8       # f predicts on decoded samples at the softmax what it predicts on D(E(x))
+AGREEMENT_MIN = 0.8       # runs without a ceiling: f predicts on decoded samples at the softmax what it predicts on D(E(x))
 AGREEMENT_LAYER = "softmax"  # ... the layer where that is asked (its t keeps only what f predicts)
+CEILING_SHARE = 0.9       # a t's sample agreement reaches at least this share of its layer's ceiling (an oracle t)
 FACTOR_OWN_MIN = 0.7      # e: held-out pairs sharing a factor correlate at least this much in its slice (ρ = 0.9)
 FACTOR_OFF_MAX = 0.1      # e: ... and at most this much in any other slice
 CLASS_SHARE_MIN = 0.5     # e: the factor's label means explain at least half of its slice's variance
@@ -72,10 +73,21 @@ def checks(m: dict) -> list[tuple[str, str, bool]]:
                         c.nll_gap <= NLL_GAP_MAX))
             if c.info_nats is not None:
                 out.append((f"t {model} · {layer}: z adds information (> 0 nats)", f"{c.info_nats:.2f}", c.info_nats > 0))
-    if c := r.t_checks.get(m["final_model"], {}).get(AGREEMENT_LAYER):
+    final = m["final_model"]
+    for layer, c in r.t_checks.get(final, {}).items():
+        if (ceiling := r.diagnostics.ceiling_of(final, layer)) is not None:
+            out.append((f"t {final} · {layer}: samples keep f's prediction ≥ {CEILING_SHARE:g} × the layer's ceiling",
+                        agreement_text(c, ceiling), c.agreement >= CEILING_SHARE * ceiling.value))
+    if not r.diagnostics.ceiling and (c := r.t_checks.get(final, {}).get(AGREEMENT_LAYER)):   # runs before ceilings
         out.append((f"samples at the {AGREEMENT_LAYER} keep f's prediction (≥ {AGREEMENT_MIN:.0%})",
                     f"{c.agreement:.2f}", c.agreement >= AGREEMENT_MIN))
     return out
+
+
+def agreement_text(c, ceiling=None) -> str:
+    "A t's sample agreement with its SE and, if known, its layer's ceiling: '0.25 ± 0.02 of 0.76'."
+    se = f" ± {c.agreement_se:.2f}" if c.agreement_se is not None else ""
+    return f"{c.agreement:.2f}{se}" + (f" of {ceiling.value:.2f}" if ceiling is not None else "")
 
 # %% ../nbs/13_report.ipynb #90bd38c1
 FIG4_RISING, FIG4_FALLING = "digit", "bg"   # the factors the paper's Fig. 4 sees gain and lose relevance
@@ -294,13 +306,16 @@ def _t_sections(r: StudyResults) -> list[str]:
                   "linear (ridge) classifier predicting each factor from z (chance: 0.1 for the digit, 0.125 for a colour)."
                   "</p>", _table(["model", "layer"] + names, probe_rows)]
     t_rows = [[mm, l, kept.best_step if (kept := r.diagnostics.training_of(mm, l)) else ""]
-              + [_fmt(v) for v in (c.train_nll, c.val_nll, c.nll_gap, c.info_nats, c.agreement, c.phi_distance)]
+              + [_fmt(v) for v in (c.train_nll, c.val_nll, c.nll_gap, c.info_nats)]
+              + [agreement_text(c, r.diagnostics.ceiling_of(mm, l)), _fmt(c.phi_distance)]
               for mm, ls in r.t_checks.items() for l, c in ls.items()]
     if t_rows:
         parts += ["<h2>t: fit and sample fidelity</h2><p class=note>Each t keeps the weights of its best held-out NLL "
                   "(kept step). Nats from z: the held-out NLL of the null control (a t trained the same way on z shuffled "
                   "across the training images) minus t's. "
-                  "f agrees: how often f predicts on D(t⁻¹(v|Φ(x))) what it predicts on D(E(x)). Φ distance: "
+                  "f agrees: how often f predicts on D(t⁻¹(v|Φ(x))) what it predicts on D(E(x)), ± its SE over the "
+                  "images, of the layer's ceiling: the same count for an oracle t whose samples are the codes of the 4 "
+                  "training images nearest to x in Φ-space. Φ distance: "
                   "‖Φ(sample) − Φ(x)‖ relative to the distance between Φ of two different images.</p>",
                   _table(["model", "layer", "kept step", "train NLL", "held-out NLL", "gap", "nats from z", "f agrees",
                           "Φ distance"], t_rows)]
@@ -322,18 +337,18 @@ def _t_sections(r: StudyResults) -> list[str]:
 # %% ../nbs/13_report.ipynb #00cee012
 def _samples_section(m: dict, r: StudyResults, path: Path, figures_dir) -> list[str]:
     "The sample grids of the run, embedded as PNGs."
-    check = r.t_checks.get(m["final_model"], {}).get(AGREEMENT_LAYER)
     parts = ["<h2>Samples D(t⁻¹(v|Φ(x)))</h2><p class=note>Rows: validation inputs; columns: x, its "
              "reconstruction, the same draws of v for every grid, then the samples' per-pixel mean and variance. "
-             "What changes along a row is what the layer does not know about that input."
-             + (f" At the final classifier's {AGREEMENT_LAYER}, f predicts on {check.agreement:.0%} of the decoded "
-                "samples what it predicts on D(E(x))." if check else "") + "</p>"]
+             "What changes along a row is what the layer does not know about that input; a factor with a high "
+             "identifiable share stays fixed along a row. Beside each grid: how often f predicts on its samples what it "
+             "predicts on D(E(x)), ± SE, of the layer's ceiling (an oracle t).</p>"]
     for key, name in m.get("figures", {}).items():
         f = Path(figures_dir or path.parent / "figures") / name
         if f.is_file():
             model, _, layer = key.partition("__")
             c = r.t_checks.get(model, {}).get(layer)
-            agree = f" <small>(f keeps its prediction on {c.agreement:.0%} of these samples)</small>" if c else ""
+            agree = (f" <small>(f keeps its prediction on {agreement_text(c, r.diagnostics.ceiling_of(model, layer))}"
+                     " of these samples)</small>") if c else ""
             parts.append(f"<h3>{html.escape(key.replace('__', ' · '))}{agree}</h3><img alt='{html.escape(key)}' "
                          f"src='data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}'>")
     return parts

@@ -54,6 +54,7 @@ class TCheck:
     agreement: float                  # share of decoded samples on which f predicts what it predicts on D(E(x))
     phi_distance: float               # mean ‖Φ(sample) − Φ(x)‖ relative to the distance between Φ of two images
     info_nats: float | None = None    # a reference's held-out NLL minus `val_nll`: the information z adds
+    agreement_se: float | None = None # the agreement's standard error over the images (None: studies before 0.3)
 
     @property
     def nll_gap(self) -> float:
@@ -63,7 +64,7 @@ class TCheck:
     def to_json(self) -> dict:
         d = {"train_nll": float(self.train_nll), "val_nll": float(self.val_nll), "nll_gap": float(self.nll_gap),
              "agreement": float(self.agreement), "phi_distance": float(self.phi_distance)}
-        return d if self.info_nats is None else d | {"info_nats": float(self.info_nats)}
+        return d | {k: float(getattr(self, k)) for k in ("info_nats", "agreement_se") if getattr(self, k) is not None}
 
     @classmethod
     def from_json(cls, d: dict) -> "TCheck": return _record(cls, d, derived=("nll_gap",))
@@ -161,31 +162,39 @@ class SeedSpread:
 
 @dataclass
 class Diagnostics:
-    "How well a study's fitted parts work: the autoencoder, e, the training of each t, and t's spread over seeds."
+    """How well a study's fitted parts work: the autoencoder, e, the training of each t, t's spread over seeds, and
+    the ceiling of each t's sample agreement."""
     autoencoder: AEDiagnostics | None = None
     factors: FactorTable | None = None
     t_training: dict[str, TTraining] = field(default_factory=dict)   # by `t_key(model, layer)` or a reference's name
     seed_spread: SeedSpread | None = None
+    ceiling: dict[str, Estimate] = field(default_factory=dict)       # by `t_key`: the agreement of an oracle t
 
     def training_of(self, model: str, layer: str) -> TTraining | None:
         "The recorded training of the t of (`model`, `layer`), if any."
         return self.t_training.get(t_key(model, layer))
 
+    def ceiling_of(self, model: str, layer: str) -> Estimate | None:
+        "The agreement ceiling (`diagnostics.agreement_ceiling`) of the t of (`model`, `layer`), if computed."
+        return self.ceiling.get(t_key(model, layer))
+
     def to_json(self) -> dict:
         out = {"autoencoder": self.autoencoder and self.autoencoder.to_json(),
                "factors": self.factors and self.factors.to_json(),
                "t_training": {k: v.to_json() for k, v in self.t_training.items()} or None,
-               "seed_spread": self.seed_spread and self.seed_spread.to_json()}
+               "seed_spread": self.seed_spread and self.seed_spread.to_json(),
+               "ceiling": {k: v.to_json() for k, v in self.ceiling.items()} or None}
         return {k: v for k, v in out.items() if v is not None}
 
     @classmethod
     def from_json(cls, d: dict) -> "Diagnostics":
-        if unknown := sorted(set(d) - {"autoencoder", "factors", "t_training", "seed_spread"}):
+        if unknown := sorted(set(d) - {"autoencoder", "factors", "t_training", "seed_spread", "ceiling"}):
             raise ValueError(f"diagnostics hold unknown entries {unknown}; written by a newer invnb?")
         return cls(AEDiagnostics.from_json(d["autoencoder"]) if "autoencoder" in d else None,
                    FactorTable.from_json(d["factors"]) if "factors" in d else None,
                    {k: TTraining.from_json(v) for k, v in d.get("t_training", {}).items()},
-                   SeedSpread.from_json(d["seed_spread"]) if "seed_spread" in d else None)
+                   SeedSpread.from_json(d["seed_spread"]) if "seed_spread" in d else None,
+                   {k: Estimate.from_json(v) for k, v in d.get("ceiling", {}).items()})
 
 # %% ../nbs/07a_results.ipynb #000862bd
 FACTOR_KINDS = {"share": "identifiable share", "eq20": "Eq. 20 (paper)"}   # kind -> its label in figures and tables

@@ -20,7 +20,7 @@ from . import analysis, plots
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
 from .build import T_SIZE, BuildError, _adapter_recipe, _build, _builder   # the build's own helpers, one package
 from .checkpoint import CheckpointError, load_model, write_bytes_atomic, write_json_atomic
-from .data import fingerprint, load_image_folder
+from .data import Augmented, fingerprint, load_image_folder
 from .features import image_batches, probes_of
 from .probe import IMAGENET, Adapted, InputAdapter
 from .distributed import barrier, broadcast, init_distributed, is_main
@@ -168,7 +168,8 @@ def _images_record(images, size: int) -> dict:
 
 
 def _run_settings(model, weights, checkpoint, ae, auto, train_ae: int | None, size: int, layers: list, steps: int,
-                  t_size: dict | None, batch_size: int, seed: int, n_eval: int, n_grid: int, n_draws: int) -> dict:
+                  t_size: dict | None, batch_size: int, seed: int, n_eval: int, n_grid: int, n_draws: int,
+                  augment: dict | None = None) -> dict:
     """Every setting that shapes a result of `invnb study`, as used: a given autoencoder by its file's hash (its size
     is its own), a trained one by its architecture, steps and size; a rerun with any of them changed is refused."""
     file = lambda f: None if f is None else {"sha256": sha256(Path(f))[:16]}   # by content: its path may change
@@ -176,7 +177,8 @@ def _run_settings(model, weights, checkpoint, ae, auto, train_ae: int | None, si
                    else {"arch": "SmallAE", "width": 32, "train_steps": train_ae, "size": size})
     return {"model": model, "weights": weights, "checkpoint": file(checkpoint), "autoencoder": autoencoder,
             "layers": list(layers), "steps": steps, "t_size": dict(T_SIZE if t_size is None else t_size),
-            "batch_size": batch_size, "seed": seed, "n_eval": n_eval, "n_grid": n_grid, "n_draws": n_draws}
+            "batch_size": batch_size, "seed": seed, "n_eval": n_eval, "n_grid": n_grid, "n_draws": n_draws,
+            **({"augment": augment} if augment else {})}     # absent without: runs from before have no such entry
 
 
 def _open_run(out: Path, settings: dict, record: dict, seed: int, force: bool, log) -> dict | None:
@@ -195,6 +197,17 @@ def _stage(state: dict | None, out: Path, name: str, t0: float) -> None:
     if state is None: return
     state["stages"][name] = {"seconds": round(time.perf_counter() - t0, 2)}
     write_json_atomic(out / "state.json", state)
+
+
+def _augmented(images, augment, copies: int, size: int, seed: int):
+    """The images the autoencoder and the t's train on: `images` as they are, or (with `augment`, names of
+    `invnb.data.AUGMENTATIONS`) `Augmented` copies of them, read at `size` px; and the run's record of it."""
+    if not augment: return images, None
+    try:
+        ds = load_image_folder(images, size=size) if isinstance(images, (str, Path)) else images
+        aug = Augmented(ds, augment, copies=copies, seed=seed)
+    except ValueError as e: raise BuildError(f"--augment: {e}") from None
+    return aug, aug.record()
 
 # %% ../nbs/08c_studyrun.ipynb #97ccb091
 def _analyse(study, x: torch.Tensor, out: Path, seed: int, n_eval: int, n_grid: int, n_draws: int,
@@ -227,6 +240,9 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
               size: int = 32,           # ... at this image size
               steps: int = 2000, t_size: dict | None = None, batch_size: int = 128, device="auto", seed: int = 0,
               n_eval: int = 100, n_grid: int = 6, n_draws: int = 8, budget_mb: float = 2048,
+              augment=None,             # label-preserving transforms for the autoencoder's and t's images: names of
+                                        # `invnb.data.AUGMENTATIONS` (flip, crop, jitter, rotate) or a comma-separated str
+              augment_copies: int = 4,  # ... images in this many copies (the first as it is); see `invnb.data.Augmented`
               force: bool = False,      # delete an earlier run in `out` first (a rerun with other settings is refused)
               progress: bool = True, log=None) -> Path:
     """Build, analyse and report a study of `model` at `layers` on `images` (see above); the path of report.html
@@ -253,14 +269,18 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
             with torch.device("meta"): SmallAE(size=size, width=32)
         except ValueError as e: raise BuildError(f"--size: {e}") from None
     record = _images_record(images, auto.size if auto is not None else size)
+    if isinstance(augment, str): augment = [a.strip() for a in augment.split(",") if a.strip()]
+    source = images                                     # the images as given; augmented, the training images
+    images, aug = _augmented(images, augment, augment_copies, auto.size if auto is not None else size, seed)
     settings = _run_settings(model, weights, checkpoint, ae, auto, train_ae, size, names, steps, t_size, batch_size,
-                             seed, n_eval, n_grid, n_draws)
+                             seed, n_eval, n_grid, n_draws, aug)
     with run_lock(out) if main else nullcontext():
         state = _open_run(out, settings, record, seed, force, log)
         t0 = time.perf_counter()
         if auto is None: auto = _autoencoder(None, out, images, train_ae, size, dev, seed, progress, log)
         _stage(state, out, "autoencoder", t0)
-        log(f"[1/3] codes, features and one t per layer ({', '.join(names)}) on {images}")
+        log(f"[1/3] codes, features and one t per layer ({', '.join(names)}) on {source}"
+            + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else ""))
         t0 = time.perf_counter()
         built = _build(net, names, images, ae=auto, device=dev, out=out, steps=steps, t_size=t_size,
                        batch_size=batch_size, budget_mb=budget_mb, recipe=recipe, progress=progress, seed=seed,

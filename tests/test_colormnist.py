@@ -10,7 +10,7 @@ import torch
 from invnb import colormnist, runs
 from invnb.cli import main
 from invnb.colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist
-from invnb.report import check_run, validate_metrics
+from invnb.report import check_run, checks, validate_metrics
 from invnb.results import Estimate
 from invnb.study import Study
 
@@ -39,6 +39,11 @@ def test_smoke_run_writes_a_well_formed_report_and_metrics(smoke_run):
     assert outside_js.count("data:image/png;base64,") == len(m["figures"]) == len(prof.layers) + prof.n_checkpoints - 1
     for stage in STAGES[:-1]:
         assert f"<td>{stage}</td>" in page
+    ceilings = r["diagnostics"]["ceiling"]                                # one per t, beside its agreement
+    assert set(ceilings) == {f"{mm}__{l}" for mm, ls in r["t_checks"].items() for l in ls}
+    rows = [what for what, _, _ in checks(m) if "ceiling" in what]
+    assert len(rows) == len(prof.layers) and not any("(≥ 80%)" in what for what, _, _ in checks(m))
+    assert re.search(r"f keeps its prediction on \d\.\d\d ± \d\.\d\d of \d\.\d\d", page)
     assert any("[stage 7/7] report" in l for l in lines) and any("left" in l for l in lines)
 
 

@@ -62,7 +62,9 @@ def test_diagnostics_are_typed_and_keep_their_json_keys(study, tmp_path):
     study.record_t_training(("final", "classifier"), best_step=20, best_val_nll=70.5, steps=40)
     saved = json.loads((study.save(tmp_path / "s") / "study.json").read_text())["results"]
     assert list(saved["t_checks"]["final"]["classifier"]) == ["train_nll", "val_nll", "nll_gap", "agreement",
-                                                               "phi_distance", "info_nats"]
+                                                               "phi_distance", "info_nats", "agreement_se"]
+    ceiling = saved["diagnostics"]["ceiling"]["final__classifier"]              # the oracle t's agreement, ± its SE
+    assert set(ceiling) == {"value", "se"} and 0 <= ceiling["value"] <= 1
     assert list(saved["diagnostics"]["autoencoder"]) == ["mse", "psnr", "mse_sampled", "gamma", "accuracy_x",
                                                          "accuracy_reconstruction"]
     assert saved["diagnostics"]["t_training"] == {"final__classifier": {"best_step": 20, "best_val_nll": 70.5, "steps": 40}}

@@ -222,3 +222,38 @@ def test_errors_a_cli_user_meets_offer_what_the_cli_can_do(folder, ae, tmp_path,
     fit_invariances_over({"layer4": Probe(model, "layer4")}, x, codes, steps=1, **kw)
     with pytest.raises(ValueError, match=r"write the t's to another folder \(ckpt_dir; invnb study: --out\)"):
         fit_invariances_over({"layer4": Probe(model, "layer4")}, x, codes, steps=2, **kw)
+
+
+def test_augmentation_reaches_the_autoencoder_and_the_t_s_alike_and_is_recorded(folder, tmp_path, capsys, monkeypatch):
+    "--augment: the SmallAE and the t's train on the same augmented copies; a rerun with other transforms is refused."
+    import invnb.build, invnb.studyrun
+    seen = {}
+    train_ae, features = invnb.studyrun.train_autoencoder, invnb.build.encode_and_features
+
+    def ae_spy(ae, images, *a, **k):
+        seen["ae"] = images.clone()
+        return train_ae(ae, images, *a, **k)
+
+    def t_spy(ae, probes, images, *a, **k):
+        seen["t"] = torch.stack([images[i] if not isinstance(images[i], tuple) else images[i][0] for i in range(len(images))])
+        return features(ae, probes, images, *a, **k)
+
+    monkeypatch.setattr(invnb.studyrun, "train_autoencoder", ae_spy)
+    monkeypatch.setattr(invnb.build, "encode_and_features", t_spy)
+    out = tmp_path / "run"
+    base = study(folder, out, "--train-ae", "2", "--size", "32", "--augment", "flip,crop", "--augment-copies", "3")
+    code, err = run(base, capsys)
+    assert code == 0, err
+    assert len(seen["ae"]) == len(seen["t"]) == 3 * 24 and torch.equal(seen["ae"], seen["t"])     # the same images
+    assert not torch.equal(seen["ae"][24:48], seen["ae"][:24])                                   # copies are augmented
+    s = json.loads((out / "state.json").read_text())["settings"]
+    assert s["augment"] == {"transforms": ["flip", "crop"], "copies": 3}
+    code, err = run(study(folder, out, "--train-ae", "2", "--size", "32", "--augment", "flip", "--augment-copies", "3"), capsys)
+    assert code == 2 and 'augment.transforms: ["flip", "crop"] recorded, ["flip"] asked' in err, err
+    code, err = run(study(folder, out, "--train-ae", "2", "--size", "32"), capsys)               # none: also other settings
+    assert code == 2 and "augment" in err, err
+    code, err = run(study(folder, tmp_path / "r2", "--train-ae", "2", "--augment", "flip,blur"), capsys)
+    assert code == 2 and "unknown augmentation 'blur'; choose from flip, crop, jitter, rotate" in err, err
+    with pytest.raises(SystemExit):
+        main(study(folder, tmp_path / "r3", "--train-ae", "2", "--augment", "flip", "--augment-copies", "0"))
+    assert "--augment-copies must be at least 1" in capsys.readouterr().err
