@@ -4,8 +4,11 @@
 For 100 validation images x (4 draws each), f's prediction on D(z̄) is compared with its prediction on D(E(x)), as the
 sample fidelity does, with z̄ drawn not from a t but from:
 
-- `empirical`: the codes (one posterior draw) of other training images to which f gives the same class as to x
-  — perfect samples of p(z̄ | class), the ceiling for a t conditioned on the softmax;
+- `neighbours`: the study's own ceiling (`diagnostics.agreement_ceiling`): the codes of the 4 training images nearest
+  to x in the softmax's Φ-space, the per-layer oracle that `invnb colormnist` reports beside every agreement;
+- `empirical`: the codes (one posterior draw) of training images to which f gives the same class as to x. This pools
+  by f's argmax only: it is p(z̄ | class), the ceiling of a t that keeps f's class and nothing else, not of a t at the
+  softmax (whose z also keeps f's confidence), and it does not apply to any other layer;
 - `gaussian_class_cov` / `gaussian_pooled_cov`: a Gaussian per class (f's class), with that class's covariance of
   the codes or one shared covariance, at temperatures 1.0, 0.8 and 0.6.
 
@@ -21,6 +24,8 @@ import torch
 
 from invnb.checkpoint import load_model
 from invnb.colormnist import PROFILES, load_data
+from invnb.diagnostics import agreement_ceiling
+from invnb.probe import Probe
 from invnb.train import encode_dataset
 
 
@@ -43,6 +48,7 @@ def main():
     agree = lambda s: (f(ae.decode(s.reshape(-1, s.shape[-1]))).argmax(1).reshape(100, -1) == target[:, None]).float().mean().item()
     D, K = zt.shape[1], int(pt.max()) + 1
     out = {"self": (px == target).float().mean().item()}
+    out["neighbours"] = agreement_ceiling(ae, Probe(f, "softmax"), f, x, data.xt, k=4, generator=g)["ceiling"]
     idx = torch.stack([torch.nonzero(pt == k).squeeze(1)[torch.randint(int((pt == k).sum()), (4,), generator=g)]
                        for k in px.tolist()])
     out["empirical"] = agree(zt[idx])

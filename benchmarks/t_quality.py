@@ -14,9 +14,12 @@ from scratch by the same loop (Adam, batch 128, gradient norm clipped at 10). Pe
 
 `at_steps`: every flow after `--steps` steps; `at_seconds`: every flow after the seconds invnb's t took for them.
 `--grid`: invnb's t only, agreement against steps × colourings × width (how far the quick profile is from its ceiling).
+`--data`: invnb's t at equal seconds on one colouring, pools of 8 and 32 colourings, and colourings drawn fresh at
+every step with E and Φ applied on the fly (which data source is faster per nat of held-out NLL).
 
     python benchmarks/t_quality.py runs/colormnist --layer softmax --colourings 8 --steps 1500
     python benchmarks/t_quality.py runs/colormnist --grid
+    python benchmarks/t_quality.py runs/colormnist --data --seconds 60 --lr 3e-3
 """
 import argparse
 import json
@@ -119,15 +122,33 @@ def evaluate(model, ctx) -> dict:
             **{k: round(v, 3) for k, v in _agreement(pred == ctx["target"][:, None]).items()}}
 
 
-def train(model, ctx, steps=None, seconds=None, batch_size=128, lr=1e-3, seed=0):
-    "Adam, clipped at 10, for `steps` steps or until `seconds` have passed (whichever is given)."
+@torch.no_grad()
+def fresh_batch(ctx, batch_size, g):
+    """A batch of the training digits in colours drawn now (ColorMNIST's rule: fg uniform, bg uniform over the others),
+    encoded by E and seen by Φ on the fly: (z̄, z)."""
+    cm, P = ctx["train"], len(ctx["train"].colours)
+    idx = torch.randint(len(cm), (batch_size,), generator=g)
+    fg = torch.randint(P, (batch_size,), generator=g)
+    bg = torch.randint(P - 1, (batch_size,), generator=g); bg = bg + (bg >= fg).long()
+    m = cm.ink[idx].float().div(cm._ink_scale)[:, None]
+    x = ((1 - m) * cm.colours[bg][:, :, None, None] + m * cm.colours[fg][:, :, None, None]) * 2 - 1
+    mean, logvar = ctx["ae"].encode(x)
+    return mean + torch.randn(mean.shape, generator=g) * (0.5 * logvar).exp(), ctx["probe"].phi(x).float()
+
+
+def train(model, ctx, steps=None, seconds=None, batch_size=128, lr=1e-3, seed=0, fresh=False):
+    """Adam, clipped at 10, for `steps` steps or until `seconds` have passed (whichever is given); on the cached pool of
+    codes and features, or (`fresh`) on colourings drawn as training goes (`fresh_batch`)."""
     opt, g = torch.optim.Adam(model.parameters(), lr=lr), torch.Generator().manual_seed(seed)
     codes, feats, n = ctx["codes"], ctx["feats"], len(ctx["feats"])
     t0, step = time.perf_counter(), 0
     while (steps is None or step < steps) and (seconds is None or time.perf_counter() - t0 < seconds):
-        idx = torch.randint(n, (batch_size,), generator=g)
-        zbar = codes["mean"][idx] + torch.randn(batch_size, ctx["dim"], generator=g) * (0.5 * codes["logvar"][idx]).exp()
-        loss = model.nll(zbar, feats[idx]).mean()
+        if fresh: zbar, z = fresh_batch(ctx, batch_size, g)
+        else:
+            idx = torch.randint(n, (batch_size,), generator=g)
+            zbar = codes["mean"][idx] + torch.randn(batch_size, ctx["dim"], generator=g) * (0.5 * codes["logvar"][idx]).exp()
+            z = feats[idx]
+        loss = model.nll(zbar, z).mean()
         opt.zero_grad(); loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 10.0); opt.step(); step += 1
     return step, time.perf_counter() - t0
@@ -149,6 +170,7 @@ def context(run: str, layer: str, colourings: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     xe = data.xv[:100]
     return {"prof": prof, "dim": codes["mean"].shape[1], "codes": codes, "feats": phi(x), "ae": ae, "f": f,
+            "train": data.train, "probe": probe,
             "val_zbar": draw(vcodes, g), "val_feats": phi(data.xv),
             "check_zbar": draw({k: v[:500] for k, v in codes.items()}, g), "check_feats": phi(data.xt[:500]),
             "x": xe, "x_feats": phi(xe), "target": f(ae.decode(ae.encode(xe)[0])).argmax(1),
@@ -191,6 +213,23 @@ def grid(ctx_of, steps_list, colourings_list, widths):
     return {"layer": ctx["layer"], "ceiling": {k: round(v, 3) for k, v in ctx["ceiling"].items()}, "grid": rows}
 
 
+def data_sources(ctx_of, seconds, lr):
+    """invnb's t at equal seconds on: the training digits in their one colouring, in a pool of K colourings (codes and
+    features cached), and in colourings drawn fresh at every step (E and Φ on the fly): which is faster per nat."""
+    rows = []
+    for name, K, fresh in (("one colouring", 1, False), ("pool of 8", 8, False), ("pool of 32", 32, False),
+                           ("fresh every step", 1, True)):
+        t0 = time.perf_counter()
+        ctx = ctx_of(K)
+        prep = time.perf_counter() - t0
+        model = Invnb(ctx["dim"], ctx["cond_shape"], seed=0, **ctx["prof"].t_size)
+        n, secs = train(model, ctx, seconds=seconds, lr=lr, fresh=fresh)
+        rows.append({"data": name, **evaluate(model, ctx), "steps": n, "seconds": round(secs, 1),
+                     "setup_seconds": round(prep, 1)})
+        print(rows[-1], flush=True)
+    return {"layer": ctx["layer"], "lr": lr, "ceiling": {k: round(v, 3) for k, v in ctx["ceiling"].items()}, "data": rows}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="a finished `invnb colormnist` run folder")
@@ -199,9 +238,15 @@ def main():
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--flows", default="invnb,realnvp,zuko_nsf")
     ap.add_argument("--grid", action="store_true", help="invnb's t: agreement over steps × colourings × width")
+    ap.add_argument("--data", action="store_true", help="invnb's t at equal seconds (--seconds) on one colouring, "
+                    "pools of 8 and 32 colourings, and fresh colourings at every step")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--lr", type=float, default=1e-3)
     a = ap.parse_args()
     warnings.simplefilter("ignore")
-    if a.grid:
+    if a.data:
+        res = data_sources(lambda K: context(a.run, a.layer, K), a.seconds, a.lr)
+    elif a.grid:
         res = grid(lambda K: context(a.run, a.layer, K), [500, 1500, 3000], [1, 8], [128, 256])
     else:
         res = compare(context(a.run, a.layer, a.colourings), a.steps, a.flows.split(","))

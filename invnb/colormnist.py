@@ -217,14 +217,12 @@ FEATURE_BUDGET_MB = 2048   # stage 5: features of one layer above this are compu
 
 
 def t_stacks(run: RunSpec, fits: dict) -> dict[str, list[str]]:
-    """The jobs of stage 5: {job: [t file names]}. The t's at the checkpoint layer (one per checkpoint, the null
-    control, the other seeds) share one size and train together as stacks of at most `t_stack`
-    (`invnb.stacked`; the same results as one by one, faster); every other t is a job of its own."""
-    at = [k for k, (_, l, _) in fits.items() if l == run.prof.checkpoint_layer]
-    n = max(1, run.prof.t_stack)
-    out = {k: [k] for k in fits if k not in at}
-    out.update({f"stack{i // n}__{run.prof.checkpoint_layer}": at[i:i + n] for i in range(0, len(at), n)})
-    return {k: v for k, v in sorted(out.items(), key=lambda kv: list(fits).index(kv[1][0]))}
+    """The jobs of stage 5: {job: [t file names]}. Every t of stage 5 has the profile's flow size, so they train
+    together as stacks of at most `t_stack` (`invnb.stacked`; each t's embedder of its own layer's shape kept apart):
+    the same results as one by one, faster. `t_stack = 1`: one job per t."""
+    names, n = list(fits), max(1, run.prof.t_stack)
+    if n == 1: return {k: [k] for k in names}
+    return {f"stack{i // n}": names[i:i + n] for i in range(0, len(names), n)}
 
 
 def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple], codes_val: dict,
@@ -311,22 +309,21 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
         """Φ of the training and validation images at `layer` of `model`. The layers of `model` whose t's are still to
         be made come from one forward pass; a layer above `FEATURE_BUDGET_MB` is computed on the fly in each batch
         (`analysis.layer_features`), as before."""
-        if model not in cache:
-            cache.clear()
-            want = [l for k, (m, l, _) in fits.items() if m == model and not t_file(k).exists()]
+        if model not in cache: cache.clear(); cache[model] = {}
+        got = cache[model]
+        if layer not in got:       # (a rerun's stack may ask for a layer whose own t is done: computed then)
+            want = [l for k, (m, l, _) in fits.items() if m == model and not t_file(k).exists() and l not in got]
             layers = list(dict.fromkeys([*want, layer]))
             mb = lambda l: (len(xt) + len(data.xv)) * math.prod(shapes[(model, l)]) * 4 / 2 ** 20
             small = [l for l in layers if mb(l) <= FEATURE_BUDGET_MB]
-            got = {}
             if small:
                 ft, fv = (features_of_probes({l: probe(model, l) for l in small}, models[model], x, device=run.device)
                           for x in (xt, data.xv))
-                got = {l: (ft[l], fv[l]) for l in small}
+                got.update({l: (ft[l], fv[l]) for l in small})
             for l in layers:
                 if l not in got:
                     got[l] = tuple(analysis.layer_features(probe(model, l), x, budget_mb=FEATURE_BUDGET_MB, device=run.device)
                                    for x in (xt, data.xv))
-            cache[model] = got
         return cache[model][layer]
 
     perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
@@ -358,7 +355,7 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
                 _fit_t(run, todo[0], codes, feats, codes_val, val_feats, desc, base, seed=seed)
             elif todo:             # the whole stack again (the same run), saving only the missing t's
                 _fit_t_stack(run, names, codes, [data_of(k) for k in names], codes_val, base,
-                             [what(k)[0] for k in names], f"{len(names)} t's at {fits[names[0]][1]}", save=todo)
+                             [what(k)[0] for k in names], f"{len(names)} t's", save=todo)
         bar.update(len(todo))
 
     shapes = {ml: probe(*ml).feature_shape(tuple(data.xv.shape[1:])) for ml in dict.fromkeys(v[:2] for v in fits.values())}
@@ -406,8 +403,10 @@ def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[
     for m in names:
         layers = [l for mm, l in jobs if mm == m]
         study.compute_probes(xt[:p.n_probe], tl, xv, vl, m, layers)
+        pool = xt[:p.n_pool]                 # the ceiling's neighbours: Φ of every layer of m in one pass
+        pool_feats = features_of_probes({l: study.probe(l, m) for l in layers}, study.models[m], pool, device=run.device)
         study.compute_t_checks(xt[:p.n_check], xv, m, layers, n_fidelity=p.n_fidelity, n_samples=p.fidelity_draws,
-                               seed=s, baseline_nll=null_nll, pool=xt)
+                               seed=s, baseline_nll=null_nll, pool=pool, pool_features=pool_feats)
     # the same inputs and the same draws of v for every layer and checkpoint (the layout of Fig. S7)
     v = torch.randn(p.n_draws, study.ae.zdim, generator=torch.Generator().manual_seed(s + off["grids"]))
     x = xv[:p.n_grid]

@@ -91,6 +91,7 @@ def agreement_ceiling(ae,                             # the autoencoder: encode(
                       k: int = 4,                     # neighbours per image: the oracle's draws
                       generator: torch.Generator | None = None,  # the posterior draw of each neighbour's code
                       batch_size: int = 500,
+                      pool_features: torch.Tensor | None = None,  # Φ(pool), if already computed (N, ...)
                      ) -> dict[str, float]:
     """{'ceiling': the sample agreement of an oracle t whose samples are the codes of the `k` images of `pool` nearest
     to x in Φ-space, 'ceiling_se': its standard error over the images of `x`}."""
@@ -98,7 +99,9 @@ def agreement_ceiling(ae,                             # the autoencoder: encode(
     if not 1 <= k <= len(pool):
         raise ValueError(f"k must be between 1 and the pool's {len(pool)} images; got {k}. Pass more training images or a smaller k.")
     phi = lambda imgs: torch.cat([probe.phi(b).flatten(1) for b in imgs.split(batch_size)])
-    zx, zp = phi(x), phi(pool)
+    zx = phi(x)
+    zp = phi(pool) if pool_features is None else pool_features.flatten(1).to(zx)
+    if len(zp) != len(pool): raise ValueError(f"pool_features hold {len(zp)} rows for {len(pool)} pool images.")
     near = torch.cat([torch.cdist(b, zp).topk(k, largest=False).indices for b in zx.split(batch_size)])   # (B, k)
     mean, logvar = (torch.cat(c) for c in zip(*[ae.encode(b) for b in pool[near.flatten()].split(batch_size)]))
     zbar = sample_gaussian(mean, logvar, generator)

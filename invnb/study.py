@@ -259,13 +259,14 @@ class StudyDiagnostics(StudyComputations):
     `record_t_training` (see `Study`)."""
     @torch.no_grad()
     def compute_t_checks(self, images, val_images, model=None, layers=None, *, n_samples=8, n_fidelity=None, seed=0,
-                         baseline_nll: float | None = None, pool=None, k: int = 4) -> dict[str, TCheck]:
+                         baseline_nll: float | None = None, pool=None, k: int = 4,
+                         pool_features: dict | None = None) -> dict[str, TCheck]:
         """Per t: NLL on `images` (training) and `val_images` (held out) and their gap, sample fidelity on
         the first `n_fidelity` of `val_images` (default: all), and with `baseline_nll` (the held-out NLL of a reference: a t
         trained the same way on z shuffled across images, or an unconditional flow of the same size) the
         information z adds, in nats. Stored in `results.t_checks[model]`. The ceiling of the agreement on the same
         images (`diagnostics.agreement_ceiling`: the codes of the `k` training images of `pool`, default `images`,
-        nearest in Φ-space) goes to `results.diagnostics.ceiling`."""
+        nearest in Φ-space; `pool_features`: {layer: Φ(pool)} if already computed) goes to `results.diagnostics.ceiling`."""
         model, layers = self._layers(model, layers)
         for l in layers: check_trained(self.t(l, model), f"the t of {model!r} at {l!r}", "fit it before asking for its diagnostics")
         f = self._model(model)
@@ -279,7 +280,8 @@ class StudyDiagnostics(StudyComputations):
                                                    generator=torch.Generator().manual_seed(seed))
             res[l] = TCheck(train, val, **fidelity, info_nats=None if baseline_nll is None else baseline_nll - val)
             c = diagnostics.agreement_ceiling(self.ae, p, f, val_images[:n_fidelity], images if pool is None else pool,
-                                              k=min(k, len(images if pool is None else pool)), generator=torch.Generator().manual_seed(seed + 1))
+                                              k=min(k, len(images if pool is None else pool)), generator=torch.Generator().manual_seed(seed + 1),
+                                              pool_features=(pool_features or {}).get(l))
             self.results.diagnostics.ceiling[t_key(model, l)] = Estimate(c["ceiling"], c["ceiling_se"])
         self.results.t_checks.setdefault(model, {}).update(res)
         return res

@@ -323,3 +323,25 @@ def test_stage_5_stacked_equals_one_by_one_and_colourings_add_data(smoke_run, tm
     assert not torch.equal(xt[len(data.xt):], data.xt)          # the same digits in other colours
     assert (run.out / "cache" / "codes_train_colouring1.safetensors").exists()
     assert len(list((run.study_dir / "t").glob("*.safetensors"))) == len(files)
+
+
+def test_t_colourings_differ_are_fixed_by_the_seed_and_resume_from_their_cache(smoke_run, tmp_path):
+    "K colourings of the training digits: each other colours than the rest, the same under a seed, reread on a rerun."
+    out = smoke_run[0]
+    study = Study.load(out / "study")
+    data = colormnist.load_data(PROFILES["smoke"], 0)
+    codes = colormnist.encode_dataset(study.ae.encode, data.xt, device="cpu")
+    prof = dataclasses.replace(PROFILES["smoke"], t_colourings=3)
+    spec = lambda d, seed=0: colormnist.RunSpec(tmp_path / d, prof, seed, torch.device("cpu"), False, lambda s: None)
+    x1, c1 = colormnist.t_training_set(spec("a"), data, study.ae, codes)
+    x2, c2 = colormnist.t_training_set(spec("b"), data, study.ae, codes)
+    assert torch.equal(x1, x2) and torch.equal(c1["mean"], c2["mean"])                # fixed by the seed
+    n = len(data.xt)
+    parts = x1.split(n)
+    assert len(parts) == 3 and all(not torch.equal(parts[i], parts[j]) for i in range(3) for j in range(i + 1, 3))
+    x3, _ = colormnist.t_training_set(spec("c", seed=1), data, study.ae, codes)
+    assert not torch.equal(x3[n:], x1[n:])                                            # another seed, other colours
+    cache = tmp_path / "a" / "cache" / "codes_train_colouring2.safetensors"
+    stamp = cache.stat().st_mtime_ns
+    _, again = colormnist.t_training_set(spec("a"), data, study.ae, codes)            # a rerun reads its cache
+    assert cache.stat().st_mtime_ns == stamp and torch.equal(again["mean"], c1["mean"])

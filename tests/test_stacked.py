@@ -99,3 +99,21 @@ def test_unstack_gives_the_t_s_back():
     for t, u in zip(ts, back):
         for (k, p), q in zip(t.state_dict().items(), u.state_dict().values()): assert torch.equal(p, q), k
     assert torch.allclose(StackedINN(ts).nll(zb, z), torch.stack([t.nll(zb[i], z[i]) for i, t in enumerate(ts)]), atol=1e-5)
+
+
+def test_t_s_of_other_layers_stack_with_their_embedders_apart():
+    "t's of three condition shapes in one stack: each equals its t alone; a wrong shape names the t's it belongs to."
+    shapes = [(5, 3, 3), (7,), (5, 3, 3), (4, 6, 6)]
+    ts = [InvarianceINN(D, c, seed=s, **SIZE) for s, c in enumerate(shapes)]
+    z, zb = [torch.randn(4, *c) for c in shapes], torch.randn(4, 4, D)
+    for i, t in enumerate(ts): t(zb[i], z[i])                      # ActNorm's data initialisation
+    stack = StackedINN(ts)
+    assert stack.cond_shape is None and len(stack._groups) == 3
+    assert torch.allclose(stack.nll(zb, z), torch.stack([t.nll(zb[i], z[i]) for i, t in enumerate(ts)]), atol=1e-5)
+    for t, u in zip(ts, stack.unstack()):
+        for (k, p), q in zip(t.state_dict().items(), u.state_dict().values()): assert torch.equal(p, q), k
+    assert all(v.shape[0] == 4 for v in stack.state_dict().values())   # fit's rule: the model axis first, everywhere
+    with pytest.raises(ValueError, match=r"z of the stacked t's \[1\] must have shape \(B, 7\) each; got \(4, 8\)"):
+        stack.nll(zb, [z[0], torch.zeros(4, 8), z[2], z[3]])
+    with pytest.raises(ValueError, match="only t's of one flow size stack"):
+        StackedINN([ts[0], InvarianceINN(D, 7, seed=0, **{**SIZE, "n_blocks": SIZE["n_blocks"] + 1})])
