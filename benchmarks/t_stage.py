@@ -1,9 +1,10 @@
-"""Stage 5 of `invnb colormnist` (every t of the study) with the checkpoint layer's t's stacked against one by one.
+"""Stage 5 of `invnb colormnist` (every t of the study): every t in one stack, against only the checkpoint layer's
+t's stacked (the grouping before), and against one by one.
 
 On a finished run folder, with its autoencoder, classifier checkpoints and profile: the whole t stage (the
 unconditional t, one t per layer and per checkpoint, the null control, the other seeds; feature extraction and
-validation included) is run twice into fresh folders, once with the profile's `t_stack` and once with `t_stack=1`,
-at the same steps. Prints one JSON object: the seconds of each, their ratio (one by one / stacked), and the largest
+validation included) is run three times into fresh folders: with the profile's `t_stack` (every t stacked), with only
+the checkpoint layer's t's stacked, and with `t_stack=1`, at the same steps. Prints one JSON object: the seconds of each, their ratio (one by one / stacked), and the largest
 differences between the two of each t's best held-out NLL and of its whole held-out curve (float rounding grows over
 a fit; the kept steps are compared too).
 
@@ -23,6 +24,18 @@ from invnb import colormnist
 from invnb.study import Study
 
 
+every_t = colormnist.t_stacks
+
+
+def checkpoint_layer_only(run, fits):
+    "The grouping before every t was stacked: only the checkpoint layer's t's in stacks, every other t alone."
+    at = [k for k, (_, l, _) in fits.items() if l == run.prof.checkpoint_layer]
+    n = max(1, run.prof.t_stack)
+    out = {k: [k] for k in fits if k not in at}
+    out.update({f"stack{i // n}": at[i:i + n] for i in range(0, len(at), n)})
+    return {k: v for k, v in sorted(out.items(), key=lambda kv: list(fits).index(kv[1][0]))}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="a finished `invnb colormnist` run folder")
@@ -36,7 +49,8 @@ def main():
     jobs = colormnist.invariance_jobs(prof, list(study.models))
     out, seconds = {}, {}
     with tempfile.TemporaryDirectory() as d:
-        for name, stack in (("stacked", prof.t_stack), ("one_by_one", 1)):
+        for name, stack in (("stacked", prof.t_stack), ("checkpoint_layer_stacked", prof.t_stack), ("one_by_one", 1)):
+            colormnist.t_stacks = checkpoint_layer_only if name == "checkpoint_layer_stacked" else every_t
             run = colormnist.RunSpec(Path(d) / name, dataclasses.replace(prof, t_stack=stack), state.get("seed", 0),
                                      torch.device("cpu"), False, lambda s: None)
             (run.study_dir / "t").mkdir(parents=True)
@@ -49,7 +63,9 @@ def main():
     print(json.dumps({"profile": prof.name, "t_steps": prof.t_steps, "t_stack": prof.t_stack, "ts": len(s),
                       "threads": torch.get_num_threads(), "seconds_stacked": round(seconds["stacked"], 1),
                       "seconds_one_by_one": round(seconds["one_by_one"], 1),
+                      "seconds_checkpoint_layer_stacked": round(seconds["checkpoint_layer_stacked"], 1),
                       "ratio": round(seconds["one_by_one"] / seconds["stacked"], 3),
+                      "ratio_to_checkpoint_layer_stacked": round(seconds["checkpoint_layer_stacked"] / seconds["stacked"], 3),
                       "max_best_val_difference": max(abs(s[k]["best_val_nll"] - o[k]["best_val_nll"]) for k in s),
                       "max_val_curve_difference": max(abs(x[1] - y[1]) for k in s for x, y in zip(s[k]["val_nll"], o[k]["val_nll"])),
                       "different_kept_steps": sorted(k for k in s if s[k]["best_step"] != o[k]["best_step"])}))

@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("colormnist", help="the paper's ColorMNIST study in one command: report.html, metrics.json, Study")
-    c.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick, about 10 min on a 2-core CPU)")
+    c.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick, about 15 min on a 2-core CPU)")
     c.add_argument("--out", default="runs/colormnist", help="run folder (default: runs/colormnist)")
     c.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
     c.add_argument("--seed", type=int, default=0)

@@ -74,8 +74,8 @@ PROFILES = {
                      t_colourings=4,
                      layers=tuple(l for l in _LAYERS if l not in ("features.12", "classifier")), n_probe=500, fidelity_draws=4,
                      ae_batch_size=32, ae_lr=3e-3, disk_mb=300,
-                     est_seconds=dict(data=1, autoencoder=130, classifier=151, factors=54, invariances=162, analysis=71,
-                                      report=1)),
+                     est_seconds=dict(data=1, autoencoder=159, classifier=214, factors=62, invariances=323, analysis=114,
+                                      report=1)),   # measured 2026-12-02 (seed 0, 2-core CPU)
     "long": Profile("long", None, None, ae_steps=6000, ae_width=32, clf_steps=4000, n_checkpoints=9,
                     e_steps=1500, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
                     t_steps=1500, t_val_every=100, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
