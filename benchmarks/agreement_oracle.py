@@ -12,6 +12,9 @@ sample fidelity does, with z̄ drawn not from a t but from:
 - `gaussian_class_cov` / `gaussian_pooled_cov`: a Gaussian per class (f's class), with that class's covariance of
   the codes or one shared covariance, at temperatures 1.0, 0.8 and 0.6.
 
+- `neighbours_noise{s}`: the `neighbours` codes with Gaussian noise of s × each code dimension's spread added: how
+  far off the data the decoder still gives f's prediction back (if it does, a weak t is what limits the agreement).
+
 Also `self`: how often f agrees on x and on D(E(x)). Prints one JSON object.
 
     python benchmarks/agreement_oracle.py runs/colormnist
@@ -48,7 +51,12 @@ def main():
     agree = lambda s: (f(ae.decode(s.reshape(-1, s.shape[-1]))).argmax(1).reshape(100, -1) == target[:, None]).float().mean().item()
     D, K = zt.shape[1], int(pt.max()) + 1
     out = {"self": (px == target).float().mean().item()}
-    out["neighbours"] = agreement_ceiling(ae, Probe(f, "softmax"), f, x, data.xt, k=4, generator=g)["ceiling"]
+    probe = f.probe("softmax") if hasattr(f, "probe") else Probe(f, "softmax")
+    out["neighbours"] = agreement_ceiling(ae, probe, f, x, data.xt, k=4, generator=g)["ceiling"]
+    near = torch.cdist(probe.phi(x).flatten(1), torch.cat([probe.phi(b).flatten(1) for b in data.xt.split(500)]))
+    near = near.topk(4, largest=False).indices                               # the ceiling's neighbours, (100, 4)
+    for s in (0.1, 0.25, 0.5, 1.0):      # is it the decoder? the oracle's codes moved off the data by s × their spread
+        out[f"neighbours_noise{s}"] = agree(zt[near] + s * zt.std(0) * torch.randn(zt[near].shape, generator=g))
     idx = torch.stack([torch.nonzero(pt == k).squeeze(1)[torch.randint(int((pt == k).sum()), (4,), generator=g)]
                        for k in px.tolist()])
     out["empirical"] = agree(zt[idx])

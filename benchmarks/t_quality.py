@@ -17,8 +17,8 @@ from scratch by the same loop (Adam, batch 128, gradient norm clipped at 10). Pe
 `--data`: invnb's t at equal seconds on one colouring, a pool of 8 colourings, and colourings drawn fresh at
 every step with E and Φ applied on the fly (which data source is faster per nat of held-out NLL).
 
-zuko is not a dependency of invnb (it lost at equal seconds, see the notebook 07e's measurements): `pip install zuko`
-to run its column.
+zuko is not a dependency of invnb (it lost to invnb's t at equal seconds here): `pip install zuko` to run its
+column.
 
     python benchmarks/t_quality.py runs/colormnist --layer softmax --colourings 8 --steps 1500
     python benchmarks/t_quality.py runs/colormnist --grid

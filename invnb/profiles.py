@@ -48,7 +48,7 @@ class Profile:
     n_draws: int = 8                         # sample grids: columns (draws of v, the same for every grid)
     n_variance: int = 64                     # validation images for the image-space variance
     t_seeds: int = 2                         # seeds of t at (final model, checkpoint layer): their spread beside the SE
-    t_stack: int = 16                        # t's of the checkpoint layer trained together (invnb.stacked); 1: one by one
+    t_stack: int = 16                        # t's trained together (invnb.stacked), at most; 1: one by one
     t_colourings: int = 1                    # the t's train on the training digits in this many colourings (more data)
     disk_mb: int = 200                       # space the run needs
     est_seconds: dict = field(default_factory=dict)  # per stage, on a 2-core CPU (for the time-left estimate)
@@ -67,6 +67,7 @@ PROFILES = {
                      t_steps=40, t_size=dict(n_blocks=2, hidden=32, depth=1, embed_dim=16),
                      layers=("features.8", "features.11", "softmax"), batch_size=64, n_eval=20, n_grid=3, disk_mb=50,
                      t_val_every=10, n_probe=300, n_check=100, n_fidelity=20, n_pool=300,
+                     t_stack=4,   # its 7 t's in two stacks: two jobs, which torchrun shares across ranks
                      est_seconds=dict(data=1, autoencoder=3, classifier=6, factors=1, invariances=6, analysis=4, report=3)),
     "quick": Profile("quick", None, None, ae_steps=6000, ae_width=32, clf_steps=1000, n_checkpoints=7,
                      e_steps=700, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
