@@ -11,6 +11,7 @@ import math
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,26 +181,6 @@ def invariance_jobs(prof: Profile, checkpoints: list[str]) -> list[tuple[str, st
     return jobs
 
 
-def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_feats, desc: str,
-           base: InvarianceINN | None = None, seed: int | None = None) -> InvarianceINN:
-    """One t (or, without `base`, the unconditional baseline), started at `base` (`analysis.warm_start`), kept at its
-    best held-out NLL; saved as study/t/<name> with a record of the kept step."""
-    p, path, seed = run.prof, run.study_dir / "t" / f"{name}.safetensors", run.seed if seed is None else seed
-    t = _loads(path, InvarianceINN)
-    if t is None:
-        val_fn = lambda m: diagnostics.nll_of(m, codes_val, val_feats, seed=run.seed)   # the same held-out draw for all
-        t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=seed, **p.t_size)
-        if base is not None: analysis.warm_start(t, base)
-        t, hist = analysis.fit_invariances(codes, feats, t=t, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr,
-                                           **{**run.fit_kwargs(f"t/{name}", seed), "desc": desc}, val_fn=val_fn,
-                                           val_every=p.t_val_every)
-        write_json_atomic(path.with_suffix(".training.json"),   # which step's weights t kept, and why
-                          {"best_step": hist.best_step, "best_val_nll": hist.best_val, "steps": p.t_steps,
-                           "val_nll": hist["val"]})
-        t.save(path); run.drop_state(f"t/{name}")
-    return t.eval().cpu()
-
-
 def t_fits(run: RunSpec, jobs: list[tuple[str, str]]) -> dict[str, tuple[str, str, str | int | None]]:
     """{file name: (model, layer, variant)} of the t's of stage 5 after the unconditional one: one per job, with the
     null control (variant 'shuffled') and the other seeds (variant k) right after the job they repeat."""
@@ -223,6 +204,26 @@ def t_stacks(run: RunSpec, fits: dict) -> dict[str, list[str]]:
     names, n = list(fits), max(1, run.prof.t_stack)
     if n == 1: return {k: [k] for k in names}
     return {f"stack{i // n}": names[i:i + n] for i in range(0, len(names), n)}
+
+# %% ../nbs/12_colormnist.ipynb #fde7f856
+def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_feats, desc: str,
+           base: InvarianceINN | None = None, seed: int | None = None) -> InvarianceINN:
+    """One t (or, without `base`, the unconditional baseline), started at `base` (`analysis.warm_start`), kept at its
+    best held-out NLL; saved as study/t/<name> with a record of the kept step."""
+    p, path, seed = run.prof, run.study_dir / "t" / f"{name}.safetensors", run.seed if seed is None else seed
+    t = _loads(path, InvarianceINN)
+    if t is None:
+        val_fn = lambda m: diagnostics.nll_of(m, codes_val, val_feats, seed=run.seed)   # the same held-out draw for all
+        t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=seed, **p.t_size)
+        if base is not None: analysis.warm_start(t, base)
+        t, hist = analysis.fit_invariances(codes, feats, t=t, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr,
+                                           **{**run.fit_kwargs(f"t/{name}", seed), "desc": desc}, val_fn=val_fn,
+                                           val_every=p.t_val_every)
+        write_json_atomic(path.with_suffix(".training.json"),   # which step's weights t kept, and why
+                          {"best_step": hist.best_step, "best_val_nll": hist.best_val, "steps": p.t_steps,
+                           "val_nll": hist["val"]})
+        t.save(path); run.drop_state(f"t/{name}")
+    return t.eval().cpu()
 
 
 def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple], codes_val: dict,
@@ -251,7 +252,7 @@ def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple],
         t.save(path)
     run.drop_state(state)
 
-
+# %% ../nbs/12_colormnist.ipynb #c499a6c8
 def t_training_set(run: RunSpec, data: ColorMNISTData, ae: nn.Module, codes: dict) -> tuple[torch.Tensor, dict]:
     """(images, codes) the t's train on: the training digits in the run's colouring and, with `t_colourings` K > 1,
     in K − 1 more. ColorMNIST draws colours independently of the digit, so every colouring is another sample of the
@@ -267,7 +268,70 @@ def t_training_set(run: RunSpec, data: ColorMNISTData, ae: nn.Module, codes: dic
     ae.cpu()
     return torch.cat(xs), {key: torch.cat([c[key] for c in cs]) for key in ("mean", "logvar")}
 
+# %% ../nbs/12_colormnist.ipynb #ba4c03ff
+class _LayerFeatures:
+    """Φ of the t's training images `xt` and of the validation images at (model, layer), for stage 5. One model's
+    layers at a time: the layers of that model whose t's are still to be made come from one forward pass; a layer
+    above `FEATURE_BUDGET_MB` is computed on the fly in each batch (`analysis.layer_features`)."""
+    def __init__(self, run: RunSpec, models: dict[str, nn.Module], xt: torch.Tensor, xv: torch.Tensor, fits: dict,
+                 t_file: Callable):
+        self.run, self.models, self.xt, self.xv, self.fits, self.t_file = run, models, xt, xv, fits, t_file
+        self.cache: dict[str, dict] = {}
+        self.shapes = {ml: self.probe(*ml).feature_shape(tuple(xv.shape[1:]))
+                       for ml in dict.fromkeys(v[:2] for v in fits.values())}
 
+    def probe(self, model: str, layer: str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.models[model].probe(layer)
+
+    def __call__(self, model: str, layer: str) -> tuple:
+        "(training features, validation features) at `layer` of `model`."
+        if model not in self.cache: self.cache.clear(); self.cache[model] = {}
+        got, run = self.cache[model], self.run
+        if layer not in got:       # (a rerun's stack may ask for a layer whose own t is done: computed then)
+            want = [l for k, (m, l, _) in self.fits.items() if m == model and not self.t_file(k).exists() and l not in got]
+            layers = list(dict.fromkeys([*want, layer]))
+            mb = lambda l: (len(self.xt) + len(self.xv)) * math.prod(self.shapes[(model, l)]) * 4 / 2 ** 20
+            if small := [l for l in layers if mb(l) <= FEATURE_BUDGET_MB]:
+                ft, fv = (features_of_probes({l: self.probe(model, l) for l in small}, self.models[model], x, device=run.device)
+                          for x in (self.xt, self.xv))
+                got.update({l: (ft[l], fv[l]) for l in small})
+            for l in layers:
+                if l not in got:
+                    got[l] = tuple(analysis.layer_features(self.probe(model, l), x, budget_mb=FEATURE_BUDGET_MB, device=run.device)
+                                   for x in (self.xt, self.xv))
+        return got[layer]
+
+
+def _t_variant(run: RunSpec, fits: dict, name: str) -> tuple[int | None, str, str]:
+    "(seed, what the t is, its bar's label) of the t `name`."
+    model, layer, variant = fits[name]
+    if variant == "shuffled": return None, ", null control: z shuffled across images", "t shuffled z"
+    if variant is not None:
+        return run.seed + SEED_OFFSETS["t_seeds"] * variant, f", seed {variant + 1}/{run.prof.t_seeds}", f"t seed {variant + 1}"
+    return None, "", f"t {model} {layer}"
+
+
+def _unconditional_t(run: RunSpec, codes: dict, codes_val: dict, n_train: int, n_val: int, names: list[str],
+                     timeout: float) -> InvarianceINN:
+    """The t of a constant condition (it models p(z̄) alone), trained by rank 0, which every t starts from. First,
+    a damaged t of an interrupted run (of `names`) is deleted, to be made again (`_loads` warns)."""
+    t_dir = run.study_dir / "t"
+    if is_main():
+        for k in ["unconditional", *names]:
+            if (t_dir / f"{k}.safetensors").exists() and _loads(t_dir / f"{k}.safetensors", InvarianceINN) is None:
+                (t_dir / f"{k}.safetensors").unlink()
+    barrier()
+    constant_condition = lambda n: torch.zeros(n, 1)
+    run_sharded({"unconditional": 1.0}, lambda k: t_dir / f"{k}.safetensors",   # one job: rank 0's
+                lambda k: _fit_t(run, k, codes, constant_condition(n_train), codes_val, constant_condition(n_val),
+                                 "t unconditional"), timeout_s=timeout, log=lambda m: None)
+    if not is_main():              # the other ranks wait for its file
+        wait_for_files({t_dir / "unconditional.safetensors": 0}, timeout, what="unconditional t")
+    return load_model(t_dir / "unconditional.safetensors", InvarianceINN)
+
+# %% ../nbs/12_colormnist.ipynb #8452387a
 def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict, models: dict[str, nn.Module],
                       jobs: list[tuple[str, str]], train: tuple[torch.Tensor, dict] | None = None,
                       ) -> tuple[dict[tuple[str, str], InvarianceINN], list[InvarianceINN]] | None:
@@ -284,59 +348,12 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
     `analysis.t_cost`); rank 0 waits for all of them and returns them, the other ranks return None."""
     xt, codes = train if train is not None else (data.xt, codes)
     t_dir, timeout = run.study_dir / "t", max(600.0, 3 * run.prof.est_seconds.get("invariances", 0))
-    constant_condition = lambda n: torch.zeros(n, 1)
-    if is_main():                  # a damaged t of an interrupted run is made again (`_loads` warns)
-        for k in ["unconditional", *t_fits(run, jobs)]:
-            if (t_dir / f"{k}.safetensors").exists() and _loads(t_dir / f"{k}.safetensors", InvarianceINN) is None:
-                (t_dir / f"{k}.safetensors").unlink()
-    barrier()
-    run_sharded({"unconditional": 1.0}, lambda k: t_dir / f"{k}.safetensors",   # one job: rank 0's
-                lambda k: _fit_t(run, k, codes, constant_condition(len(xt)), codes_val,
-                                 constant_condition(len(data.xv)), "t unconditional"), timeout_s=timeout, log=lambda m: None)
-    if not is_main():              # every t starts from this one: the other ranks wait for its file
-        wait_for_files({t_dir / "unconditional.safetensors": 0}, timeout, what="unconditional t")
-    base = load_model(t_dir / "unconditional.safetensors", InvarianceINN)
-
-    def probe(model: str, layer: str):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return models[model].probe(layer)
-
     fits = t_fits(run, jobs)
-    cache: dict[str, dict] = {}    # one model's layers at a time (a stack's job holds its members' own)
-
-    def features(model: str, layer: str) -> tuple:
-        """Φ of the training and validation images at `layer` of `model`. The layers of `model` whose t's are still to
-        be made come from one forward pass; a layer above `FEATURE_BUDGET_MB` is computed on the fly in each batch
-        (`analysis.layer_features`), as before."""
-        if model not in cache: cache.clear(); cache[model] = {}
-        got = cache[model]
-        if layer not in got:       # (a rerun's stack may ask for a layer whose own t is done: computed then)
-            want = [l for k, (m, l, _) in fits.items() if m == model and not t_file(k).exists() and l not in got]
-            layers = list(dict.fromkeys([*want, layer]))
-            mb = lambda l: (len(xt) + len(data.xv)) * math.prod(shapes[(model, l)]) * 4 / 2 ** 20
-            small = [l for l in layers if mb(l) <= FEATURE_BUDGET_MB]
-            if small:
-                ft, fv = (features_of_probes({l: probe(model, l) for l in small}, models[model], x, device=run.device)
-                          for x in (xt, data.xv))
-                got.update({l: (ft[l], fv[l]) for l in small})
-            for l in layers:
-                if l not in got:
-                    got[l] = tuple(analysis.layer_features(probe(model, l), x, budget_mb=FEATURE_BUDGET_MB, device=run.device)
-                                   for x in (xt, data.xv))
-        return cache[model][layer]
-
-    perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
+    base = _unconditional_t(run, codes, codes_val, len(xt), len(data.xv), list(fits), timeout)
     t_file = lambda k: t_dir / f"{k}.safetensors"
+    features = _LayerFeatures(run, models, xt, data.xv, fits, t_file)
+    perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
     bar = progress_bar(total=len(fits), initial=sum(t_file(k).exists() for k in fits), desc="t's", enabled=run.progress)
-
-    def what(name: str) -> tuple[int | None, str, str]:
-        "(seed, what the t is, its bar's label)."
-        model, layer, variant = fits[name]
-        if variant == "shuffled": return None, ", null control: z shuffled across images", "t shuffled z"
-        if variant is not None:
-            return run.seed + SEED_OFFSETS["t_seeds"] * variant, f", seed {variant + 1}/{run.prof.t_seeds}", f"t seed {variant + 1}"
-        return None, "", f"t {model} {layer}"
 
     def data_of(name: str):
         model, layer, variant = fits[name]
@@ -346,25 +363,23 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
     groups = t_stacks(run, fits)
 
     def work(key: str):
-        todo = [k for k in groups[key] if not t_file(k).exists()]
-        for k in todo: run.log(f"  t {list(fits).index(k) + 1}/{len(fits)}: {fits[k][0]} at {fits[k][1]}{what(k)[1]}")
-        names = groups[key]
+        names, todo = groups[key], [k for k in groups[key] if not t_file(k).exists()]
+        for k in todo: run.log(f"  t {list(fits).index(k) + 1}/{len(fits)}: {fits[k][0]} at {fits[k][1]}{_t_variant(run, fits, k)[1]}")
         with nested_bars():
             if len(names) == 1 and todo:
-                (seed, _, desc), (feats, val_feats) = what(todo[0]), data_of(todo[0])
+                (seed, _, desc), (feats, val_feats) = _t_variant(run, fits, todo[0]), data_of(todo[0])
                 _fit_t(run, todo[0], codes, feats, codes_val, val_feats, desc, base, seed=seed)
             elif todo:             # the whole stack again (the same run), saving only the missing t's
                 _fit_t_stack(run, names, codes, [data_of(k) for k in names], codes_val, base,
-                             [what(k)[0] for k in names], f"{len(names)} t's", save=todo)
+                             [_t_variant(run, fits, k)[0] for k in names], f"{len(names)} t's", save=todo)
         bar.update(len(todo))
 
-    shapes = {ml: probe(*ml).feature_shape(tuple(data.xv.shape[1:])) for ml in dict.fromkeys(v[:2] for v in fits.values())}
-    cost = lambda k: analysis.t_cost(codes["mean"].shape[1], shapes[fits[k][:2]], run.prof.t_size, run.prof.t_steps)
+    cost = lambda k: analysis.t_cost(codes["mean"].shape[1], features.shapes[fits[k][:2]], run.prof.t_size, run.prof.t_steps)
     run_sharded({key: sum(cost(k) for k in ks) for key, ks in groups.items()},
                 lambda key: [t_file(k) for k in groups[key]], work, timeout_s=timeout, log=run.log)
-    bar.close(); cache.clear()
+    bar.close(); features.cache.clear()
     if not is_main(): return None
-    load = lambda k: load_model(t_dir / f"{k}.safetensors", InvarianceINN).eval()
+    load = lambda k: load_model(t_file(k), InvarianceINN).eval()
     ts = {(m, l): load(k) for k, (m, l, v) in fits.items() if v is None}
     return ts, [load(k) for k, (_, _, v) in fits.items() if isinstance(v, int)]
 

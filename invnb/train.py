@@ -138,17 +138,6 @@ class History(dict):
     best_val: float | None = None
 
 
-def _rng_tensors(g: torch.Generator | list, shared: torch.Generator | None) -> dict[str, torch.Tensor]:
-    """The loop's RNG states (a stack's: one per stacked model); in a data-parallel fit, the shared generator's and
-    every rank's own (a collective call)."""
-    if isinstance(g, list): return {**{f"rng/loop{i}": x.get_state() for i, x in enumerate(g)}, "rng/torch": torch.get_rng_state()}
-    if shared is None: return {"rng/loop": g.get_state(), "rng/torch": torch.get_rng_state()}
-    out = {"rng/loop": shared.get_state(), "rng/torch": torch.get_rng_state()}   # rank 0's: a 1-process resume reads it
-    for r, (loop, glob) in enumerate(gather((g.get_state(), torch.get_rng_state()))):
-        out[f"rng/rank{r}/loop"], out[f"rng/rank{r}/torch"] = loop, glob
-    return out
-
-
 def _diff(old: dict, new: dict, what: str = "in this model") -> list[str]:
     "'key: old in the checkpoint, new <what>' for each key whose value differs."
     show = lambda d, k: repr(d[k]) if k in d else "nothing"
@@ -214,6 +203,256 @@ def _short(v) -> str:
     "A loss for the progress bar (a stack's: their mean)."
     return f"{sum(v) / len(v):.4g}" if isinstance(v, list) else f"{v:.4g}"
 
+# %% ../nbs/03_train.ipynb #a90f2aa9
+class _Streams:
+    """The random streams of a fit: the loop's generator `g` (a stack's: one per model), in a data-parallel fit
+    also the generator `shared` that draws the same batch indices on every rank; the global torch RNG is seeded
+    with this rank's seed. `tensors()` and `restore()` carry them through the training state."""
+    def __init__(self, seeds: list[int], stack: int | None, dp: bool):
+        self.stack, self.dp = stack, dp
+        self.shared = torch.Generator(device="cpu").manual_seed(seeds[0]) if dp else None
+        self.own_seed = _rank_seed(seeds[0], rank()) if dp else seeds[0]
+        self.g = torch.Generator(device="cpu").manual_seed(self.own_seed)   # everything else this rank draws
+        if stack: self.g = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]   # each model's own stream
+        torch.manual_seed(self.own_seed)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        "The states to store; in a data-parallel fit every rank's own too (a collective call: every rank makes it)."
+        g, shared = self.g, self.shared
+        if isinstance(g, list): return {**{f"rng/loop{i}": x.get_state() for i, x in enumerate(g)}, "rng/torch": torch.get_rng_state()}
+        if shared is None: return {"rng/loop": g.get_state(), "rng/torch": torch.get_rng_state()}
+        out = {"rng/loop": shared.get_state(), "rng/torch": torch.get_rng_state()}   # rank 0's: a 1-process resume reads it
+        for r, (loop, glob) in enumerate(gather((g.get_state(), torch.get_rng_state()))):
+            out[f"rng/rank{r}/loop"], out[f"rng/rank{r}/torch"] = loop, glob
+        return out
+
+    def restore(self, tensors: dict, meta: dict, path: Path) -> None:
+        "Go on with the stored streams; under another world size, this rank's own draws start afresh (with a warning)."
+        if not self.dp:
+            if self.stack: [x.set_state(tensors[f"rng/loop{i}"]) for i, x in enumerate(self.g)]
+            else: self.g.set_state(tensors["rng/loop"])
+            torch.set_rng_state(tensors["rng/torch"])
+            if meta.get("world_size", 1) > 1:
+                warnings.warn(f"resuming {path}, written by {meta['world_size']} processes under torchrun, in one "
+                              "process: the batches go on with the shared draws, each step now one process's batch.",
+                              stacklevel=4)
+            return
+        self.shared.set_state(tensors["rng/loop"])
+        if f"rng/rank{rank()}/loop" in tensors and meta.get("world_size") == world_size():
+            self.g.set_state(tensors[f"rng/rank{rank()}/loop"]); torch.set_rng_state(tensors[f"rng/rank{rank()}/torch"])
+        else:   # another world size: this rank's own draws start afresh, from the seed and the step
+            fresh = _rank_seed(self.own_seed, meta["step"])
+            self.g.manual_seed(fresh); torch.manual_seed(fresh)
+            if is_main():
+                warnings.warn(f"resuming {path}, written by {meta.get('world_size', 1)} process(es), with "
+                              f"{world_size()}: the batches go on, each rank's noise is drawn afresh.", stacklevel=4)
+
+
+@contextmanager
+def _batches_shared(streams: _Streams, dp: bool):
+    "Inside the block, `batch_indices` draws this rank's share of the shared batch (in a data-parallel fit)."
+    token = _SHARED_BATCH.set((streams.shared, rank(), world_size()) if dp else None)
+    try: yield
+    finally: _SHARED_BATCH.reset(token)
+
+# %% ../nbs/03_train.ipynb #95ff5d5d
+class _Best:
+    """Validation with best-step keeping: the lowest finite held-out loss so far, its step and a copy of the
+    weights; for a stack of M models, each model's own (lists of M, the weights' model axis filled per model)."""
+    def __init__(self, stack: int | None):
+        self.stack, self.loss, self.step, self.state = stack, None, None, None
+
+    def validate(self, model: nn.Module, val_fn: Callable, step: int, hist: History) -> None:
+        "Run `val_fn` in eval mode, log [step, loss] in `hist['val']` and keep the weights when they are the best so far."
+        model.eval()
+        with torch.no_grad(): loss = val_fn(model)
+        model.train()
+        copy = lambda state: {k: v.detach().clone() for k, v in state.items()}
+        if not self.stack:
+            loss = float(loss)
+            hist.setdefault("val", []).append([step, loss])
+            if math.isfinite(loss) and (self.loss is None or loss < self.loss):
+                self.loss, self.step, self.state = loss, step, copy(model.state_dict())
+            return
+        loss = [float(x) for x in torch.as_tensor(loss).reshape(-1)]
+        if len(loss) != self.stack: raise ValueError(f"val_fn of a stack of {self.stack} models must return {self.stack} losses; got {len(loss)}.")
+        hist.setdefault("val", []).append([step, loss])
+        state = model.state_dict()
+        if self.state is None: self.loss, self.step, self.state = [None] * self.stack, [None] * self.stack, copy(state)
+        for i, x in enumerate(loss):
+            if math.isfinite(x) and (self.loss[i] is None or x < self.loss[i]):
+                self.loss[i], self.step[i] = x, step
+                for k, v in state.items(): self.state[k][i] = v[i]
+
+    def tensors(self) -> tuple[dict, dict]:
+        "({'best/<name>': weights}, {'best': {loss, step}}) for the training state; empty before the first validation."
+        if self.state is None: return {}, {}
+        return {f"best/{k}": v for k, v in self.state.items()}, {"best": {"loss": self.loss, "step": self.step}}
+
+    def restore(self, tensors: dict, meta: dict) -> None:
+        if "best" in meta:
+            self.loss, self.step = meta["best"]["loss"], meta["best"]["step"]
+            self.state = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")}
+
+    def load_into(self, model: nn.Module, hist: History) -> None:
+        "Give `model` the best weights and `hist` their step and loss (nothing before the first validation)."
+        if self.state is None: return
+        model.load_state_dict(self.state)
+        hist.best_step, hist.best_val = self.step, self.loss
+
+# %% ../nbs/03_train.ipynb #f59e7881
+class _TrainState:
+    """The resumable state of a fit, `ckpt_dir/last.safetensors` (None: no checkpoints): the model, every group's
+    optimizer, the random streams, the history and the best weights, written atomically (`save_tensors`) by the
+    main process; `saved` is the step of this run's checkpoint on disk."""
+    def __init__(self, ckpt_dir, model: nn.Module, opts: dict, streams: _Streams, best: _Best, hist: History,
+                 lr: float, dp: bool, main: bool):
+        self.path = Path(ckpt_dir) / "last.safetensors" if ckpt_dir is not None else None
+        self.model, self.opts, self.streams, self.best, self.hist = model, opts, streams, best, hist
+        self.lr, self.dp, self.main, self.saved = lr, dp, main, None
+
+    def save(self, step: int) -> None:
+        if self.path is None: return
+        rng = self.streams.tensors()              # a collective call in a data-parallel fit: every rank makes it
+        self.saved = step
+        if not self.main: return
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        optim_meta = {}
+        for k, opt in self.opts.items():
+            t, m = optimizer_to_tensors(opt, prefix=f"optim/{k}")
+            tensors.update(t); optim_meta[k] = m
+        tensors.update(rng)
+        extra = {"world_size": world_size()} if self.dp else {}
+        best_tensors, best_meta = self.best.tensors()
+        tensors.update(best_tensors); extra.update(best_meta)
+        save_tensors(self.path, tensors, dict(kind="train_state", step=step, groups=sorted(self.opts), optim=optim_meta,
+                                              history=dict(self.hist), seconds=self.hist.seconds, base_lr=self.lr, **extra,
+                                              model_class=type(self.model).__name__,
+                                              model_config=getattr(self.model, "config", None)))
+
+    def kept(self) -> str:
+        "What is on disk after a divergence."
+        if self.path is None: return "no checkpoint is kept (no ckpt_dir was given)"
+        if self.saved is None: return "no checkpoint was written yet, so there is nothing to resume from"
+        return f"last good checkpoint: {self.path} (step {self.saved}, not overwritten)"
+
+    def restore(self, steps: int, schedule: str | None) -> int:
+        "Load the checkpoint if there is one (checked against this run: `_check_resume`); the step to go on from."
+        path = self.path
+        if path is None or not path.exists(): return 0
+        tensors, meta = load_tensors(path)
+        if meta.get("kind") != "train_state":
+            raise ValueError(f"{path} is not a training checkpoint (kind={meta.get('kind')!r}).")
+        if sorted(meta["groups"]) != sorted(self.opts):
+            raise ValueError(f"{path} was written with groups {meta['groups']}, this run has {sorted(self.opts)}; "
+                             "pass the same groups, or delete the folder (or pass resume=False) to start over.")
+        _check_resume(path, meta, tensors, self.model, steps)
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        self._restore_optimizers(tensors, meta, schedule)
+        self.streams.restore(tensors, meta, path)
+        self.best.restore(tensors, meta)
+        self.saved = meta["step"]
+        self.hist.update(meta["history"]); self.hist.seconds = meta["seconds"]
+        return meta["step"]
+
+    def _restore_optimizers(self, tensors: dict, meta: dict, schedule: str | None) -> None:
+        "The stored optimizer states; a different lr asked for is applied to every parameter group, with a warning."
+        opts, path = self.opts, self.path
+        asked = {k: [pg["lr"] for pg in opt.param_groups] for k, opt in opts.items()}
+        try:
+            for k, opt in opts.items(): optimizer_from_tensors(opt, tensors, meta["optim"][k], prefix=f"optim/{k}")
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer ({e}); delete "
+                                  "the folder or pass resume=False to start over.") from None
+        stored = {k: [pg["lr"] for pg in opt.param_groups] for k, opt in opts.items()}
+        if schedule is not None:   # the stored lr is the schedule's value at the last step: compare the base lr
+            stored = {k: [meta.get("base_lr", self.lr)] * len(v) for k, v in stored.items()}
+        if stored != asked:   # said once: by rank 0
+            for k, opt in opts.items():
+                for pg, a in zip(opt.param_groups, asked[k]): pg["lr"] = a
+            fmt = lambda d: ", ".join(sorted({str(v) for vs in d.values() for v in vs}))
+            if self.main: warnings.warn(f"resuming {path} with lr={fmt(asked)} instead of its stored lr={fmt(stored)}: the new lr "
+                                        f"applies to every parameter group from step {meta['step']} on (optimizer moments are kept).",
+                                        stacklevel=4)
+
+# %% ../nbs/03_train.ipynb #0740f11c
+def _lr_at(opts: dict, lr: float, step: int, steps: int, schedule: str | None) -> None:
+    """Set the schedule's lr for `step`: None keeps the optimizers' lr; 'cosine' sets lr · ½(1 + cos(π · step / steps)).
+    A function of the step alone (not a `torch.optim.lr_scheduler`, whose state would have to be stored), so a
+    resumed run follows the same curve."""
+    if schedule != "cosine": return
+    for opt in opts.values():
+        for pg in opt.param_groups: pg["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+
+
+def _guard(what: str, values: list, step: int, desc: str, kept: str, stack, dp: bool) -> None:
+    "Stop with `TrainingDiverged` when a loss of a group (a stack's: any model's) is not finite."
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        which = f" (in stacked model(s) {bad})" if stack else ""
+        raise TrainingDiverged(f"{desc}: loss '{what}' became {values if stack else values[0]}{which} at step {step}"
+                               f"{' (mean over ranks)' if dp else ''}; training stopped, {kept}. Try a lower lr or clip.")
+
+
+def _clip(params: list, clip: float | None, stack: int | None) -> torch.Tensor:
+    "Clip the group's gradient to norm `clip` (a stack's: each model's); its norm before clipping."
+    if stack: return _clip_stack(params, clip, stack)
+    if clip is not None: return torch.nn.utils.clip_grad_norm_(params, clip)
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+
+
+def _train_step(model: nn.Module, step_fn: Callable, g, step: int, opts: dict, params: dict, *, clip, stack, dp: bool,
+                dev: torch.device, desc: str, kept: Callable) -> dict:
+    """One optimisation step of every group: the losses of `step_fn`, their gradients (averaged over ranks in a
+    data-parallel fit), clipping, the NaN guard, the optimizer steps. Returns the logged loss of each group."""
+    out = step_fn(model, g, step)
+    losses = {k: v for k, v in out.items() if k in opts} if isinstance(out, dict) else {"model": out}
+    if sorted(losses) != sorted(opts):
+        raise ValueError(f"the step function returned losses for {sorted(losses)}, expected one per group {sorted(opts)}.")
+    values = dict(zip(losses, mean_over_ranks([l.item() for l in losses.values()], dev) if dp
+                      else [_loss_value(l, stack) for l in losses.values()]))   # a NaN on any rank stops every rank
+    grads = {}
+    for k, loss in losses.items():
+        _guard(k, values[k] if stack else [values[k]], step, desc, kept(), stack, dp)
+        keep = k != list(losses)[-1]  # later losses may share the graph
+        grads[k] = torch.autograd.grad(loss.sum() if stack else loss, params[k], retain_graph=keep, allow_unused=True)
+        if dp: grads[k] = average_gradients(list(grads[k]), params[k])
+    for k, opt in opts.items():
+        for p, gr in zip(params[k], grads[k]):   # in p's layout: a fused Adam reads a strided grad as p's
+            p.grad = gr if gr is None or gr.stride() == p.stride() else torch.empty_like(p).copy_(gr)
+        if not torch.isfinite(_clip(params[k], clip, stack)).all():
+            raise TrainingDiverged(f"{desc}: gradient of '{k}' became non-finite at step {step}; training stopped, "
+                                   f"{kept()}. Try a lower lr or clip.")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return values
+
+
+def _optimizers(model: nn.Module, groups: dict | None, optimizer: Callable | None, lr: float, dev: torch.device):
+    "({group: trainable parameters}, {group: optimizer}): one optimizer per group (default Adam, fused on cuda/cpu)."
+    groups = {"model": model} if groups is None else dict(groups)
+    make_opt = optimizer or (lambda ps, lr: torch.optim.Adam(ps, lr, fused=dev.type in ("cuda", "cpu")))
+    params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in groups.items()}
+    return params, {k: make_opt(ps, lr) for k, ps in params.items()}
+
+
+def _data_parallel(data_parallel: bool | None) -> bool:
+    "Whether the fit averages gradients over ranks; None: under torchrun, outside `run_sharded` jobs."
+    if data_parallel is None: data_parallel = initialized() and not in_shard()   # a sharded job's fit is its rank's own
+    dp = data_parallel and world_size() > 1
+    if dp and not initialized():
+        raise RuntimeError("data_parallel=True needs a process group: launch with torchrun (see invnb.distributed).")
+    return dp
+
+
+def _replicated(model: nn.Module) -> list[torch.Tensor]:
+    """Broadcast rank 0's module; the tensors to copy from rank 0 after every step. The averaged gradients keep the
+    optimised weights equal, but not what a step sets from each rank's own batch: ActNorm's data initialisation, the
+    autoencoder's closed-form γ, BatchNorm statistics. So rank 0's whole module (one flat broadcast per dtype) is
+    copied after every step, as DDP copies its buffers."""
+    broadcast_module(model)
+    return [*model.parameters(), *model.buffers()]
+
 # %% ../nbs/03_train.ipynb #a16704b8
 def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval mode
         step_fn: Callable,  # `step_fn(model, generator, step) -> loss | {group: loss}`
@@ -258,188 +497,38 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     With the same seeds and data, model i follows the loss curve its own fit would."""
     if steps < 0: raise ValueError(f"steps must be >= 0; got {steps}.")
     if schedule not in (None, "cosine"): raise ValueError(f"schedule must be None or 'cosine'; got {schedule!r}.")
-    dev = pick_device(device)
-    model.to(dev)
-    groups = {"model": model} if groups is None else dict(groups)
-    make_opt = optimizer or (lambda ps, lr: torch.optim.Adam(ps, lr, fused=dev.type in ("cuda", "cpu")))
-    params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in groups.items()}
-    opts = {k: make_opt(ps, lr) for k, ps in params.items()}
-    if data_parallel is None: data_parallel = initialized() and not in_shard()   # a sharded job's fit is its rank's own
-    dp = data_parallel and world_size() > 1
-    if dp and not initialized():
-        raise RuntimeError("data_parallel=True needs a process group: launch with torchrun (see invnb.distributed).")
+    dev = pick_device(device); model.to(dev)
+    params, opts = _optimizers(model, groups, optimizer, lr, dev)
+    dp = _data_parallel(data_parallel)
     stack = getattr(model, "n_stacked", None)   # a stack of M models trained at once (see `_check_stack`)
-    seeds = _check_stack(model, stack, seed, dp)
-    shared = torch.Generator(device="cpu").manual_seed(seeds[0]) if dp else None   # batch indices, the same on every rank
-    own_seed = _rank_seed(seeds[0], rank()) if dp else seeds[0]
-    g = torch.Generator(device="cpu").manual_seed(own_seed)                     # everything else this rank draws
-    if stack: g = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]   # each model's own stream
-    torch.manual_seed(own_seed)
+    streams = _Streams(_check_stack(model, stack, seed, dp), stack, dp)
     main = is_main() or not dp   # writes the checkpoint and shows the bar (every rank in a non-parallel fit)
-    hist, start, saved = History(), 0, None   # saved: the step of this run's checkpoint on disk
-    best = None                               # (loss, step, state dict) of the best validation so far
-    path = Path(ckpt_dir) / "last.safetensors" if ckpt_dir is not None else None
-
-    if resume and path is not None and path.exists():
-        tensors, meta = load_tensors(path)
-        if meta.get("kind") != "train_state":
-            raise ValueError(f"{path} is not a training checkpoint (kind={meta.get('kind')!r}).")
-        if sorted(meta["groups"]) != sorted(opts):
-            raise ValueError(f"{path} was written with groups {meta['groups']}, this run has {sorted(opts)}; "
-                             "pass the same groups, or delete the folder (or pass resume=False) to start over.")
-        _check_resume(path, meta, tensors, model, steps)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-        asked = {k: [pg["lr"] for pg in opt.param_groups] for k, opt in opts.items()}
-        try:
-            for k, opt in opts.items(): optimizer_from_tensors(opt, tensors, meta["optim"][k], prefix=f"optim/{k}")
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer ({e}); delete "
-                                  "the folder or pass resume=False to start over.") from None
-        stored = {k: [pg["lr"] for pg in opt.param_groups] for k, opt in opts.items()}
-        if schedule is not None:   # the stored lr is the schedule's value at the last step: compare the base lr
-            stored = {k: [meta.get("base_lr", lr)] * len(v) for k, v in stored.items()}
-        if stored != asked:   # a new lr is applied on purpose, to every parameter group (said once: by rank 0)
-            for k, opt in opts.items():
-                for pg, a in zip(opt.param_groups, asked[k]): pg["lr"] = a
-            fmt = lambda d: ", ".join(sorted({str(v) for vs in d.values() for v in vs}))
-            if main: warnings.warn(f"resuming {path} with lr={fmt(asked)} instead of its stored lr={fmt(stored)}: the new lr "
-                          f"applies to every parameter group from step {meta['step']} on (optimizer moments are kept).",
-                          stacklevel=2)
-        if not dp:
-            if stack: [x.set_state(tensors[f"rng/loop{i}"]) for i, x in enumerate(g)]
-            else: g.set_state(tensors["rng/loop"])
-            torch.set_rng_state(tensors["rng/torch"])
-            if meta.get("world_size", 1) > 1:
-                warnings.warn(f"resuming {path}, written by {meta['world_size']} processes under torchrun, in one "
-                              "process: the batches go on with the shared draws, each step now one process's batch.",
-                              stacklevel=2)
-        else:
-            shared.set_state(tensors["rng/loop"])
-            if f"rng/rank{rank()}/loop" in tensors and meta.get("world_size") == world_size():
-                g.set_state(tensors[f"rng/rank{rank()}/loop"]); torch.set_rng_state(tensors[f"rng/rank{rank()}/torch"])
-            else:   # another world size: this rank's own draws start afresh, from the seed and the step
-                g.manual_seed(_rank_seed(own_seed, meta["step"])); torch.manual_seed(_rank_seed(own_seed, meta["step"]))
-                if is_main():
-                    warnings.warn(f"resuming {path}, written by {meta.get('world_size', 1)} process(es), with "
-                                  f"{world_size()}: the batches go on, each rank's noise is drawn afresh.", stacklevel=2)
-        if "best" in meta:
-            best = (meta["best"]["loss"], meta["best"]["step"],
-                    {k[5:]: v for k, v in tensors.items() if k.startswith("best/")})
-        start = saved = meta["step"]
-        hist.update(meta["history"]); hist.seconds = meta["seconds"]
-    hist.steps_done = start
-    if dp:
-        broadcast_module(model)
-        # the averaged gradients keep the optimised weights equal, but not what a step sets from each rank's own batch:
-        # ActNorm's data initialisation, the autoencoder's closed-form γ, BatchNorm statistics. So rank 0's whole
-        # module (one flat broadcast per dtype) is copied after every step, as DDP copies its buffers.
-        replicated = [*model.parameters(), *model.buffers()]
-
-    def save(step):
-        if path is None: return None
-        rng = _rng_tensors(g, shared)              # a collective call in a data-parallel fit: every rank makes it
-        if not main: return step
-        tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-        optim_meta = {}
-        for k, opt in opts.items():
-            t, m = optimizer_to_tensors(opt, prefix=f"optim/{k}")
-            tensors.update(t); optim_meta[k] = m
-        tensors.update(rng)
-        extra = {"world_size": world_size()} if dp else {}
-        if best is not None:
-            tensors.update({f"best/{k}": v for k, v in best[2].items()})
-            extra["best"] = {"loss": best[0], "step": best[1]}
-        save_tensors(path, tensors, dict(kind="train_state", step=step, groups=sorted(opts), optim=optim_meta,
-                                         history=dict(hist), seconds=hist.seconds, base_lr=lr, **extra,
-                                         model_class=type(model).__name__, model_config=getattr(model, "config", None)))
-        return step
-
-    def kept() -> str:
-        "What is on disk after a divergence."
-        if path is None: return "no checkpoint is kept (no ckpt_dir was given)"
-        if saved is None: return "no checkpoint was written yet, so there is nothing to resume from"
-        return f"last good checkpoint: {path} (step {saved}, not overwritten)"
-
-    def validate(step):
-        "Run `val_fn` and keep the model's weights when they are the best so far."
-        nonlocal best
-        model.eval()
-        with torch.no_grad(): loss = val_fn(model)
-        model.train()
-        if not stack:
-            loss = float(loss)
-            hist.setdefault("val", []).append([step, loss])
-            if math.isfinite(loss) and (best is None or loss < best[0]):
-                best = (loss, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
-            return
-        loss = [float(x) for x in torch.as_tensor(loss).reshape(-1)]   # a stack: each model keeps its own best
-        if len(loss) != stack: raise ValueError(f"val_fn of a stack of {stack} models must return {stack} losses; got {len(loss)}.")
-        hist.setdefault("val", []).append([step, loss])
-        state = model.state_dict()
-        if best is None: best = ([None] * stack, [None] * stack, {k: v.detach().clone() for k, v in state.items()})
-        for i, x in enumerate(loss):
-            if math.isfinite(x) and (best[0][i] is None or x < best[0][i]):
-                best[0][i], best[1][i] = x, step
-                for k, v in state.items(): best[2][k][i] = v[i]
-
+    hist, best = History(), _Best(stack)
+    state = _TrainState(ckpt_dir, model, opts, streams, best, hist, lr, dp, main)
+    start = hist.steps_done = state.restore(steps, schedule) if resume else 0
+    replicated = _replicated(model) if dp else None
     end = steps if stop_after is None else min(steps, start + stop_after)
     bar = progress_bar(range(start, end), initial=start, total=steps, desc=desc, enabled=progress and main)
-    model.train()
-    t0 = time.perf_counter()
-    token = _SHARED_BATCH.set((shared, rank(), world_size()) if dp else None)
-    try:
+    model.train(); t0 = time.perf_counter()
+    with _batches_shared(streams, dp):
         for step in bar:
-            if schedule == "cosine":   # a function of the step alone, so a resumed run follows the same curve
-                for opt in opts.values():
-                    for pg in opt.param_groups: pg["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-            out = step_fn(model, g, step)
-            losses = {k: v for k, v in out.items() if k in opts} if isinstance(out, dict) else {"model": out}
-            if sorted(losses) != sorted(opts):
-                raise ValueError(f"the step function returned losses for {sorted(losses)}, expected one per group {sorted(opts)}.")
-            grads = {}
-            values = dict(zip(losses, mean_over_ranks([l.item() for l in losses.values()], dev) if dp
-                              else [_loss_value(l, stack) for l in losses.values()]))   # a NaN on any rank stops every rank
-            for k, loss in losses.items():
-                bad = [i for i, v in enumerate(values[k] if stack else [values[k]]) if not math.isfinite(v)]
-                if bad:
-                    which = f" (in stacked model(s) {bad})" if stack else ""
-                    raise TrainingDiverged(f"{desc}: loss '{k}' became {values[k]}{which} at step {step}"
-                                           f"{' (mean over ranks)' if dp else ''}; training stopped, {kept()}. "
-                                           "Try a lower lr or clip.")
-                keep = k != list(losses)[-1]  # later losses may share the graph
-                grads[k] = torch.autograd.grad(loss.sum() if stack else loss, params[k], retain_graph=keep, allow_unused=True)
-                if dp: grads[k] = average_gradients(list(grads[k]), params[k])
-            for k, opt in opts.items():
-                for p, gr in zip(params[k], grads[k]):   # in p's layout: a fused Adam reads a strided grad as p's
-                    p.grad = gr if gr is None or gr.stride() == p.stride() else torch.empty_like(p).copy_(gr)
-                if stack:
-                    norm = _clip_stack(params[k], clip, stack)
-                elif clip is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params[k], clip)
-                else:
-                    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params[k] if p.grad is not None]))
-                if not torch.isfinite(norm).all():
-                    raise TrainingDiverged(f"{desc}: gradient of '{k}' became non-finite at step {step}; training stopped, "
-                                           f"{kept()}. Try a lower lr or clip.")
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            _lr_at(opts, lr, step, steps, schedule)
+            values = _train_step(model, step_fn, streams.g, step, opts, params, clip=clip, stack=stack, dp=dp, dev=dev,
+                                 desc=desc, kept=state.kept)
             if dp: broadcast_tensors(replicated)
             for k, v in values.items(): hist.setdefault(k, []).append(v)
             hist.steps_done = step + 1
-            if val_fn is not None and val_every and (step + 1) % val_every == 0 and step + 1 < steps: validate(step + 1)
+            if val_fn is not None and val_every and (step + 1) % val_every == 0 and step + 1 < steps:
+                best.validate(model, val_fn, step + 1, hist)
             if progress and main: bar.set_postfix({k: _short(v[-1] if k != "val" else v[-1][1]) for k, v in hist.items()})
             if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < end:
                 hist.seconds += time.perf_counter() - t0; t0 = time.perf_counter()
-                saved = save(step + 1)
-    finally:
-        _SHARED_BATCH.reset(token)
+                state.save(step + 1)
     hist.seconds += time.perf_counter() - t0
-    if val_fn is not None and end == steps and end > start: validate(end)
-    if end > start or not (path and path.exists()): save(end)
+    if val_fn is not None and end == steps and end > start: best.validate(model, val_fn, end, hist)
+    if end > start or not (state.path and state.path.exists()): state.save(end)
     if dp: barrier()             # rank 0's checkpoint is on disk before any rank reads it
-    if val_fn is not None and end == steps and best is not None:
-        model.load_state_dict(best[2])
-        hist.best_step, hist.best_val = best[1], best[0]
+    if val_fn is not None and end == steps: best.load_into(model, hist)   # the model ends at its best validation
     model.eval()
     return hist
 
