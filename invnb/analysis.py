@@ -16,18 +16,21 @@ import torch
 
 from .autoencoder import sample_gaussian
 from .checkpoint import CheckpointError, read_json, write_json_atomic
-from .data import FactorPairs, check_images, fingerprint
+from .data import FactorPairs, check_images
+from .utils import fingerprint
 from .factors import guided_pair_loss, pair_targets
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
 from .results import Estimate
 from .distributed import barrier, broadcast, initialized, is_main, run_sharded, world_size
-from .train import History, batch_indices, fit, nested_bars, pick_device, progress_bar, say
+from .train import History, batch_indices, fit
+from .utils import nested_bars, pick_device, progress_bar, say
 
 # %% auto #0
-__all__ = ['RANK_TIMEOUT', 'OnTheFly', 'layer_features', 'encode_codes', 'fit_invariances', 'warm_start', 'safe_name',
-           'fit_invariances_over', 't_cost', 'fit_factors', 'explained_by_invariances', 'explained_by_representation',
-           'eq19', 'representation_grid', 'eq20', 'identifiable_share', 'sample_images', 'pixel_mean_var']
+__all__ = ['RANK_TIMEOUT', 'OnTheFly', 'layer_features', 'encode_codes', 'draw_zbar', 'fit_invariances', 'warm_start',
+           'safe_name', 'fit_invariances_over', 't_cost', 'fit_factors', 'explained_by_invariances',
+           'explained_by_representation', 'eq19', 'representation_grid', 'eq20', 'identifiable_share', 'sample_images',
+           'pixel_mean_var']
 
 # %% ../nbs/07_analysis.ipynb #18afeb73
 class OnTheFly:
@@ -76,7 +79,7 @@ def encode_codes(ae, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return dict(zip(("mean", "logvar"), ae.encode(x)))
 
 
-def _draw_zbar(codes: dict, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def draw_zbar(codes: dict, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     "z̄ ~ N(μ, σ²) for the cached encoder moments of the examples `idx`."
     return sample_gaussian(codes["mean"][idx], codes["logvar"][idx], g)
 
@@ -96,7 +99,7 @@ def fit_invariances(codes: dict, features, t: InvarianceINN | None = None, steps
     def step_fn(model, g, step):
         idx = batch_indices(n, batch_size, g)
         dev = next(model.parameters()).device
-        return model.nll(_draw_zbar(codes, idx, g).to(dev), features[idx].to(dev)).mean()
+        return model.nll(draw_zbar(codes, idx, g).to(dev), features[idx].to(dev)).mean()
 
     fit_kw.setdefault("desc", "t")
     hist = fit(t, step_fn, steps, lr, **fit_kw)
@@ -255,7 +258,7 @@ def fit_factors(codes: dict, pairs: FactorPairs, factors: dict[str, int] | None 
     def step_fn(model, g, step):
         a, b, f = pairs.sample(batch_size, g)
         dev = next(model.parameters()).device
-        za, zb = _draw_zbar(codes, a, g).to(dev), _draw_zbar(codes, b, g).to(dev)
+        za, zb = draw_zbar(codes, a, g).to(dev), draw_zbar(codes, b, g).to(dev)
         return guided_pair_loss(model, za, zb, f.to(dev), targets, guide * (1 - step / max(1, steps)))
 
     fit_kw.setdefault("desc", "e")

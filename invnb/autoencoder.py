@@ -13,7 +13,7 @@ from torch import nn
 
 from .checkpoint import Checkpointable
 from .data import check_dtype, check_images
-from .inn import _init_layers
+from .inn import init_layers
 from .train import History, batch_indices, fit
 
 # %% auto #0
@@ -93,7 +93,7 @@ class SmallAE(Autoencoder):
         for c_in, c in zip(chs[::-1], chs[::-1][1:]):
             dec += [nn.ConvTranspose2d(c_in, c, 4, 2, 1), _norm(c), nn.LeakyReLU(0.2)]
         self.decoder = nn.Sequential(*dec, nn.ConvTranspose2d(chs[0], channels, 4, 2, 1), nn.Tanh())
-        _init_layers(self, torch.Generator().manual_seed(seed))
+        init_layers(self, torch.Generator().manual_seed(seed))
 
 # %% ../nbs/05_autoencoder.ipynb #50867b0c
 class ResNetEncoder(nn.Module):
@@ -209,7 +209,7 @@ class BigAE(Autoencoder):
             torch.manual_seed(seed)
             self.encoder = ResNetEncoder(zdim, layers, width_per_group, pretrained_encoder)
         self.decoder = BigGANDecoder(zdim, size, ch, n_classes, embed_dim, attention_res)
-        _init_layers(self.decoder, torch.Generator().manual_seed(seed + 1))
+        init_layers(self.decoder, torch.Generator().manual_seed(seed + 1))
 
 # %% ../nbs/05_autoencoder.ipynb #d81db66d
 class PatchDiscriminator(nn.Module):
@@ -222,7 +222,7 @@ class PatchDiscriminator(nn.Module):
             c = min(2 * c, 8 * width)
         layers += [nn.Conv2d(c, c, 4, 1, 1), nn.BatchNorm2d(c), nn.LeakyReLU(0.2), nn.Conv2d(c, 1, 4, 1, 1)]
         self.net = nn.Sequential(*layers)
-        _init_layers(self, torch.Generator().manual_seed(seed))
+        init_layers(self, torch.Generator().manual_seed(seed))
 
     def forward(self, x): return self.net(x)
 

@@ -5,7 +5,6 @@
 # %% ../nbs/08b_build.ipynb #4b1176e7
 from __future__ import annotations
 
-import hashlib
 import importlib
 import sys
 import time
@@ -16,7 +15,7 @@ from torch import nn
 
 from . import analysis
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
-from .checkpoint import CheckpointError, _check_state, _file_shapes, _meta_build, read_json, write_json_atomic
+from .checkpoint import CheckpointError, check_state, file_shapes, meta_build, read_json, write_json_atomic
 from .data import FactorPairs
 from .factors import estimate_factor_sizes
 from .features import BuildError, encode_and_features, probes_of
@@ -24,13 +23,15 @@ from .inn import FactorINN
 from .probe import IMAGENET, Adapted, InputAdapter
 from .study import Study, environment
 from .distributed import barrier, broadcast, is_main, rank, world_size
-from .train import pick_device
+from .utils import pick_device
+from .utils import fingerprint, module_fingerprint
 
 # %% auto #0
-__all__ = ['T_SIZE', 'torchvision_recipe', 'model_from_recipe', 'build_study']
+__all__ = ['T_SIZE', 'adapter_recipe', 'torchvision_recipe', 'import_builder', 'model_from_recipe', 'assemble_study',
+           'build_study']
 
 # %% ../nbs/08b_build.ipynb #0963d938
-def _adapter_recipe(adapter) -> dict | None:
+def adapter_recipe(adapter) -> dict | None:
     if not isinstance(adapter, InputAdapter): return None
     return {"size": adapter.size, "mean": adapter.mean.flatten().tolist(), "std": adapter.std.flatten().tolist()}
 
@@ -39,7 +40,7 @@ def torchvision_recipe(model: nn.Module) -> dict | None:
     """{'torchvision': name} (with 'adapter' for an `Adapted` model with an `InputAdapter`) when `model` has the
     class and tensor shapes of a torchvision builder's model (default keyword arguments); otherwise None."""
     inner, adapter = (model.model, model.adapter) if isinstance(model, Adapted) else (model, None)
-    if isinstance(model, Adapted) and _adapter_recipe(adapter) is None: return None
+    if isinstance(model, Adapted) and adapter_recipe(adapter) is None: return None
     cls = type(inner)
     if not cls.__module__.startswith("torchvision.models"): return None
     import torchvision
@@ -53,7 +54,7 @@ def torchvision_recipe(model: nn.Module) -> dict | None:
         if (type(cand) is cls and {k: tuple(v.shape) for k, v in cand.state_dict().items()} == shapes
                 and _settings(cand) == _settings(inner)):     # also what has no weights: dilation, transform_input
             recipe = {"torchvision": name}
-            return recipe | ({"adapter": _adapter_recipe(adapter)} if adapter is not None else {})
+            return recipe | ({"adapter": adapter_recipe(adapter)} if adapter is not None else {})
     return None
 
 
@@ -65,7 +66,7 @@ def _settings(model: nn.Module) -> list:
             for n, m in model.named_modules()]
 
 
-def _builder(spec: str, *, may_import: bool):
+def import_builder(spec: str, *, may_import: bool):
     "The function named 'module:function' (imported only with `may_import`, else only if already imported)."
     mod, sep, fn = spec.partition(":")
     if not sep or not mod or not fn: raise BuildError(f"a builder is named 'package.module:function'; got {spec!r}.")
@@ -125,9 +126,9 @@ def _recipe_on_meta(recipe: dict, expect: str | None, shapes: dict[str, tuple], 
     names and `shapes` are those of `source` (a saved weights file, or a model); stopped as soon as it holds far
     more tensors or elements than those (the budget of `invnb.checkpoint`, buffers that are not saved included)."""
     what, name = f"the recipe {_short(recipe)}", str(recipe.get("torchvision", "model"))
-    model = _meta_build(source, lambda: _from_recipe(recipe, expect), shapes, name, what=what, fix=fix,
+    model = meta_build(source, lambda: _from_recipe(recipe, expect), shapes, name, what=what, fix=fix,
                         passthrough=(BuildError,))
-    _check_state(source, model, shapes, what=what, fix=fix[0].upper() + fix[1:] + ".")
+    check_state(source, model, shapes, what=what, fix=fix[0].upper() + fix[1:] + ".")
     return model
 
 
@@ -138,7 +139,7 @@ def model_from_recipe(recipe: dict, expect: str | None = None, weights: str | Pa
     shapes, and no more than the budget of `invnb.checkpoint` in all): only then is it built for real."""
     if not isinstance(recipe, dict): raise BuildError(f"a recipe is a dict; got {recipe!r}.")
     if weights is not None:
-        _recipe_on_meta(recipe, expect, _file_shapes(weights), weights,
+        _recipe_on_meta(recipe, expect, file_shapes(weights), weights,
                         fix="the study's recipe (meta['recipe'] in study.json) was edited, or its weights file "
                             "replaced; pass the model in models={...}")
     return _from_recipe(recipe, expect)
@@ -148,7 +149,7 @@ def _check_recipe(recipe, model: nn.Module):
     """A recipe given to `Study.build` must rebuild the model: its class and its tensors' names and shapes (a
     torchvision one is built on the meta device); a builder's is only looked up, never called."""
     if isinstance(recipe, dict) and "builder" in recipe and "torchvision" not in recipe:
-        _builder(recipe["builder"], may_import=False); return
+        import_builder(recipe["builder"], may_import=False); return
     if not isinstance(recipe, dict): raise BuildError(f"a recipe is a dict; got {recipe!r}.")
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try: _recipe_on_meta(recipe, _class_name(model), shapes, "the model passed to Study.build",
@@ -160,18 +161,10 @@ T_SIZE = dict(n_blocks=6, hidden=128, depth=2, embed_dim=64)   # t's default siz
 _T_KEYS = ("n_blocks", "hidden", "depth", "embed_dim", "embed_width", "scale_bound", "init_scale")
 
 
-def _fingerprint(module: nn.Module) -> str:
-    "SHA-256 (16 hex digits) of a module's parameters and buffers (the adapter's normalisation included)."
-    h = hashlib.sha256()
-    for k, v in [*module.named_parameters(), *module.named_buffers()]:
-        h.update(k.encode()); h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _check_same_model(out: Path, model: nn.Module, name: str):
     "Refuse t's in `out` that were trained on another model; record this one's fingerprint."
     path, fp = out / "build.json", {"name": name, "class": f"{type(model).__module__}.{type(model).__qualname__}",
-                                    "weights": _fingerprint(model)}
+                                    "weights": module_fingerprint(model)}
     if path.is_file() and any((out / "t").glob("*/t.safetensors")):
         fix = f"delete {out / 't'} to train the t's again (or delete {path.name}, if they were trained on this model)"
         rec = read_json(path, fix=fix)
@@ -194,10 +187,9 @@ def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
     size = {k: v for k, v in kw.pop("t_size").items() if k in ("n_blocks", "hidden", "depth")}
     ckpt = None
     if out is not None:                       # resumable; a finished e of other codes or labels is refused
-        ckpt, digest = Path(out) / "e", hashlib.sha256()
-        for t in (codes["mean"], *labels.values()): digest.update(t.contiguous().numpy().tobytes())
+        ckpt = Path(out) / "e"
         record = broadcast({"factors": names, "sizes": sizes, "size": size, "steps": kw["steps"],   # rank 0's, for all
-                            "data": digest.hexdigest()[:16]})
+                            "data": fingerprint(codes["mean"], *labels.values())})
         rec_path = ckpt / "record.json"
         if rec_path.is_file() and read_json(rec_path, fix=f"delete {ckpt} to train e again") != record:
             raise BuildError(f"{ckpt} holds an e trained from other images, labels or settings; delete it to train e again.")
@@ -209,7 +201,7 @@ def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
     return e.cpu().eval()
 
 
-def _build(model, layers, images, *, ae=None, factors=None, device="auto", out=None, steps=2000, t_size=None,
+def assemble_study(model, layers, images, *, ae=None, factors=None, device="auto", out=None, steps=2000, t_size=None,
            batch_size=128, lr=1e-3, budget_mb=2048, name="model", recipe=None, progress=True, seed=0, keep=0,
            study_class=None):
     "(Study, `keep` images drawn at random, info) — see `build_study`; None on the ranks other than 0 under torchrun."
@@ -279,7 +271,7 @@ def build_study(model: nn.Module, # your model, f; an `Adapted` model probes its
     of all layers from one forward pass per batch, one t per layer (resumable under `out`). Unknown layers fail
     first, with the closest names. Under torchrun the t's are shared out across the ranks (`out` is then required,
     on a file system every rank sees); rank 0 returns the study, the other ranks None."""
-    built = _build(model, layers, images, ae=ae, factors=factors, device=device, out=out, steps=steps, t_size=t_size,
+    built = assemble_study(model, layers, images, ae=ae, factors=factors, device=device, out=out, steps=steps, t_size=t_size,
                    batch_size=batch_size, lr=lr, budget_mb=budget_mb, name=name, recipe=recipe, progress=progress,
                    seed=seed, study_class=study_class)
     return None if built is None else built[0]

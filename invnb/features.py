@@ -18,7 +18,7 @@ from .analysis import safe_name
 from .autoencoder import Autoencoder
 from .data import check_dtype, check_images, load_image_folder
 from .probe import Probe
-from .train import mixed_precision, pick_device, progress_bar
+from .utils import mixed_precision, pick_device, progress_bar
 
 # %% auto #0
 __all__ = ['BuildError', 'probes_of', 'features_of_layers', 'features_of_probes', 'image_batches', 'encode_and_features']

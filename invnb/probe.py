@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import check_dtype, check_images
-from .train import mixed_precision
+from .utils import mixed_precision
 
 # %% auto #0
 __all__ = ['PSEUDO_LAYERS', 'IMAGENET', 'PRESETS', 'list_layers', 'node_names', 'InputAdapter', 'trace_model', 'graph_after',

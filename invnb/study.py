@@ -14,13 +14,13 @@ from torch import nn
 from . import analysis, diagnostics, edits
 from .autoencoder import Autoencoder, reconstruction_metrics
 from .checkpoint import Checkpointable, CheckpointError, load_model, load_tensors, read_json, save_tensors
-from .checkpoint import _find_class, write_json_atomic
+from .checkpoint import find_class, write_json_atomic
 from .factors import factor_report
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
 from .flows import check_trained
 from .results import AEDiagnostics, Estimate, FactorTable, SeedSpread, StudyResults, TCheck, TTraining, t_key
-from .train import progress_bar
+from .utils import progress_bar
 
 # %% auto #0
 __all__ = ['FORMAT', 'environment', 'StudyParts', 'StudyAnalyses', 'StudyComputations', 'StudyDiagnostics', 'Study']
@@ -67,7 +67,7 @@ def _expected_class(index: Path, entry: dict) -> type:
     recorded = entry.get("class")
     if not isinstance(recorded, str) or "." not in recorded: return Checkpointable
     module, _, name = recorded.rpartition(".")
-    try: return _find_class(index, name, module)       # imports nothing but invnb's own modules
+    try: return find_class(index, name, module)       # imports nothing but invnb's own modules
     except CheckpointError: return Checkpointable
 
 # %% ../nbs/08_study.ipynb #435f1346

@@ -192,7 +192,7 @@ def test_sharded_t_files_equal_a_single_process_run(sharded_run, tmp_path):
 # ---------------------------------------------------------------- bf16 feature extraction
 def test_mixed_precision_runs_phi_in_bf16_and_keeps_the_encoder_in_float32(monkeypatch):
     "With MIXED_PRECISION on (CUDA's default, forced here on the CPU): Φ in bf16, returned as float32; z̄ unchanged."
-    import invnb.train as train
+    import invnb.utils as utils
     from invnb.analysis import layer_features
     from invnb.autoencoder import SmallAE
     from invnb.classifier import ColorMNISTClassifier
@@ -202,7 +202,7 @@ def test_mixed_precision_runs_phi_in_bf16_and_keeps_the_encoder_in_float32(monke
     clf, ae = ColorMNISTClassifier(seed=0).eval(), SmallAE(size=64, width=16, seed=0).eval()
     probe = clf.probe("features.8")
     full, codes = layer_features(probe, x, device="cpu"), encode_dataset(ae.encode, x, device="cpu")
-    monkeypatch.setattr(train, "MIXED_PRECISION", True)
+    monkeypatch.setattr(utils, "MIXED_PRECISION", True)
     half, codes_half = layer_features(probe, x, device="cpu"), encode_dataset(ae.encode, x, device="cpu")
     one_pass = features_of_layers(clf, ["features.8"], x, device="cpu")["features.8"]
     assert half.dtype == one_pass.dtype == torch.float32 and not torch.equal(half, full)        # bf16 did run
