@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
+
+from fastcore.docments import docments
 
 from .build import T_SIZE, BuildError
 from .studyrun import MISSING_AE, run_study
@@ -14,6 +17,7 @@ from .checkpoint import CheckpointError, DiskFull, disk_full, is_disk_full
 from .data import AUGMENTATIONS, DatasetNotFound
 from .colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist
 from .demo import demo
+from .inn import InvarianceINN
 from .report import check_run
 from .distributed import RankTimeout
 from .train import TrainingDiverged
@@ -23,55 +27,47 @@ from .utils import say
 __all__ = ['parser', 'main']
 
 # %% ../nbs/14_cli.ipynb #fe44adfe
+def _adder(p, fn):
+    """`add(name, *flags, **kw)`: an option of `p` for the parameter `name` of `fn`, its help the parameter's docment
+    and its default the signature's, so that `invnb --help` and the function's documentation cannot disagree."""
+    docs, params = docments(fn, full=False), inspect.signature(fn).parameters
+
+    def add(name: str, *flags, invert: bool = False, extra: str = "", prefix: str = "", **kw):
+        default = params[name].default
+        text = ("turn off: " if invert else prefix) + (docs.get(name) or name.replace("_", " ")) + extra
+        if invert: kw.update(action="store_false", dest=name)
+        elif isinstance(default, bool): kw.setdefault("action", "store_true")
+        else:
+            kw.setdefault("default", None if default is inspect.Parameter.empty else default)
+            if kw["default"] is not None and not kw.get("required"): text += f" (default: {kw['default']})"
+        p.add_argument(*(flags or ("--" + name.replace("_", "-"),)), help=text.replace("%", "%%"), **kw)
+    return add
+
+
 def parser() -> argparse.ArgumentParser:
-    "The `invnb` argument parser."
+    "The `invnb` argument parser; each option's help is its function's docment (`_adder`)."
     ap = argparse.ArgumentParser(prog="invnb", description="Interpret CNN representations and their invariances with INNs.")
     sub = ap.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="train t on a toy conditional density with a known answer (~30 s on a CPU)")
-    d.add_argument("--steps", type=int, default=2500)
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--seed", type=int, default=0)
-    c = sub.add_parser("colormnist", help="the paper's ColorMNIST study in one command: report.html, metrics.json, Study")
-    c.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick, about 15 min on a 2-core CPU)")
-    c.add_argument("--out", default="runs/colormnist", help="run folder (default: runs/colormnist)")
-    c.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--mnist-root", default=None, help="a torchvision MNIST folder (default: the bundled 5,000 digits)")
-    c.add_argument("--force", action="store_true", help="delete a finished or different run in --out and start again")
-    c.add_argument("--until", choices=STAGES, help="stop after this stage (run the command again to continue)")
-    c.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines only)")
+    add = _adder(sub.add_parser("demo", help="train t on a toy conditional density with a known answer (~30 s on a CPU)"), demo)
+    add("steps", type=int); add("out"); add("seed", type=int)
+    add = _adder(sub.add_parser("colormnist", help="the paper's ColorMNIST study in one command: report.html, metrics.json, "
+                                "Study"), run_colormnist)
+    add("profile", extra=f": {', '.join(PROFILES)}"); add("out"); add("device"); add("seed", type=int)
+    add("mnist_root"); add("force"); add("until", choices=STAGES); add("progress", "--no-progress", invert=True)
     s = sub.add_parser("study", help="your own model on your own images: one t per layer, report.html, metrics.json, Study")
-    s.add_argument("--model", required=True, help="torchvision:NAME (e.g. torchvision:resnet18; with ImageNet's input "
-                   "normalisation) or package.module:function (a function returning your model)")
-    w = s.add_mutually_exclusive_group()
-    w.add_argument("--weights", help="torchvision weights, e.g. IMAGENET1K_V1 or DEFAULT (downloaded once; default: "
-                   "random weights)")
-    w.add_argument("--checkpoint", help="the model's state dict: a torch.save(model.state_dict()) file (read with "
-                   "weights_only=True) or a .safetensors file")
-    s.add_argument("--images", required=True, help="image folder, one subfolder per class: FOLDER/<class>/*.png|jpg "
-                   "(resized and centre-cropped to the autoencoder's size)")
-    s.add_argument("--layers", required=True, help="comma-separated layers, e.g. layer2,layer3: module names, FX node "
-                   "names (layer4.1.add) or softmax; see invnb.probe.list_layers(model, nodes=True)")
-    s.add_argument("--ae", help="an invnb autoencoder (.safetensors) trained on such images (required unless --train-ae)")
-    s.add_argument("--train-ae", type=int, metavar="STEPS", help="without --ae: first train a SmallAE on the folder for "
-                   "STEPS steps (saved as OUT/ae.safetensors and reused)")
-    s.add_argument("--size", type=int, default=32, help="image size of the --train-ae autoencoder: 28, 32, 56 or 64 (default 32)")
-    s.add_argument("--out", default="runs/study", help="run folder (default: runs/study); a rerun loads its finished t's")
-    s.add_argument("--steps", type=int, default=2000, help="training steps of each t (default 2000)")
-    s.add_argument("--t-blocks", type=int, default=T_SIZE["n_blocks"], help=f"t's coupling blocks (default {T_SIZE['n_blocks']})")
-    s.add_argument("--t-hidden", type=int, default=T_SIZE["hidden"], help=f"t's hidden width (default {T_SIZE['hidden']})")
-    s.add_argument("--t-embed", type=int, default=T_SIZE["embed_dim"], help=f"size of t's embedding of z (default {T_SIZE['embed_dim']})")
-    s.add_argument("--batch-size", type=int, default=128, help="images per batch, and t's batch size (default 128)")
-    s.add_argument("--n-eval", type=int, default=100, help="Eq. 19: representations and draws of v each (default 100)")
-    s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--force", action="store_true", help="delete an earlier run in --out and start again (a rerun with "
-                   "other settings is refused without it)")
-    s.add_argument("--augment", help="label-preserving transforms for the autoencoder's and the t's images, "
-                   f"comma-separated: {', '.join(AUGMENTATIONS)} (default: none); recorded in the run")
-    s.add_argument("--augment-copies", type=int, default=4, help="with --augment: the images in this many copies, the "
-                   "first as it is (default 4)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines only)")
+    add = _adder(s, run_study)
+    add("model", required=True)
+    w = _adder(s.add_mutually_exclusive_group(), run_study)
+    w("weights"); w("checkpoint")
+    add("images", required=True); add("layers", required=True); add("ae")
+    add("train_ae", type=int, metavar="STEPS"); add("size", type=int); add("out", default="runs/study")
+    add("steps", type=int)
+    t_add = _adder(s, InvarianceINN)                      # t's size: InvarianceINN's own parameters, T_SIZE's defaults
+    for name, flag in (("n_blocks", "--t-blocks"), ("hidden", "--t-hidden"), ("embed_dim", "--t-embed")):
+        t_add(name, flag, type=int, default=T_SIZE[name], prefix="t: ")
+    add("batch_size", type=int); add("n_eval", type=int); add("device"); add("seed", type=int); add("force")
+    add("augment", extra=f": {', '.join(AUGMENTATIONS)}"); add("augment_copies", type=int)
+    add("progress", "--no-progress", invert=True)
     v = sub.add_parser("check", help="check a run folder: metrics.json, report.html and the hashes of its files")
     v.add_argument("out", help="run folder of invnb colormnist or invnb study")
     return ap
@@ -112,7 +108,7 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         try:
             run_study(a.out, a.model, a.layers, a.images, a.ae, weights=a.weights, checkpoint=a.checkpoint,
                       train_ae=a.train_ae, size=a.size, steps=a.steps, batch_size=a.batch_size, device=a.device,
-                      seed=a.seed, n_eval=a.n_eval, force=a.force, progress=not a.no_progress, log=say,
+                      seed=a.seed, n_eval=a.n_eval, force=a.force, progress=a.progress, log=say,
                       t_size=dict(T_SIZE, n_blocks=a.t_blocks, hidden=a.t_hidden, embed_dim=a.t_embed),
                       augment=a.augment, augment_copies=a.augment_copies)
         except KeyboardInterrupt:
@@ -127,7 +123,7 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
             return 2
         return 0
     try:
-        run_colormnist(a.out, a.profile, a.device, a.seed, a.force, a.until, progress=not a.no_progress,
+        run_colormnist(a.out, a.profile, a.device, a.seed, a.force, a.until, progress=a.progress,
                        mnist_root=a.mnist_root, log=say)      # --no-progress: no bars, the stage lines stay
     except RankTimeout as e:
         print(f"invnb colormnist: error: {e}", file=sys.stderr)

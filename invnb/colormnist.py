@@ -5,47 +5,45 @@
 # %% ../nbs/12_colormnist.ipynb #18ecfbb3
 from __future__ import annotations
 
-import errno
 import hashlib
 import math
 import shutil
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import analysis, diagnostics, plots
+from . import diagnostics, fitting, plots
 from .autoencoder import SmallAE, train_autoencoder
 from .checkpoint import CheckpointError, load_model, read_json, write_json_atomic
 from .classifier import ColorMNISTClassifier, train_classifier
 from .data import ColorMNIST, FactorPairs, load_mnist
 from .utils import fingerprint
-from .distributed import barrier, broadcast, init_distributed, is_main, run_sharded, wait_for_files
+from .distributed import barrier, broadcast, is_main, run_sharded, wait_for_files
 from .factors import estimate_factor_sizes, pair_val_fn
 from .features import features_of_probes
 from .inn import FactorINN, InvarianceINN
 from .stacked import fit_invariances_stacked, stacked_nll_of
-from .profiles import FACTORS, PROFILES, STAGES, TARGET, Profile
-from .runs import RunError, artifacts, prepare_run, run_lock
+from .profiles import FACTORS, PROFILES, TARGET, Profile
+from .profiles import STAGES  # noqa: F401  (the recipe's stage names; imported from here by earlier code)
+from .report import run_metrics, summary_png, write_report
+from .runs import Recipe, RunError, Stage, run_recipe, start_device
+from .runs import RunInterrupted  # noqa: F401  (imported from here by earlier code)
 from .study import Study, environment
-from .train import TrainingDiverged, encode_dataset
-from .utils import nested_bars, pick_device, progress_bar, say
+from .train import encode_dataset
+from .utils import nested_bars, progress_bar, say
 
 # %% auto #0
-__all__ = ['SEED_OFFSETS', 'FEATURE_BUDGET_MB', 'RunInterrupted', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage',
-           'classifier_stage', 'factors_stage', 'invariance_jobs', 't_fits', 't_stacks', 't_training_set',
-           'invariances_stage', 'analysis_stage', 'grid_caption', 'run_colormnist']
+__all__ = ['SEED_OFFSETS', 'FEATURE_BUDGET_MB', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage',
+           'factors_stage', 'invariance_jobs', 't_fits', 't_stacks', 't_training_set', 'invariances_stage',
+           'analysis_stage', 'grid_caption', 'data_stage', 't_stage', 'colormnist_study', 'analyse', 'report_stage',
+           'colormnist_recipe', 'run_colormnist']
 
 # %% ../nbs/12_colormnist.ipynb #746bf8db
-class RunInterrupted(KeyboardInterrupt):
-    "Ctrl-C during a run; the message says where it stopped and how to continue."
-
-
 # Every draw of a run derives from its seed plus the offset of its use; the offsets are fixed, so that adding a
 # use does not move the draws of the others (uses of different generators may share a value: the validation
 # colours and Eq. 19's draws never meet).
@@ -159,7 +157,7 @@ def factors_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: di
         if is_main(): write_json_atomic(run.study_dir / "factor_sizes.json", asdict(est))
         half = _val_halves(data, codes_val)[0]
         val_fn = pair_val_fn(half[0], half[1], names, seed=run.seed)
-        e, _ = analysis.fit_factors(codes, FactorPairs(data.train.labels, names), est.sizes, steps=p.e_steps,
+        e, _ = fitting.fit_factors(codes, FactorPairs(data.train.labels, names), est.sizes, steps=p.e_steps,
                                     batch_size=p.batch_size, lr=p.e_lr, guide=p.e_guide, schedule="cosine",
                                     val_fn=val_fn, val_every=p.e_val_every, **p.e_size, **run.fit_kwargs("e"))
         if is_main(): e.save(path); run.drop_state("e")
@@ -210,15 +208,15 @@ def t_stacks(run: RunSpec, fits: dict) -> dict[str, list[str]]:
 # %% ../nbs/12_colormnist.ipynb #fde7f856
 def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_feats, desc: str,
            base: InvarianceINN | None = None, seed: int | None = None) -> InvarianceINN:
-    """One t (or, without `base`, the unconditional baseline), started at `base` (`analysis.warm_start`), kept at its
+    """One t (or, without `base`, the unconditional baseline), started at `base` (`fitting.warm_start`), kept at its
     best held-out NLL; saved as study/t/<name> with a record of the kept step."""
     p, path, seed = run.prof, run.study_dir / "t" / f"{name}.safetensors", run.seed if seed is None else seed
     t = _loads(path, InvarianceINN)
     if t is None:
         val_fn = lambda m: diagnostics.nll_of(m, codes_val, val_feats, seed=run.seed)   # the same held-out draw for all
         t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=seed, **p.t_size)
-        if base is not None: analysis.warm_start(t, base)
-        t, hist = analysis.fit_invariances(codes, feats, t=t, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr,
+        if base is not None: fitting.warm_start(t, base)
+        t, hist = fitting.fit_invariances(codes, feats, t=t, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr,
                                            **{**run.fit_kwargs(f"t/{name}", seed), "desc": desc}, val_fn=val_fn,
                                            val_every=p.t_val_every)
         write_json_atomic(path.with_suffix(".training.json"),   # which step's weights t kept, and why
@@ -239,7 +237,7 @@ def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple],
     ts = []
     for (feats, _), s in zip(data, seeds):
         t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=s, **p.t_size)
-        ts.append(analysis.warm_start(t, base))
+        ts.append(fitting.warm_start(t, base))
     state = "t/stack__" + hashlib.sha256("|".join(names).encode()).hexdigest()[:12]   # exactly this set of t's
     val_fn = lambda m: stacked_nll_of(m, codes_val, [v for _, v in data], seed=run.seed)   # nll_of's draw, per t
     ts, hist = fit_invariances_stacked(codes, [f for f, _ in data], ts, steps=p.t_steps, batch_size=p.batch_size,
@@ -274,7 +272,7 @@ def t_training_set(run: RunSpec, data: ColorMNISTData, ae: nn.Module, codes: dic
 class _LayerFeatures:
     """Φ of the t's training images `xt` and of the validation images at (model, layer), for stage 5. One model's
     layers at a time: the layers of that model whose t's are still to be made come from one forward pass; a layer
-    above `FEATURE_BUDGET_MB` is computed on the fly in each batch (`analysis.layer_features`)."""
+    above `FEATURE_BUDGET_MB` is computed on the fly in each batch (`fitting.layer_features`)."""
     def __init__(self, run: RunSpec, models: dict[str, nn.Module], xt: torch.Tensor, xv: torch.Tensor, fits: dict,
                  t_file: Callable):
         self.run, self.models, self.xt, self.xv, self.fits, self.t_file = run, models, xt, xv, fits, t_file
@@ -301,7 +299,7 @@ class _LayerFeatures:
                 got.update({l: (ft[l], fv[l]) for l in small})
             for l in layers:
                 if l not in got:
-                    got[l] = tuple(analysis.layer_features(self.probe(model, l), x, budget_mb=FEATURE_BUDGET_MB, device=run.device)
+                    got[l] = tuple(fitting.layer_features(self.probe(model, l), x, budget_mb=FEATURE_BUDGET_MB, device=run.device)
                                    for x in (self.xt, self.xv))
         return got[layer]
 
@@ -338,7 +336,7 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
                       jobs: list[tuple[str, str]], train: tuple[torch.Tensor, dict] | None = None,
                       ) -> tuple[dict[tuple[str, str], InvarianceINN], list[InvarianceINN]] | None:
     """Stage 5: first a t of the same size with a constant condition (it models p(z̄) alone); then one t per
-    (model, layer) job, started at that flow (`analysis.warm_start`), kept at its best held-out NLL and saved as soon
+    (model, layer) job, started at that flow (`fitting.warm_start`), kept at its best held-out NLL and saved as soon
     as it is trained; the null control `shuffled_z`: a t trained the same way at the final model's checkpoint
     layer on z shuffled across the training images. Its held-out NLL is the reference of the information z adds
     (a t gains a little from its extra steps alone, with or without z); and the same t as the checkpoint layer's
@@ -347,7 +345,7 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
     `train`: the (images, codes) the t's train on (`t_training_set`); default: the training images and `codes`.
 
     Under torchrun the t's after the unconditional one are shared out across the ranks (`run_sharded`, balanced by
-    `analysis.t_cost`); rank 0 waits for all of them and returns them, the other ranks return None."""
+    `fitting.t_cost`); rank 0 waits for all of them and returns them, the other ranks return None."""
     xt, codes = train if train is not None else (data.xt, codes)
     t_dir, timeout = run.study_dir / "t", max(600.0, 3 * run.prof.est_seconds.get("invariances", 0))
     fits = t_fits(run, jobs)
@@ -376,7 +374,7 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
                              [_t_variant(run, fits, k)[0] for k in names], f"{len(names)} t's", save=todo)
         bar.update(len(todo))
 
-    cost = lambda k: analysis.t_cost(codes["mean"].shape[1], features.shapes[fits[k][:2]], run.prof.t_size, run.prof.t_steps)
+    cost = lambda k: fitting.t_cost(codes["mean"].shape[1], features.shapes[fits[k][:2]], run.prof.t_size, run.prof.t_steps)
     run_sharded({key: sum(cost(k) for k in ks) for key, ks in groups.items()},
                 lambda key: [t_file(k) for k in groups[key]], work, timeout_s=timeout, log=run.log)
     bar.close(); features.cache.clear()
@@ -458,45 +456,85 @@ def grid_caption(r, model: str, layer: str) -> str:
     return "\n".join(parts)
 
 # %% ../nbs/12_colormnist.ipynb #174d482a
-class _Stages:
-    "Runs the stages in order: announces each with the time left, times it, records it in state.json."
-    WHAT = {"data": "ColorMNIST from the MNIST digits", "autoencoder": "train the autoencoder (Tab. S1), encode the data",
-            "classifier": "train SqueezeNet 1.1, saving checkpoints", "factors": "train e (digit, fg, bg + residual)",
-            "invariances": "train t per layer and per checkpoint", "analysis": "Eq. 19, Eq. 20, sample grids",
-            "report": "write metrics.json and report.html"}
+def data_stage(data: ColorMNISTData, # the run's data, loaded before the run's folder is opened (its fingerprint is checked)
+               ) -> ColorMNISTData:
+    "Stage 1: the data (`load_data`), which the run's settings check needs before any other stage."
+    return data
 
-    RESCALE_FROM = 0.2   # rescale the estimates once the finished stages have used ≥ 20% of their planned time
-    MINUTES_FROM = 90    # seconds left from which the line says minutes
 
-    class Stop(Exception): "Raised after the `until` stage."
+def t_stage(run: RunSpec, # the run
+            data: ColorMNISTData, # its data
+            ae: SmallAE, # the autoencoder of stage 2
+            codes: dict, # the training images' codes {'mean', 'logvar'}
+            codes_val: dict, # the validation images' codes
+            checkpoints: dict, # {name: (step, model)} of stage 3
+            ) -> tuple[dict, list] | None:
+    "Stage 5: every t of the run (`invariances_stage`) on the t's training set (`t_training_set`)."
+    models = {n: m for n, (_, m) in checkpoints.items()}
+    jobs = invariance_jobs(run.prof, list(models))
+    return invariances_stage(run, data, codes, codes_val, models, jobs, t_training_set(run, data, ae, codes))
 
-    def __init__(self, run: RunSpec, state: dict, until: str | None):
-        self.run, self.state, self.until, self.current = run, state, until, None
 
-    def left(self, stage: str) -> float:
-        est, done = self.run.prof.est_seconds, [s for s in STAGES if s in self.state["stages"]]
-        spent, planned = sum(self.state["stages"][s]["seconds"] for s in done), sum(est.get(s, 0) for s in done)
-        rate = spent / planned if planned > 1 and spent > self.RESCALE_FROM * planned else 1.0
-        return rate * sum(est.get(s, 0) for s in STAGES[STAGES.index(stage):] if s not in done)
+def colormnist_study(run: RunSpec, # the run
+                     data: ColorMNISTData, # its data
+                     ae: SmallAE, # stage 2's autoencoder
+                     checkpoints: dict, # stage 3's {name: (step, model)}
+                     ts: dict, # stage 5's {(model, layer): t}
+                     e: FactorINN, # stage 4's e
+                     ) -> Study:
+    "The `Study` of the run's parts, with its meta (profile, seed, data, environment)."
+    return Study(ae, {n: m for n, (_, m) in checkpoints.items()}, ts, e,
+                 {"steps": {n: s for n, (s, _) in checkpoints.items()}},
+                 meta={"profile": run.prof.name, "seed": run.seed, "data": data.info, "environment": environment(run.device)})
 
-    def __call__(self, stage: str, fn, *args, seconds: float = 0.0):
-        left = self.left(stage)
-        self.run.log(f"[stage {STAGES.index(stage) + 1}/{len(STAGES)}] {stage}: {self.WHAT[stage]} — about "
-                     + (f"{left / 60:.0f} min" if left >= self.MINUTES_FROM else f"{left:.0f} s") + " left")
-        self.current, t0 = stage, time.perf_counter()
-        try:
-            out = fn(*args)
-        except TrainingDiverged as e:
-            raise TrainingDiverged(f"stage {stage!r}: {e}") from None
-        except OSError as e:
-            if e.errno != errno.ENOSPC: raise
-            raise RunError(f"no space left on the device while writing to {self.run.out} in stage {stage!r}; free "
-                           "some space and run the same command again to continue.") from e
-        if stage not in self.state["stages"]:
-            self.state["stages"][stage] = {"seconds": round(time.perf_counter() - t0 + seconds, 2)}
-            if is_main(): write_json_atomic(self.run.out / "state.json", self.state)
-        if stage == self.until: raise self.Stop()
-        return out
+
+def analyse(run: RunSpec, # the run
+            data: ColorMNISTData, # its data
+            ae: SmallAE, # stage 2's autoencoder
+            checkpoints: dict, # stage 3's {name: (step, model)}
+            e: FactorINN, # stage 4's e
+            ts: dict, # stage 5's {(model, layer): t}
+            seed_ts: list, # stage 5's t's of the other seeds
+            ) -> tuple[Study, dict]:
+    "Stage 6: (the study, {'<model>__<layer>': grid file}) after `analysis_stage`."
+    study = colormnist_study(run, data, ae, checkpoints, ts, e)
+    return study, analysis_stage(run, data, study, invariance_jobs(run.prof, list(checkpoints)), seed_ts)
+
+
+def report_stage(run: RunSpec, # the run
+                 data: ColorMNISTData, # its data
+                 study: Study, # the analysed study
+                 figures: dict, # the sample grids' files
+                 stage_seconds: dict, # {stage: {'seconds': s}} of the finished stages (the engine's)
+                 ) -> Path:
+    "Stage 7: metrics.json, figures/summary.png and report.html; the report's path."
+    p, secs = run.prof, {s: v["seconds"] for s, v in stage_seconds.items()}
+    m = run_metrics(study, profile=p.name, seed=run.seed, settings=asdict(p), data=data.info,
+                    environment=environment(run.device), checkpoint_layer=p.checkpoint_layer, layers=list(p.layers),
+                    factors=[*FACTORS, study.e.names[0]], figures=figures,
+                    seconds=secs | {"total": round(sum(secs.values()), 1)})
+    write_json_atomic(run.out / "metrics.json", m)
+    (run.out / "figures" / "summary.png").write_bytes(summary_png(m))
+    return write_report(m, run.out / "report.html", run.out / "figures")
+
+
+def colormnist_recipe(prof: Profile, # the profile (its time estimates go into the stage lines)
+                      ) -> Recipe:
+    "The ColorMNIST study as its stages, in the paper's order (the names are `STAGES`)."
+    S = Stage
+    return Recipe("colormnist", (
+        S("data", "ColorMNIST from the MNIST digits", data_stage, ("data",), ("data",)),
+        S("autoencoder", "train the autoencoder (Tab. S1), encode the data", autoencoder_stage, ("run", "data"),
+          ("ae", "codes", "codes_val")),
+        S("classifier", "train SqueezeNet 1.1, saving checkpoints", classifier_stage, ("run", "data"), ("checkpoints",)),
+        S("factors", "train e (digit, fg, bg + residual)", factors_stage, ("run", "data", "codes", "codes_val"), ("e",)),
+        S("invariances", "train t per layer and per checkpoint", t_stage,
+          ("run", "data", "ae", "codes", "codes_val", "checkpoints"), ("ts", "seed_ts")),
+        S("analysis", "Eq. 19, Eq. 20, sample grids", analyse, ("run", "data", "ae", "checkpoints", "e", "ts", "seed_ts"),
+          ("study", "figures"), all_ranks=False),
+        S("report", "write metrics.json and report.html", report_stage,
+          ("run", "data", "study", "figures", "stage_seconds"), ("report",), all_ranks=False)),
+        est_seconds=dict(prof.est_seconds))
 
 # %% ../nbs/12_colormnist.ipynb #367bdc3d
 def run_colormnist(out="runs/colormnist", # run folder
@@ -505,68 +543,28 @@ def run_colormnist(out="runs/colormnist", # run folder
                    seed: int = 0, # every draw of the run derives from it
                    force: bool = False, # delete an earlier run in `out` first
                    until: str | None = None, # stop after this stage (one of `STAGES`)
-                   progress: bool = True, # progress bars
+                   progress: bool = True, # progress bars (the stage lines are printed either way)
                    log=None, # where the stage lines go (default: the `invnb` logger; silent with progress=False)
                    mnist_root: str | Path | None = None, # a torchvision MNIST folder (default: the bundled digits)
                    ) -> Path | None:
-    """Run (or resume) the ColorMNIST study; the path of report.html, or None when stopped by `until`.
+    """Run (or resume) the ColorMNIST study (`colormnist_recipe`, run by `run_recipe`); the path of report.html, or
+    None when stopped by `until`.
 
     Under torchrun (`torchrun --nproc_per_node N -m invnb colormnist ...`) every rank calls this: the autoencoder,
     classifier and e are trained data-parallel, the t's are shared out (`invnb.distributed`), rank 0 holds the
     folder's lock, writes its state, runs the analysis and the report; the other ranks return None after stage 5."""
-    from invnb.report import run_metrics, summary_png, write_report
     if isinstance(profile, str):
         if profile not in PROFILES: raise RunError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
         profile = PROFILES[profile]
-    if until is not None and until not in STAGES:
-        raise RunError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}.")
-    try: dev = init_distributed(pick_device(device))   # under torchrun: join the group, this rank's GPU
-    except (RuntimeError, ValueError) as e:
-        raise RunError(f"unknown or unavailable device {device!r} ({str(e).splitlines()[0]}); use auto, cpu, cuda, "
-                       "cuda:N or mps.") from None
-    out, main = Path(out), is_main()
+    recipe = colormnist_recipe(profile)
+    recipe.index(until)                                  # an unknown stage is refused before anything runs
+    dev, out = start_device(device), Path(out)
     if log is None: log = say if progress else (lambda message: None)
-    if not main: log = lambda *a, **k: None            # under torchrun rank 0 speaks (and locks, and writes state)
-    run = RunSpec(out, profile, seed, dev, progress and main, log)
-    with run_lock(out) if main else nullcontext():
-        t0 = time.perf_counter()
-        data = load_data(profile, seed, mnist_root)
-        state = prepare_run(out, profile.name, seed, asdict(profile), data.info, force, log, profile.disk_mb) if main \
-            else {"stages": {}}
-        if not broadcast(state is not None): return out / "report.html"   # finished: nothing to do on any rank
-        stages = _Stages(run, state, until)
-        t_all = time.perf_counter()
-        try:
-            stages("data", lambda: data, seconds=time.perf_counter() - t0)
-            ae, codes, codes_val = stages("autoencoder", autoencoder_stage, run, data)
-            checkpoints = stages("classifier", classifier_stage, run, data)
-            e = stages("factors", factors_stage, run, data, codes, codes_val)
-            models = {n: m for n, (_, m) in checkpoints.items()}
-            jobs = invariance_jobs(profile, list(models))
-            fitted = stages("invariances", lambda: invariances_stage(run, data, codes, codes_val, models, jobs,
-                                                                     t_training_set(run, data, ae, codes)))
-            if not main: return None                    # rank 0 has all t's; the analysis is its alone
-            ts, seed_ts = fitted
-            study = Study(ae, models, ts, e, {"steps": {n: s for n, (s, _) in checkpoints.items()}},
-                          meta={"profile": profile.name, "seed": seed, "data": data.info, "environment": environment(dev)})
-            figures = stages("analysis", analysis_stage, run, data, study, jobs, seed_ts)
-
-            def report():
-                secs = {s: v["seconds"] for s, v in state["stages"].items()}
-                m = run_metrics(study, profile=profile.name, seed=seed, settings=asdict(profile), data=data.info,
-                                environment=environment(dev), checkpoint_layer=profile.checkpoint_layer,
-                                layers=list(profile.layers), factors=[*FACTORS, e.names[0]], figures=figures,
-                                seconds=secs | {"total": round(sum(secs.values()), 1)})
-                write_json_atomic(out / "metrics.json", m)
-                (out / "figures" / "summary.png").write_bytes(summary_png(m))
-                return write_report(m, out / "report.html", out / "figures")
-            stages("report", report)
-        except _Stages.Stop:
-            log(f"stopped after stage {until!r}; run the same command to continue."); return None
-        except KeyboardInterrupt:
-            raise RunInterrupted(f"interrupted in stage {stages.current!r}; what finished is saved in {out}; run the "
-                                 "same command to continue.") from None
-        state["finished"], state["artifacts"] = True, artifacts(out)
-        write_json_atomic(out / "state.json", state)
-        log(f"done in {time.perf_counter() - t_all:.0f} s; report: {out / 'report.html'}")
-        return out / "report.html"
+    if not is_main(): log = lambda *a, **k: None            # under torchrun rank 0 speaks (and locks, and writes state)
+    run = RunSpec(out, profile, seed, dev, progress and is_main(), log)
+    t0 = time.perf_counter()
+    data = load_data(profile, seed, mnist_root)
+    values = run_recipe(recipe, out, {"run": run, "data": data}, profile=profile.name, seed=seed,
+                        settings=asdict(profile), data=data.info, force=force, until=until, log=log,
+                        disk_mb=profile.disk_mb, setup_seconds=time.perf_counter() - t0)
+    return None if values is None else values["report"]

@@ -15,13 +15,13 @@ from pathlib import Path
 from . import plots
 from .checkpoint import write_text_atomic
 from .results import FACTOR_KINDS, StudyResults
-from .runs import RunError, damaged_artifacts
+from .runs import check_run_folder
 
 # %% auto #0
 __all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'AGREEMENT_LAYER', 'CEILING_SHARE',
            'FACTOR_OWN_MIN', 'FACTOR_OFF_MAX', 'CLASS_SHARE_MIN', 'FIG4_RISING', 'FIG4_FALLING', 'run_metrics',
-           'checks', 'agreement_text', 'fig4_claim', 'validate_metrics', 'check_run', 'summary_png', 'write_report',
-           'study_metrics', 'validate_study_metrics', 'write_study_report']
+           'checks', 'agreement_text', 'fig4_claim', 'validate_metrics', 'check_run', 'html_page', 'summary_png',
+           'write_report', 'study_metrics', 'validate_study_metrics', 'write_study_report']
 
 # %% ../nbs/09b_report.ipynb #5321cd05
 FORMAT = 2
@@ -147,38 +147,27 @@ def validate_metrics(m: dict) -> list[str]:
     return list(dict.fromkeys(bad))
 
 
-def check_run(out) -> list[str]:
+def check_run(out, # a run folder of `invnb colormnist` or `invnb study`
+              ) -> list[str]:
     """Problems with a run folder of `invnb colormnist` or `invnb study` (empty list: complete, well-formed and
-    unchanged); a study run's metrics are checked by `validate_study_metrics` (below, with the study report)."""
-    out = Path(out)
-    if not out.is_dir(): return [f"{out} is not a folder"]
-    bad = []
-    try: m = json.loads((out / "metrics.json").read_text())
-    except FileNotFoundError: return [f"{out} lacks metrics.json; is the run finished?"]
-    except (ValueError, OSError) as e: return [f"{out / 'metrics.json'} is damaged ({e}); run the study again"]
-    if not isinstance(m, dict): bad.append("metrics.json is not a JSON object")
-    else: bad += validate_study_metrics(m) if m.get("kind") == "study" else validate_metrics(m)
-    rep = out / "report.html"
-    if not rep.is_file() or rep.stat().st_size == 0: bad.append(f"{rep} is missing or empty")
-    try: state = json.loads((out / "state.json").read_text())
-    except (ValueError, OSError) as e: return bad + [f"{out / 'state.json'} is missing or damaged ({e})"]
-    if not isinstance(state, dict): return bad + [f"{out / 'state.json'} is not a JSON object; run again with --force"]
-    try: damaged = damaged_artifacts(out, state.get("artifacts", {}))
-    except RunError as e: return bad + [str(e)]
-    if damaged:
-        bad.append(f"files changed or missing since the run finished: {', '.join(damaged)}; run the same command "
-                   "again to make them anew")
-    if not state.get("artifacts"): bad.append("state.json records no finished artifacts; the run is not finished")
-    elif not state.get("finished"):
-        bad.append("the run was started again and has not finished (state.json: finished is false); run the same "
-                   "command to finish it")
-    return bad
+    unchanged): the engine's checks (`check_run_folder`) with each kind's metrics validator (a study run's,
+    `validate_study_metrics`, is below with the study report)."""
+    return check_run_folder(out, {"colormnist": validate_metrics, "study": validate_study_metrics})
 
 # %% ../nbs/09b_report.ipynb #cde56999
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}h2{border-bottom:1px solid #ddd;margin-top:2em}
 img{max-width:100%}.note{color:#555;font-size:.92em}"""
+
+
+def html_page(title: str, # the page's title
+              parts: list[str], # its body, as HTML fragments in order
+              head: str = "", # more of the head (scripts)
+              ) -> str:
+    "One self-contained HTML page in the reports' style: the skeleton both reports share."
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>"
+            f"{head}</head><body>{''.join(parts)}</body></html>")
 
 
 def _table(header: list, rows: list[list]) -> str:
@@ -362,8 +351,7 @@ def write_report(m: dict, path, figures_dir=None) -> Path:
     parts = [*_overview(m, d), *_curve_sections(m, d), *_e_section(r), *_fig4_section(m, r), *_t_sections(r),
              *_samples_section(m, r, path, figures_dir),
              "<h2>Environment</h2>", _table(["", "value"], [[k, v] for k, v in m["run"]["environment"].items()])]
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>invnb ColorMNIST report</title><style>{_CSS}</style>"
-           f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>{''.join(parts)}</body></html>")
+    doc = html_page("invnb ColorMNIST report", parts, head=f"<script type='text/javascript'>{get_plotlyjs()}</script>")
     return write_text_atomic(path, doc)
 
 # %% ../nbs/09b_report.ipynb #e6330df8
@@ -430,6 +418,5 @@ def write_study_report(m: dict, path, figures_dir=None) -> Path:
         if f.is_file(): parts += [f"<h3>{esc(layer)}</h3>", png(f.read_bytes(), layer)]
     parts += ["<h2>Stage times</h2>", _table(["stage", "seconds"], [[k, float(v)] for k, v in m["seconds"].items()]),
               "<h2>Environment</h2>", _table(["", "value"], [[k, v] for k, v in run["environment"].items()])]
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>invnb study report</title><style>{_CSS}</style>"
-           f"</head><body>{''.join(parts)}</body></html>")
+    doc = html_page("invnb study report", parts)
     return write_text_atomic(path, doc)

@@ -6,18 +6,26 @@
 from __future__ import annotations
 
 import fcntl
+import inspect
 import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import write_json_atomic
-from .utils import sha256
+import torch
+
+from .checkpoint import is_disk_full, write_json_atomic
+from .distributed import broadcast, init_distributed, is_main, world_size
+from .train import TrainingDiverged
+from .utils import pick_device, say, sha256
 
 # %% auto #0
-__all__ = ['LOCK', 'RunError', 'run_lock', 'artifacts', 'damaged_artifacts', 'prepare_run']
+__all__ = ['LOCK', 'RESCALE_FROM', 'MINUTES_FROM', 'RunError', 'run_lock', 'artifacts', 'damaged_artifacts', 'prepare_run',
+           'Stage', 'Recipe', 'RunInterrupted', 'start_device', 'run_recipe', 'check_run_folder']
 
 # %% ../nbs/09a_runs.ipynb #42d7e703
 class RunError(RuntimeError):
@@ -195,3 +203,207 @@ def prepare_run(out: Path, # the run folder (locked by the caller)
              "stages": {}, "finished": False}
     write_json_atomic(state_path, state)
     return state
+
+# %% ../nbs/09a_runs.ipynb #18a8a867
+@dataclass(frozen=True)
+class Stage:
+    "One stage of a recipe: a small named function of the run's values, returning values of its own."
+    name: str                              # its name in state.json, in the stage lines and for `until`
+    what: str                              # what it does, said in its stage line
+    fn: Callable                           # called with the values of `needs`, in order: one value, or len(gives) of them
+    needs: tuple[str, ...] = ()            # the values it takes: the recipe's inputs or earlier stages' outputs
+    gives: tuple[str, ...] = ()            # the names of the values it returns
+    all_ranks: bool = True                 # under torchrun every rank runs it; False: rank 0 alone, the others stop
+
+
+@dataclass(frozen=True)
+class Recipe:
+    "A run as the list of its stages in order; `run_recipe` runs it. Its name is recorded in state.json."
+    name: str                              # e.g. 'colormnist', 'study'
+    stages: tuple[Stage, ...]              # in order; the last writes metrics.json and report.html
+    est_seconds: dict = field(default_factory=dict)   # {stage: seconds} planned, for the 'about N min left' lines
+
+    def names(self) -> list[str]: return [s.name for s in self.stages]
+
+    def index(self, stage: str | None) -> int | None:
+        "The position of `stage` (None: None); an unknown stage is refused, naming the recipe's."
+        if stage is None: return None
+        if stage not in self.names(): raise RunError(f"unknown stage {stage!r}; stages are {', '.join(self.names())}.")
+        return self.names().index(stage)
+
+    def check(self, inputs) -> None:
+        """Refuse a recipe whose stage needs a value that neither the inputs nor an earlier stage gives, or whose
+        last stage does not give the 'report' (the report's path, which a finished run returns)."""
+        if not self.stages or "report" not in self.stages[-1].gives:
+            raise ValueError(f"recipe {self.name!r}: its last stage must give 'report' (the report's path).")
+        have = set(inputs) | {"stage_seconds"}
+        for s in self.stages:
+            named = _positional(s.fn)
+            if named is not None and named[:len(s.needs)] != list(s.needs):
+                raise ValueError(f"recipe {self.name!r}: stage {s.name!r} passes {list(s.needs)} to {s.fn.__name__}"
+                                 f"{tuple(named)}: its parameters must take them in that order.")
+            if missing := [n for n in s.needs if n not in have]:
+                raise ValueError(f"recipe {self.name!r}: stage {s.name!r} needs {missing}, which no earlier stage gives "
+                                 f"(inputs: {sorted(inputs)}).")
+            have |= set(s.gives)
+
+
+def _positional(fn) -> list[str] | None:
+    "The names of `fn`'s positional parameters, or None when it takes *args (or cannot be inspected)."
+    try: params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError): return None
+    if any(p.kind is p.VAR_POSITIONAL for p in params): return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    "Ctrl-C during a run; the message says where it stopped and how to continue."
+
+
+def start_device(device: str | torch.device = "auto",  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps
+                 error: type[Exception] = RunError,   # the exception that names a bad device
+                 ) -> torch.device:
+    """This process's device, the process group joined under torchrun (`init_distributed`). Several ranks on one
+    CPU each get an equal share of its cores (unless OMP_NUM_THREADS says otherwise): their threads would else
+    busy-wait on each other."""
+    try: dev = init_distributed(pick_device(device))
+    except (RuntimeError, ValueError) as e:
+        raise error(f"unknown or unavailable device {device!r} ({str(e).splitlines()[0]}); use auto, cpu, cuda, "
+                    "cuda:N or mps.") from None
+    if dev.type == "cpu" and world_size() > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+    return dev
+
+# %% ../nbs/09a_runs.ipynb #abd752b3
+RESCALE_FROM = 0.2   # rescale the estimates once the finished stages have used ≥ 20% of their planned time
+MINUTES_FROM = 90    # seconds left from which a stage line says minutes
+
+
+def _time_left(recipe: Recipe, stages: dict, stage: str) -> float | None:
+    "Seconds the stages from `stage` on should take: the plan, scaled by how the finished stages kept to theirs."
+    est, names = recipe.est_seconds, recipe.names()
+    if not est: return None
+    done = [s for s in names if s in stages]
+    spent, planned = sum(stages[s]["seconds"] for s in done), sum(est.get(s, 0) for s in done)
+    rate = spent / planned if planned > 1 and spent > RESCALE_FROM * planned else 1.0
+    return rate * sum(est.get(s, 0) for s in names[names.index(stage):] if s not in done)
+
+
+def _stage_line(recipe: Recipe, stages: dict, i: int) -> str:
+    s, left = recipe.stages[i], _time_left(recipe, stages, recipe.stages[i].name)
+    line = f"[stage {i + 1}/{len(recipe.stages)}] {s.name}: {s.what}"
+    if left is None: return line
+    return line + " — about " + (f"{left / 60:.0f} min" if left >= MINUTES_FROM else f"{left:.0f} s") + " left"
+
+
+def _open_state(out: Path, recipe: Recipe, profile: str, seed: int, settings: dict, data: dict, force: bool, log,
+                disk_mb: int, rerun_finished: bool) -> tuple[bool, dict | None]:
+    """(go on?, state): rank 0 opens the run's state (new, resumed or refused, `prepare_run`); every rank learns
+    whether to go on, and a refusal is raised on every rank (none waits on a rank that gave up)."""
+    state, refused = None, None
+    if is_main():
+        try: state = prepare_run(out, profile, seed, settings, data, force, log, disk_mb, rerun_finished)
+        except Exception as e: refused = e
+        if state is not None and state.get("recipe") != recipe.name:
+            state["recipe"] = recipe.name                # runs from before the engine lack it
+    if broadcast(refused is not None):
+        raise refused if refused is not None else RunError("rank 0 refused the run folder; see its message.")
+    return broadcast(state is not None), state
+
+
+def _run_stage(stage: Stage, values: dict, out: Path):
+    "One stage's values; a diverged training or a full disk is named with the stage."
+    try: got = stage.fn(*[values[n] for n in stage.needs])
+    except TrainingDiverged as e: raise TrainingDiverged(f"stage {stage.name!r}: {e}") from None
+    except Exception as e:
+        if not is_disk_full(e): raise
+        file = Path(getattr(e, "filename", None) or out)
+        try: free = f"{shutil.disk_usage(next(p for p in [file, *file.parents] if p.exists())).free / 2 ** 20:.1f} MB"
+        except (OSError, StopIteration): free = "unknown space"
+        raise RunError(f"no space left on the device while writing to {file} in stage {stage.name!r} ({free} free "
+                       "there); free some space and run the same command again to continue: what was finished is "
+                       "kept.") from e
+    if len(stage.gives) == 1: got = (got,)
+    elif got is None: got = (None,) * len(stage.gives)    # a rank other than 0, whose share of the work is done
+    values.update(zip(stage.gives, got))
+
+# %% ../nbs/09a_runs.ipynb #388361c8
+def run_recipe(recipe: Recipe,               # the stages
+               out: Path,                    # the run folder (locked while the run runs)
+               inputs: dict,                 # the values the first stages take (data, the run's spec, ...)
+               *, profile: str,              # the run's profile name ('study' for `invnb study`)
+               seed: int,                    # the run's seed
+               settings: dict,               # every setting the results depend on (a resume must match them)
+               data: dict,                   # the data's source and fingerprint (a resume must match them)
+               force: bool = False,          # delete an earlier run in `out` first
+               until: str | None = None,     # stop after this stage
+               log=say,                      # where the stage lines go (rank 0's; the other ranks are silent)
+               disk_mb: int = 0,             # space a new run needs
+               rerun_finished: bool = False, # a finished run is run again (reusing its files) instead of left alone
+               setup_seconds: float = 0.0,   # seconds spent before the call (loading data), added to the first stage
+               ) -> dict | None:
+    """Run (or resume) `recipe` in `out`: the lock, the state file, one line and one timing per stage, resume (each
+    stage reuses what an earlier run of it finished), `until`, the torchrun rank rules, and at the end the record of
+    every finished file (`artifacts`) that `check_run_folder` verifies. Returns the values of all stages ({'report': its path} when
+    the run was finished already); None when stopped by `until`, or on a rank other than 0 (which stops before the
+    first stage that is rank 0's alone)."""
+    recipe.check(inputs)
+    recipe.index(until)
+    out, main = Path(out), is_main()
+    if not main: log = lambda *a, **k: None
+    with run_lock(out) if main else nullcontext():
+        go, state = _open_state(out, recipe, profile, seed, settings, data, force, log, disk_mb, rerun_finished)
+        if not go: return {"report": out / "report.html"}
+        stages = state["stages"] if main else {}
+        values, t_all, current = {**inputs, "stage_seconds": stages}, time.perf_counter(), None
+        try:
+            for i, stage in enumerate(recipe.stages):
+                if not stage.all_ranks and not main: return None
+                log(_stage_line(recipe, stages, i))
+                current, t0 = stage.name, time.perf_counter()
+                _run_stage(stage, values, out)
+                if main and stage.name not in stages:
+                    stages[stage.name] = {"seconds": round(time.perf_counter() - t0 + (setup_seconds if i == 0 else 0), 2)}
+                    write_json_atomic(out / "state.json", state)
+                if stage.name == until:
+                    log(f"stopped after stage {until!r}; run the same command to continue."); return None
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"interrupted in stage {current!r}; what finished is saved in {out}; run the same "
+                                 "command to continue.") from None
+        if not main: return values
+        state["finished"], state["artifacts"] = True, artifacts(out)
+        write_json_atomic(out / "state.json", state)
+    log(f"done in {time.perf_counter() - t_all:.0f} s; report: {out / 'report.html'}")
+    return values
+
+# %% ../nbs/09a_runs.ipynb #f1946df9
+def check_run_folder(out,                    # a run folder of any recipe
+                     validators: dict,       # {metrics' 'kind': fn(metrics) -> problems}; a missing kind: 'colormnist'
+                     ) -> list[str]:
+    """Problems with a finished run folder of `run_recipe` (empty list: complete, well-formed and unchanged): its
+    metrics.json (checked by its kind's validator), report.html, state.json and the hashes of its files."""
+    out = Path(out)
+    if not out.is_dir(): return [f"{out} is not a folder"]
+    bad = []
+    try: m = json.loads((out / "metrics.json").read_text())
+    except FileNotFoundError: return [f"{out} lacks metrics.json; is the run finished?"]
+    except (ValueError, OSError) as e: return [f"{out / 'metrics.json'} is damaged ({e}); run the study again"]
+    if not isinstance(m, dict): bad.append("metrics.json is not a JSON object")
+    elif (kind := m.get("kind", "colormnist")) not in validators:
+        bad.append(f"metrics.json is of kind {kind!r}; this invnb checks runs of kinds {', '.join(validators)}")
+    else: bad += validators[kind](m)
+    rep = out / "report.html"
+    if not rep.is_file() or rep.stat().st_size == 0: bad.append(f"{rep} is missing or empty")
+    try: state = json.loads((out / "state.json").read_text())
+    except (ValueError, OSError) as e: return bad + [f"{out / 'state.json'} is missing or damaged ({e})"]
+    if not isinstance(state, dict): return bad + [f"{out / 'state.json'} is not a JSON object; run again with --force"]
+    try: damaged = damaged_artifacts(out, state.get("artifacts", {}))
+    except RunError as e: return bad + [str(e)]
+    if damaged:
+        bad.append(f"files changed or missing since the run finished: {', '.join(damaged)}; run the same command "
+                   "again to make them anew")
+    if not state.get("artifacts"): bad.append("state.json records no finished artifacts; the run is not finished")
+    elif not state.get("finished"):
+        bad.append("the run was started again and has not finished (state.json: finished is false); run the same "
+                   "command to finish it")
+    return bad

@@ -8,10 +8,12 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from fastcore.basics import patch   # methods added one cell at a time, in the notebook's story
+
 import torch
 from torch import nn
 
-from . import analysis, diagnostics, edits
+from . import analysis, diagnostics, edits, fitting
 from .autoencoder import Autoencoder, reconstruction_metrics
 from .checkpoint import Checkpointable, CheckpointError, load_model, load_tensors, read_json, save_tensors
 from .checkpoint import find_class, write_json_atomic
@@ -23,7 +25,7 @@ from .results import AEDiagnostics, Estimate, FactorTable, SeedSpread, StudyResu
 from .utils import progress_bar
 
 # %% auto #0
-__all__ = ['FORMAT', 'environment', 'StudyParts', 'StudyAnalyses', 'StudyComputations', 'StudyDiagnostics', 'Study']
+__all__ = ['FORMAT', 'environment', 'StudyParts', 'Study', 'save_study', 'load_study']
 
 # %% ../nbs/08_study.ipynb #099d0ac3
 FORMAT = 2   # study.json: 2 records a file per model; 1 (invnb 0.1) is read too
@@ -72,29 +74,20 @@ def _expected_class(index: Path, entry: dict) -> type:
 
 # %% ../nbs/08_study.ipynb #435f1346
 class StudyParts:
-    "The parts of a study and their lookup by name; `Study` adds the analyses, the computed results and files."
+    """The fitted parts of a study, a plain object: the autoencoder, the models by name, the t's by (model, layer)
+    and e, with their lookup by name and the features of a layer (remembered for the analyses of one layer)."""
     def __init__(self, ae, # the autoencoder (E, D) whose codes z̄ the INNs model
                  models: dict[str, nn.Module], # f by name, e.g. {"final": clf} or one entry per training checkpoint
                  ts: dict[tuple[str, str], InvarianceINN] | None = None, # t by (model name, layer)
                  e: FactorINN | None = None, # the semantic INN, if factors are named
-                 results: StudyResults | dict | None = None, # numbers computed so far (or their JSON form)
-                 meta: dict | None = None): # anything JSON-native that describes the study (data, seeds, versions)
+                 ):
         if not models: raise ValueError("a Study needs at least one model, e.g. {'final': classifier}.")
         self.ae, self.models, self.e = ae.eval(), {k: m.eval() for k, m in models.items()}, e
         self.ts = {tuple(k): t.eval() for k, t in (ts or {}).items()}
-        self.results = results if isinstance(results, StudyResults) else StudyResults.from_json(results)
-        self.meta = dict(meta or {})
 
-    def __repr__(self) -> str:
-        r = self.results
-        done = [f"{k} ({sum(len(v) for v in getattr(r, k).values())})" for k in ("eq19", "eq20") if getattr(r, k)]
-        return (f"Study({len(self.models)} model(s) {list(self.models)[:4]}{' …' if len(self.models) > 4 else ''}; "
-                f"{len(self.ts)} t(s) at layers {sorted({l for _, l in self.ts})}; "
-                f"e: {list(self.e.factors) if self.e is not None else None}; results: {', '.join(done) or 'none'})")
-
-    # -- parts -------------------------------------------------------------------------------------
     @property
     def default_model(self) -> str:
+        "The model the analyses use when none is named: 'final', or the last one."
         return "final" if "final" in self.models else list(self.models)[-1]
 
     def layers(self, model: str | None = None) -> list[str]:
@@ -103,22 +96,25 @@ class StudyParts:
         return [l for m, l in self.ts if m == model]
 
     def probe(self, layer: str, model: str | None = None) -> Probe:
-        m = self._model(model)
+        "Φ at `layer` of `model`."
+        m = self.model(model)
         return m.probe(layer) if hasattr(m, "probe") else Probe(m, layer)
 
     def t(self, layer: str, model: str | None = None) -> InvarianceINN:
+        "The t of `model` at `layer`; a missing one is refused, naming those the study has."
         key = (model or self.default_model, layer)
         if key not in self.ts:
             have = sorted(self.ts)
             raise KeyError(f"no t for model {key[0]!r} at layer {layer!r}; this study has {have}.")
         return self.ts[key]
 
-    def _model(self, name):
+    def model(self, name: str | None = None) -> nn.Module:
+        "The model `name` (default: `default_model`); an unknown name is refused, naming the study's."
         name = name or self.default_model
         if name not in self.models: raise KeyError(f"unknown model {name!r}; this study has {list(self.models)}.")
         return self.models[name]
 
-    def to(self, device) -> "Study":
+    def to(self, device) -> "StudyParts":
         "Move the autoencoder, every model, t and e to `device` (in place); the analyses then run there."
         self.ae.to(device)
         for m in [*self.models.values(), *self.ts.values(), *([self.e] if self.e is not None else [])]: m.to(device)
@@ -130,7 +126,7 @@ class StudyParts:
         the model's weights are unchanged, so the analyses of one layer share one pass over the images; the last
         `FEATURE_CACHE` results are kept (set it to 0 to keep none)."""
         name = model or self.default_model
-        m = self._model(name)
+        m = self.model(name)
         key = (name, layer, images.data_ptr(), tuple(images.shape), tuple(images.stride()), images._version,
                str(images.device), sum(p._version for p in m.parameters()))
         cache = self.__dict__.setdefault("_features", {})
@@ -143,284 +139,371 @@ class StudyParts:
 
     FEATURE_CACHE = 48
 
-    def _need_e(self):
-        if self.e is None: raise ValueError("this study has no semantic INN e; train one with invnb.analysis.fit_factors.")
+    def need_e(self) -> FactorINN:
+        "e, or a clear error when the study has none."
+        if self.e is None: raise ValueError("this study has no semantic INN e; train one with invnb.fitting.fit_factors.")
         return self.e
 
+
+class Study:
+    """A whole interpretation: the fitted parts (`StudyParts`), the numbers computed so far (`StudyResults`) and the
+    study's meta, with the analyses as thin methods over the functions of `invnb.analysis`, `invnb.diagnostics` and
+    `invnb.edits` (added below, one cell each)."""
+    def __init__(self, ae, # the autoencoder (E, D) whose codes z̄ the INNs model
+                 models: dict[str, nn.Module], # f by name, e.g. {"final": clf} or one entry per training checkpoint
+                 ts: dict[tuple[str, str], InvarianceINN] | None = None, # t by (model name, layer)
+                 e: FactorINN | None = None, # the semantic INN, if factors are named
+                 results: StudyResults | dict | None = None, # numbers computed so far (or their JSON form)
+                 meta: dict | None = None): # anything JSON-native that describes the study (data, seeds, versions)
+        self.parts = StudyParts(ae, models, ts, e)
+        self.results = results if isinstance(results, StudyResults) else StudyResults.from_json(results)
+        self.meta = dict(meta or {})
+
+    ae = property(lambda self: self.parts.ae, lambda self, v: setattr(self.parts, "ae", v), doc="the autoencoder")
+    models = property(lambda self: self.parts.models, lambda self, v: setattr(self.parts, "models", v),
+                      doc="the models by name")
+    ts = property(lambda self: self.parts.ts, lambda self, v: setattr(self.parts, "ts", v), doc="t by (model, layer)")
+    e = property(lambda self: self.parts.e, lambda self, v: setattr(self.parts, "e", v), doc="the semantic INN or None")
+    default_model = property(lambda self: self.parts.default_model, doc="'final', or the last model")
+
+    def layers(self, model: str | None = None) -> list[str]: return self.parts.layers(model)
+    def probe(self, layer: str, model: str | None = None) -> Probe: return self.parts.probe(layer, model)
+    def t(self, layer: str, model: str | None = None) -> InvarianceINN: return self.parts.t(layer, model)
+    def model(self, name: str | None = None) -> nn.Module: return self.parts.model(name)
+    _model = model                                         # (its name in invnb 0.1)
+    def features(self, images: torch.Tensor, layer: str, model: str | None = None) -> torch.Tensor:
+        return self.parts.features(images, layer, model)
+    def to(self, device) -> "Study": self.parts.to(device); return self
+
+    def __repr__(self) -> str:
+        r, p = self.results, self.parts
+        done = [f"{k} ({sum(len(v) for v in getattr(r, k).values())})" for k in ("eq19", "eq20") if getattr(r, k)]
+        return (f"Study({len(p.models)} model(s) {list(p.models)[:4]}{' …' if len(p.models) > 4 else ''}; "
+                f"{len(p.ts)} t(s) at layers {sorted({l for _, l in p.ts})}; "
+                f"e: {list(p.e.factors) if p.e is not None else None}; results: {', '.join(done) or 'none'})")
+
 # %% ../nbs/08_study.ipynb #e80647b8
-class StudyAnalyses(StudyParts):
-    "The analyses of `invnb.analysis` and the edits of `invnb.edits` on a study's parts (see `Study`)."
-    @torch.no_grad()
-    def sample(self, x, layer, n=16, generator=None, temperature=1.0, model=None, v=None):
-        "Decoded samples D(t⁻¹(v|Φ(x))): (B, n, C, H, W)."
-        return analysis.sample_images(self.ae, self.probe(layer, model), self.t(layer, model), x, n, generator, temperature, v)
+@patch
+@torch.no_grad()
+def sample(self: Study, x, layer, n=16, generator=None, temperature=1.0, model=None, v=None):
+    "Decoded samples D(t⁻¹(v|Φ(x))): (B, n, C, H, W)."
+    return analysis.sample_images(self.ae, self.probe(layer, model), self.t(layer, model), x, n, generator, temperature, v)
 
-    @torch.no_grad()
-    def reconstruct(self, x):
-        "D(μ(x))."
-        return self.ae.decode(self.ae.encode(x)[0])
 
-    @torch.no_grad()
-    def eq19(self, images, layer, model=None, *, n_outer=100, n_inner=100, generator=None) -> Estimate:
-        "Eq. 19 at `layer` on validation `images`."
-        z = self.features(images, layer, model)
-        return analysis.eq19(self.t(layer, model), z, n_outer=n_outer, n_inner=n_inner, generator=generator)
+@patch
+@torch.no_grad()
+def reconstruct(self: Study, x):
+    "D(μ(x))."
+    return self.ae.decode(self.ae.encode(x)[0])
 
-    @torch.no_grad()
-    def share(self, images, layer, model=None, *, n_outer=100, n_inner=100, generator=None) -> dict[str, Estimate]:
-        "The identifiable share Var_x(E_v e_i) / Var e_i per factor at `layer`: {factor: Estimate}."
-        z = self.features(images, layer, model)
-        return analysis.identifiable_share(self.t(layer, model), self._need_e(), z, n_outer=n_outer, n_inner=n_inner,
-                                           generator=generator)
 
-    @torch.no_grad()
-    def eq20(self, images, layer, model=None, *, n_outer=100, n_inner=100, generator=None) -> dict[str, Estimate]:
-        "Eq. 20 per factor at `layer`: {factor: Estimate}."
-        z = self.features(images, layer, model)
-        return analysis.eq20(self.t(layer, model), self._need_e(), z, n_outer=n_outer, n_inner=n_inner, generator=generator)
+@patch
+@torch.no_grad()
+def eq19(self: Study, images, layer, model=None, *, n_outer=100, n_inner=100, generator=None) -> Estimate:
+    "Eq. 19 at `layer` on validation `images`."
+    z = self.features(images, layer, model)
+    return analysis.eq19(self.t(layer, model), z, n_outer=n_outer, n_inner=n_inner, generator=generator)
 
-    def fgsm(self, x, labels=None, eps=0.02, model=None, layers=None):
-        """(x*, {layer: D(t⁻¹(t(μ(x)|Φ(x)) | Φ(x*)))}, {layer: Eq. 19 or None}) for an untargeted FGSM attack.
-        The Eq. 19 shares come from `results.eq19[model][layer]` where computed (see `compute_eq19`)."""
-        x_adv = edits.fgsm(self._model(model), x, labels, eps)
-        layers = layers or self.layers(model)
-        parts = {l: (self.probe(l, model), self.t(l, model)) for l in layers}
-        known = self.results.eq19.get(model or self.default_model, {})
-        return x_adv, edits.attack_through_layers(self.ae, parts, x, x_adv), {l: known.get(l) for l in layers}
 
-    def swap(self, x, x_other, factor, alpha=1.0):
-        "x with `factor` moved towards x_other's (alpha = 1: swapped), decoded."
-        return edits.swap_factor(self.ae, self._need_e(), x, x_other, factor, alpha)
+@patch
+@torch.no_grad()
+def share(self: Study, images, layer, model=None, *, n_outer=100, n_inner=100, generator=None) -> dict[str, Estimate]:
+    "The identifiable share Var_x(E_v e_i) / Var e_i per factor at `layer`: {factor: Estimate}."
+    z = self.features(images, layer, model)
+    return analysis.identifiable_share(self.t(layer, model), self.parts.need_e(), z, n_outer=n_outer, n_inner=n_inner,
+                                       generator=generator)
 
-    def sensitivity(self, x, x_other, model=None):
-        "{factor: mean ‖f(x̄) − f(x*)‖, 'reconstruction': mean ‖f(x) − f(x̄)‖}."
-        return edits.factor_sensitivity(self.ae, self._need_e(), self._model(model), x, x_other)
+
+@patch
+@torch.no_grad()
+def eq20(self: Study, images, layer, model=None, *, n_outer=100, n_inner=100, generator=None) -> dict[str, Estimate]:
+    "Eq. 20 per factor at `layer`: {factor: Estimate}."
+    z = self.features(images, layer, model)
+    return analysis.eq20(self.t(layer, model), self.parts.need_e(), z, n_outer=n_outer, n_inner=n_inner, generator=generator)
+
+
+@patch
+def fgsm(self: Study, x, labels=None, eps=0.02, model=None, layers=None):
+    """(x*, {layer: D(t⁻¹(t(μ(x)|Φ(x)) | Φ(x*)))}, {layer: Eq. 19 or None}) for an untargeted FGSM attack.
+    The Eq. 19 shares come from `results.eq19[model][layer]` where computed (see `compute_eq19`)."""
+    x_adv = edits.fgsm(self.model(model), x, labels, eps)
+    layers = layers or self.layers(model)
+    parts = {l: (self.probe(l, model), self.t(l, model)) for l in layers}
+    known = self.results.eq19.get(model or self.default_model, {})
+    return x_adv, edits.attack_through_layers(self.ae, parts, x, x_adv), {l: known.get(l) for l in layers}
+
+
+@patch
+def swap(self: Study, x, x_other, factor, alpha=1.0):
+    "x with `factor` moved towards x_other's (alpha = 1: swapped), decoded."
+    return edits.swap_factor(self.ae, self.parts.need_e(), x, x_other, factor, alpha)
+
+
+@patch
+def sensitivity(self: Study, x, x_other, model=None):
+    "{factor: mean ‖f(x̄) − f(x*)‖, 'reconstruction': mean ‖f(x) − f(x̄)‖}."
+    return edits.factor_sensitivity(self.ae, self.parts.need_e(), self.model(model), x, x_other)
 
 # %% ../nbs/08_study.ipynb #95eed1c3
-class StudyComputations(StudyAnalyses):
-    "`compute_*`: the analyses over layers and models, stored in `results` (see `Study`)."
-    def _layers(self, model, layers):
-        model = model or self.default_model
-        return model, list(layers) if layers is not None else self.layers(model)
+@patch
+def _layers(self: Study, model, layers):
+    model = model or self.default_model
+    return model, list(layers) if layers is not None else self.layers(model)
 
-    def _over_layers(self, estimate, store: dict, images, model, layers, n_outer, n_inner, seed, progress=True) -> dict:
-        "Run `estimate` at each layer (a fresh generator seeded `seed` for each) and store it in `store[model]`."
-        model, layers = self._layers(model, layers)
-        res = {l: estimate(images, l, model, n_outer=n_outer, n_inner=n_inner,
-                           generator=torch.Generator().manual_seed(seed))
-               for l in progress_bar(layers, desc=f"{estimate.__name__} {model}", enabled=progress)}
-        store.setdefault(model, {}).update(res)
-        return res
 
-    def compute_eq19(self, images, model=None, layers=None, *, n_outer=100, n_inner=100, seed=0,
-                     progress=True) -> dict[str, Estimate]:
-        "Eq. 19 at `layers` (default: every layer with a t) of `model`; stored in `results.eq19[model]`."
-        return self._over_layers(self.eq19, self.results.eq19, images, model, layers, n_outer, n_inner, seed, progress)
+@patch
+def _over_layers(self: Study, estimate, store: dict, images, model, layers, n_outer, n_inner, seed, progress=True) -> dict:
+    "Run `estimate` at each layer (a fresh generator seeded `seed` for each) and store it in `store[model]`."
+    model, layers = self._layers(model, layers)
+    res = {l: estimate(images, l, model, n_outer=n_outer, n_inner=n_inner,
+                       generator=torch.Generator().manual_seed(seed))
+           for l in progress_bar(layers, desc=f"{estimate.__name__} {model}", enabled=progress)}
+    store.setdefault(model, {}).update(res)
+    return res
 
-    def compute_eq20(self, images, model=None, layers=None, *, n_outer=100, n_inner=100, seed=0,
-                     progress=True) -> dict[str, dict[str, Estimate]]:
-        "Eq. 20 per factor at `layers` of `model`; stored in `results.eq20[model]`."
-        return self._over_layers(self.eq20, self.results.eq20, images, model, layers, n_outer, n_inner, seed, progress)
 
-    def compute_share(self, images, model=None, layers=None, *, n_outer=100, n_inner=100, seed=0,
-                      progress=True) -> dict[str, dict[str, Estimate]]:
-        "The identifiable share per factor at `layers` of `model`; stored in `results.share[model]`."
-        return self._over_layers(self.share, self.results.share, images, model, layers, n_outer, n_inner, seed, progress)
+@patch
+def compute_eq19(self: Study, images, model=None, layers=None, *, n_outer=100, n_inner=100, seed=0,
+                 progress=True) -> dict[str, Estimate]:
+    "Eq. 19 at `layers` (default: every layer with a t) of `model`; stored in `results.eq19[model]`."
+    return self._over_layers(self.eq19, self.results.eq19, images, model, layers, n_outer, n_inner, seed, progress)
 
-    @torch.no_grad()
-    def compute_probes(self, images, labels: dict, val_images, val_labels: dict, model=None,
-                       layers=None) -> dict[str, dict[str, float]]:
-        "Held-out accuracy of a linear probe per factor (`labels`: {factor: (N,)}) at each layer; in `results.probes`."
-        model, layers = self._layers(model, layers)
-        res = {}
-        for l in layers:
-            ft, fv = self.features(images, l, model), self.features(val_images, l, model)
-            res[l] = diagnostics.probe_accuracy(ft, labels, fv, val_labels)
-        self.results.probes.setdefault(model, {}).update(res)
-        return res
 
-    @torch.no_grad()
-    def compute_image_variance(self, images, v, model=None, layers=None) -> dict[str, float]:
-        "Mean per-pixel variance of D(t⁻¹(v|Φ(x))) over the draws `v` (n, D), per layer; in `results.image_variance`."
-        model, layers = self._layers(model, layers)
-        res = {l: analysis.pixel_mean_var(self.sample(images, l, model=model, v=v))[1].mean().item() for l in layers}
-        self.results.image_variance.setdefault(model, {}).update(res)
-        return res
+@patch
+def compute_eq20(self: Study, images, model=None, layers=None, *, n_outer=100, n_inner=100, seed=0,
+                 progress=True) -> dict[str, dict[str, Estimate]]:
+    "Eq. 20 per factor at `layers` of `model`; stored in `results.eq20[model]`."
+    return self._over_layers(self.eq20, self.results.eq20, images, model, layers, n_outer, n_inner, seed, progress)
 
-    def compute_accuracy(self, images, labels, models=None) -> dict[str, float]:
-        "Accuracy of each model (default: all) on `images`; stored in `results.accuracy`."
-        res = {m: diagnostics.accuracy(self._model(m), images, labels) for m in (models or list(self.models))}
-        self.results.accuracy.update(res)
-        return res
+
+@patch
+def compute_share(self: Study, images, model=None, layers=None, *, n_outer=100, n_inner=100, seed=0,
+                  progress=True) -> dict[str, dict[str, Estimate]]:
+    "The identifiable share per factor at `layers` of `model`; stored in `results.share[model]`."
+    return self._over_layers(self.share, self.results.share, images, model, layers, n_outer, n_inner, seed, progress)
+
+
+@patch
+@torch.no_grad()
+def compute_probes(self: Study, images, labels: dict, val_images, val_labels: dict, model=None,
+                   layers=None) -> dict[str, dict[str, float]]:
+    "Held-out accuracy of a linear probe per factor (`labels`: {factor: (N,)}) at each layer; in `results.probes`."
+    model, layers = self._layers(model, layers)
+    res = {}
+    for l in layers:
+        ft, fv = self.features(images, l, model), self.features(val_images, l, model)
+        res[l] = diagnostics.probe_accuracy(ft, labels, fv, val_labels)
+    self.results.probes.setdefault(model, {}).update(res)
+    return res
+
+
+@patch
+@torch.no_grad()
+def compute_image_variance(self: Study, images, v, model=None, layers=None) -> dict[str, float]:
+    "Mean per-pixel variance of D(t⁻¹(v|Φ(x))) over the draws `v` (n, D), per layer; in `results.image_variance`."
+    model, layers = self._layers(model, layers)
+    res = {l: analysis.pixel_mean_var(self.sample(images, l, model=model, v=v))[1].mean().item() for l in layers}
+    self.results.image_variance.setdefault(model, {}).update(res)
+    return res
+
+
+@patch
+def compute_accuracy(self: Study, images, labels, models=None) -> dict[str, float]:
+    "Accuracy of each model (default: all) on `images`; stored in `results.accuracy`."
+    res = {m: diagnostics.accuracy(self.model(m), images, labels) for m in (models or list(self.models))}
+    self.results.accuracy.update(res)
+    return res
 
 # %% ../nbs/08_study.ipynb #62edb514
-class StudyDiagnostics(StudyComputations):
-    """`compute_t_checks`, `compute_seed_spread`, `compute_reconstruction`, `compute_factor_report`,
-    `record_t_training` (see `Study`)."""
-    @torch.no_grad()
-    def compute_t_checks(self, images, val_images, model=None, layers=None, *, n_samples=8, n_fidelity=None, seed=0,
-                         baseline_nll: float | None = None, pool=None, k: int = 4,
-                         pool_features: dict | None = None) -> dict[str, TCheck]:
-        """Per t: NLL on `images` (training) and `val_images` (held out) and their gap, sample fidelity on
-        the first `n_fidelity` of `val_images` (default: all), and with `baseline_nll` (the held-out NLL of a reference: a t
-        trained the same way on z shuffled across images, or an unconditional flow of the same size) the
-        information z adds, in nats. Stored in `results.t_checks[model]`. The ceiling of the agreement on the same
-        images (`diagnostics.agreement_ceiling`: the codes of the `k` training images of `pool`, default `images`,
-        nearest in Φ-space; `pool_features`: {layer: Φ(pool)} if already computed) goes to `results.diagnostics.ceiling`."""
-        model, layers = self._layers(model, layers)
-        for l in layers: check_trained(self.t(l, model), f"the t of {model!r} at {l!r}", "fit it before asking for its diagnostics")
-        f = self._model(model)
-        codes, vcodes = analysis.encode_codes(self.ae, images), analysis.encode_codes(self.ae, val_images)
-        res = {}
-        for l in layers:
-            p, t = self.probe(l, model), self.t(l, model)
-            train, val = (diagnostics.nll_of(t, codes, self.features(images, l, model), seed=seed),
-                          diagnostics.nll_of(t, vcodes, self.features(val_images, l, model), seed=seed))
-            fidelity = diagnostics.sample_fidelity(self.ae, p, t, f, val_images[:n_fidelity], n=n_samples,
-                                                   generator=torch.Generator().manual_seed(seed))
-            res[l] = TCheck(train, val, **fidelity, info_nats=None if baseline_nll is None else baseline_nll - val)
-            c = diagnostics.agreement_ceiling(self.ae, p, f, val_images[:n_fidelity], images if pool is None else pool,
-                                              k=min(k, len(images if pool is None else pool)), generator=torch.Generator().manual_seed(seed + 1),
-                                              pool_features=(pool_features or {}).get(l))
-            self.results.diagnostics.ceiling[t_key(model, l)] = Estimate(c["ceiling"], c["ceiling_se"])
-        self.results.t_checks.setdefault(model, {}).update(res)
-        return res
+@patch
+@torch.no_grad()
+def compute_t_checks(self: Study, images, val_images, model=None, layers=None, *, n_samples=8, n_fidelity=None, seed=0,
+                     baseline_nll: float | None = None, pool=None, k: int = 4,
+                     pool_features: dict | None = None) -> dict[str, TCheck]:
+    """Per t: NLL on `images` (training) and `val_images` (held out) and their gap, sample fidelity on
+    the first `n_fidelity` of `val_images` (default: all), and with `baseline_nll` (the held-out NLL of a reference: a t
+    trained the same way on z shuffled across images, or an unconditional flow of the same size) the
+    information z adds, in nats. Stored in `results.t_checks[model]`. The ceiling of the agreement on the same
+    images (`diagnostics.agreement_ceiling`: the codes of the `k` training images of `pool`, default `images`,
+    nearest in Φ-space; `pool_features`: {layer: Φ(pool)} if already computed) goes to `results.diagnostics.ceiling`."""
+    model, layers = self._layers(model, layers)
+    for l in layers: check_trained(self.t(l, model), f"the t of {model!r} at {l!r}", "fit it before asking for its diagnostics")
+    f = self.model(model)
+    codes, vcodes = fitting.encode_codes(self.ae, images), fitting.encode_codes(self.ae, val_images)
+    res = {}
+    for l in layers:
+        p, t = self.probe(l, model), self.t(l, model)
+        train, val = (diagnostics.nll_of(t, codes, self.features(images, l, model), seed=seed),
+                      diagnostics.nll_of(t, vcodes, self.features(val_images, l, model), seed=seed))
+        fidelity = diagnostics.sample_fidelity(self.ae, p, t, f, val_images[:n_fidelity], n=n_samples,
+                                               generator=torch.Generator().manual_seed(seed))
+        res[l] = TCheck(train, val, **fidelity, info_nats=None if baseline_nll is None else baseline_nll - val)
+        c = diagnostics.agreement_ceiling(self.ae, p, f, val_images[:n_fidelity], images if pool is None else pool,
+                                          k=min(k, len(images if pool is None else pool)), generator=torch.Generator().manual_seed(seed + 1),
+                                          pool_features=(pool_features or {}).get(l))
+        self.results.diagnostics.ceiling[t_key(model, l)] = Estimate(c["ceiling"], c["ceiling_se"])
+    self.results.t_checks.setdefault(model, {}).update(res)
+    return res
 
-    @torch.no_grad()
-    def compute_reconstruction(self, images, labels=None, model=None) -> AEDiagnostics:
-        """The autoencoder's MSE and PSNR on `images`; with `labels`, also `model`'s accuracy on x and on D(E(x))
-        (does reconstruction keep what the model needs?). Stored in `results.diagnostics.autoencoder`."""
-        res = AEDiagnostics(**reconstruction_metrics(self.ae, images))
-        if labels is not None:
-            f = self._model(model)
-            res.accuracy_x = diagnostics.accuracy(f, images, labels)
-            res.accuracy_reconstruction = diagnostics.accuracy(f, self.reconstruct(images), labels)
-        self.results.diagnostics.autoencoder = res
-        return res
 
-    @torch.no_grad()
-    def compute_factor_report(self, images, labels: dict, *, n_pairs: int = 5000, seed: int = 0):
-        """e on held-out `images` and their factor `labels` (name -> (N,)): the pair-correlation matrix, class-mean
-        shares and warnings of `invnb.factors.factor_report`. Stored in `results.diagnostics.factors`."""
-        if self.e is None: raise ValueError("this study has no semantic INN e; pass one to Study(..., e=...).")
-        rep = factor_report(self.e, analysis.encode_codes(self.ae, images), labels, list(self.e.factors),
-                            n_pairs=n_pairs, seed=seed)
-        self.results.diagnostics.factors = FactorTable.from_json(rep.to_dict())
-        return rep
+@patch
+@torch.no_grad()
+def compute_reconstruction(self: Study, images, labels=None, model=None) -> AEDiagnostics:
+    """The autoencoder's MSE and PSNR on `images`; with `labels`, also `model`'s accuracy on x and on D(E(x))
+    (does reconstruction keep what the model needs?). Stored in `results.diagnostics.autoencoder`."""
+    res = AEDiagnostics(**reconstruction_metrics(self.ae, images))
+    if labels is not None:
+        f = self.model(model)
+        res.accuracy_x = diagnostics.accuracy(f, images, labels)
+        res.accuracy_reconstruction = diagnostics.accuracy(f, self.reconstruct(images), labels)
+    self.results.diagnostics.autoencoder = res
+    return res
 
-    @torch.no_grad()
-    def compute_seed_spread(self, images, model, layer, others: list[InvarianceINN], *, n_outer=100, n_inner=100,
-                            seed_eq19: int = 0, seed_share: int = 0) -> SeedSpread:
-        """Eq. 19 and the identifiable shares at (`model`, `layer`) from the study's t and from `others`, t's of the
-        same size trained with other seeds, all on the same `images` and the same draws (generators seeded
-        `seed_eq19`, `seed_share`, as `compute_eq19`/`compute_share` use them): how far the numbers move with t's
-        seed, next to their standard errors. Stored in `results.diagnostics.seed_spread`."""
-        if not others: raise ValueError("compute_seed_spread needs at least one other t (trained with another seed).")
-        z, e = self.features(images, layer, model), self._need_e()
-        eq19, share = [], {}
-        for t in [self.t(layer, model), *others]:
-            check_trained(t, f"a t of {model!r} at {layer!r}", "fit it before asking for its seed spread")
-            eq19.append(analysis.eq19(t, z, n_outer=n_outer, n_inner=n_inner, generator=torch.Generator().manual_seed(seed_eq19)))
-            for k, v in analysis.identifiable_share(t, e, z, n_outer=n_outer, n_inner=n_inner,
-                                                    generator=torch.Generator().manual_seed(seed_share)).items():
-                share.setdefault(k, []).append(v)
-        spread = SeedSpread(model or self.default_model, layer, eq19, share)
-        self.results.diagnostics.seed_spread = spread
-        return spread
 
-    def record_t_training(self, name: str | tuple[str, str], *, best_step: int | None, best_val_nll: float | None,
-                          steps: int) -> TTraining:
-        """Record how a t was trained: `name` is (model, layer), or the name of a reference t (e.g. 'shuffled_z');
-        `best_step` the step whose weights it kept, `best_val_nll` its held-out NLL there (`History.best_step`,
-        `History.best_val`). Stored in `results.diagnostics.t_training` under `t_key(model, layer)` or `name`."""
-        rec = TTraining(best_step, best_val_nll, steps)
-        self.results.diagnostics.t_training[t_key(*name) if isinstance(name, tuple) else name] = rec
-        return rec
+@patch
+@torch.no_grad()
+def compute_factor_report(self: Study, images, labels: dict, *, n_pairs: int = 5000, seed: int = 0):
+    """e on held-out `images` and their factor `labels` (name -> (N,)): the pair-correlation matrix, class-mean
+    shares and warnings of `invnb.factors.factor_report`. Stored in `results.diagnostics.factors`."""
+    if self.e is None: raise ValueError("this study has no semantic INN e; pass one to Study(..., e=...).")
+    rep = factor_report(self.e, fitting.encode_codes(self.ae, images), labels, list(self.e.factors),
+                        n_pairs=n_pairs, seed=seed)
+    self.results.diagnostics.factors = FactorTable.from_json(rep.to_dict())
+    return rep
+
+
+@patch
+@torch.no_grad()
+def compute_seed_spread(self: Study, images, model, layer, others: list[InvarianceINN], *, n_outer=100, n_inner=100,
+                        seed_eq19: int = 0, seed_share: int = 0) -> SeedSpread:
+    """Eq. 19 and the identifiable shares at (`model`, `layer`) from the study's t and from `others`, t's of the
+    same size trained with other seeds, all on the same `images` and the same draws (generators seeded
+    `seed_eq19`, `seed_share`, as `compute_eq19`/`compute_share` use them): how far the numbers move with t's
+    seed, next to their standard errors. Stored in `results.diagnostics.seed_spread`."""
+    if not others: raise ValueError("compute_seed_spread needs at least one other t (trained with another seed).")
+    z, e = self.features(images, layer, model), self.parts.need_e()
+    eq19, share = [], {}
+    for t in [self.t(layer, model), *others]:
+        check_trained(t, f"a t of {model!r} at {layer!r}", "fit it before asking for its seed spread")
+        eq19.append(analysis.eq19(t, z, n_outer=n_outer, n_inner=n_inner, generator=torch.Generator().manual_seed(seed_eq19)))
+        for k, v in analysis.identifiable_share(t, e, z, n_outer=n_outer, n_inner=n_inner,
+                                                generator=torch.Generator().manual_seed(seed_share)).items():
+            share.setdefault(k, []).append(v)
+    spread = SeedSpread(model or self.default_model, layer, eq19, share)
+    self.results.diagnostics.seed_spread = spread
+    return spread
+
+
+@patch
+def record_t_training(self: Study, name: str | tuple[str, str], *, best_step: int | None, best_val_nll: float | None,
+                      steps: int) -> TTraining:
+    """Record how a t was trained: `name` is (model, layer), or the name of a reference t (e.g. 'shuffled_z');
+    `best_step` the step whose weights it kept, `best_val_nll` its held-out NLL there (`History.best_step`,
+    `History.best_val`). Stored in `results.diagnostics.t_training` under `t_key(model, layer)` or `name`."""
+    rec = TTraining(best_step, best_val_nll, steps)
+    self.results.diagnostics.t_training[t_key(*name) if isinstance(name, tuple) else name] = rec
+    return rec
 
 # %% ../nbs/08_study.ipynb #7142b074
-class Study(StudyDiagnostics):
-    "Autoencoder + models (by name) + t's by (model, layer) + e + results, with the analyses as methods."
-    def save(self, folder) -> Path:
-        "Write the study to `folder` (weights as safetensors, the index `study.json` last)."
-        folder = Path(folder)
-        (folder / "models").mkdir(parents=True, exist_ok=True); (folder / "t").mkdir(exist_ok=True)
-        self.ae.save(folder / "ae.safetensors")
-        if self.e is not None: self.e.save(folder / "e.safetensors")
-        models, ts, used = [], [], set()
-        def unique(stem):
-            name, k = stem, 1
-            while name in used: name, k = f"{stem}_{k}", k + 1
-            used.add(name); return name
-        for name, m in self.models.items():
-            file = f"models/{unique('models/' + analysis.safe_name(name))[7:]}.safetensors"
-            if isinstance(m, Checkpointable):   # rebuilt from its config on load
-                m.save(folder / file)
-                models.append({"name": name, "file": file, "class": f"{type(m).__module__}.{type(m).__name__}"})
-            else:                               # a user's model: its weights only; `load` takes the model back
-                cls = f"{type(m).__module__}.{type(m).__qualname__}"
-                save_tensors(folder / file, m.state_dict(), {"kind": "weights", "class": cls})
-                models.append({"name": name, "file": file, "weights_only": True, "class": cls})
-        for (m, layer), t in self.ts.items():
-            file = f"t/{unique('t/' + analysis.safe_name((m, layer)))[2:]}.safetensors"
-            t.save(folder / file); ts.append({"model": m, "layer": layer, "file": file})
-        self.meta.setdefault("environment", environment(next(self.ae.parameters()).device))   # threads, versions
-        write_json_atomic(folder / "study.json", {"format": FORMAT, "models": models, "ts": ts, "e": self.e is not None,
-                                                  "results": self.results.to_json(), "meta": self.meta})
-        return folder
+def save_study(study: Study, # the study
+               folder, # where: created if needed; its study files are replaced
+               ) -> Path:
+    "Write `study` to `folder` (weights as safetensors, the index `study.json` last); `Study.save`."
+    folder = Path(folder)
+    (folder / "models").mkdir(parents=True, exist_ok=True); (folder / "t").mkdir(exist_ok=True)
+    study.ae.save(folder / "ae.safetensors")
+    if study.e is not None: study.e.save(folder / "e.safetensors")
+    models, ts, used = [], [], set()
+    def unique(stem):
+        name, k = stem, 1
+        while name in used: name, k = f"{stem}_{k}", k + 1
+        used.add(name); return name
+    for name, m in study.models.items():
+        file = f"models/{unique('models/' + fitting.safe_name(name))[7:]}.safetensors"
+        if isinstance(m, Checkpointable):   # rebuilt from its config on load
+            m.save(folder / file)
+            models.append({"name": name, "file": file, "class": f"{type(m).__module__}.{type(m).__name__}"})
+        else:                               # a user's model: its weights only; `load` takes the model back
+            cls = f"{type(m).__module__}.{type(m).__qualname__}"
+            save_tensors(folder / file, m.state_dict(), {"kind": "weights", "class": cls})
+            models.append({"name": name, "file": file, "weights_only": True, "class": cls})
+    for (m, layer), t in study.ts.items():
+        file = f"t/{unique('t/' + fitting.safe_name((m, layer)))[2:]}.safetensors"
+        t.save(folder / file); ts.append({"model": m, "layer": layer, "file": file})
+    study.meta.setdefault("environment", environment(next(study.ae.parameters()).device))   # threads, versions
+    write_json_atomic(folder / "study.json", {"format": FORMAT, "models": models, "ts": ts, "e": study.e is not None,
+                                              "results": study.results.to_json(), "meta": study.meta})
+    return folder
 
-    @classmethod
-    def build(cls, model: nn.Module, layers, images, **kwargs) -> "Study":
-        """A study of your `model` at `layers` on `images` (with `ae=`, a trained invnb autoencoder): the images encoded
-        once, the features of all layers from one forward pass per batch, one t per layer (resumable under `out=`).
-        The arguments are those of `invnb.build.build_study`, which documents them; see `08b_build`."""
-        from invnb.build import build_study   # the build module comes after this one (it makes Studies)
-        return build_study(model, layers, images, study_class=cls, **kwargs)
 
-    @classmethod
-    def load(cls, folder, models: dict[str, nn.Module] | None = None) -> "Study":
-        """A study written by `save`. Every file it reads must lie inside `folder` (symlinks resolved) and hold what
-        it stands for (the ae an `Autoencoder`, e a `FactorINN`, the t's `InvarianceINN`s, a model the class that
-        study.json records), which is checked before anything is built. A model that is not an invnb
-        model (a torchvision network, an `Adapted` one) was saved as weights only: pass it back in `models`
-        ({name: an instance of the same architecture}) and its weights are loaded into it, unless the study
-        records a recipe for it (`meta['recipe']`, written by `Study.build`; see `08b_build`), from which it is
-        rebuilt."""
-        folder = Path(folder)
-        index = folder / "study.json"
-        if not index.is_file():
-            raise FileNotFoundError(f"{folder} holds no study.json; is it a folder written by Study.save?")
-        idx = _read_index(index)
-        entries, meta = {m["name"]: m for m in idx["models"]}, idx["meta"]
-        # every file through the same check, before anything is read or built: none may lie outside the folder
-        paths = {n: _inside(folder, m["file"]) for n, m in entries.items()}
-        tpaths = {k: _inside(folder, f) for k, f in idx["ts"].items()}
-        ae_path, e_path = _inside(folder, "ae.safetensors"), _inside(folder, "e.safetensors") if idx["e"] else None
-        weights_only = {n: m.get("class", "?") for n, m in entries.items() if m.get("weights_only")}
-        given = dict(models or {})
-        if unknown := sorted(set(given) - set(entries)):
-            raise ValueError(f"models {unknown} are not in this study; it has {sorted(entries)}.")
-        missing = [n for n in weights_only if n not in given]
-        if missing and isinstance(meta, dict) and meta.get("recipe") and meta.get("name") in missing:
-            from invnb.build import model_from_recipe       # a torchvision network, rebuilt for the model it names
-            n = meta["name"]                                # checked against its saved weights on the meta device first
-            given[n] = model_from_recipe(meta["recipe"], expect=weights_only[n], weights=paths[n])
-            missing.remove(n)
-        if missing:
-            raise ValueError(f"{index}: the model(s) {missing} were saved as weights only (classes "
-                             f"{sorted({weights_only[n] for n in missing})} are not invnb models); pass them back, e.g. "
-                             f"Study.load({str(folder)!r}, models={{{missing[0]!r}: model}}), with model built as "
-                             "when the study was made.")
-        def model(n):
-            if n in given and n not in weights_only: return given[n]
-            if n not in weights_only: return load_model(paths[n], _expected_class(index, entries[n]))
-            tensors, _ = load_tensors(paths[n])
-            try: given[n].load_state_dict(tensors)
-            except RuntimeError as e:
-                raise ValueError(f"the model passed for {n!r} does not fit its saved weights ({str(e).splitlines()[0]}); "
-                                 f"pass a {weights_only[n]} of the same architecture.") from None
-            return given[n]
-        ae = load_model(ae_path, Autoencoder)
-        models = {n: model(n) for n in entries}
-        ts = {k: InvarianceINN.load(p) for k, p in tpaths.items()}
-        e = FactorINN.load(e_path) if e_path is not None else None
-        return cls(ae, models, ts, e, idx["results"], meta)
+@patch(cls_method=True)
+def build(cls: Study, model: nn.Module, layers, images, **kwargs) -> "Study":
+    """A study of your `model` at `layers` on `images` (with `ae=`, a trained invnb autoencoder): the images encoded
+    once, the features of all layers from one forward pass per batch, one t per layer (resumable under `out=`).
+    The arguments are those of `invnb.build.build_study`, which documents them; see `08b_build`."""
+    from invnb.build import build_study   # the build module comes after this one (it makes Studies)
+    return build_study(model, layers, images, study_class=cls, **kwargs)
+
+
+def load_study(folder, # a folder written by `Study.save`
+               models: dict[str, nn.Module] | None = None, # the models saved as weights only, by name
+               cls: type = None, # the class to make (default: `Study`)
+               ) -> "Study":
+    """A study written by `save`. Every file it reads must lie inside `folder` (symlinks resolved) and hold what
+    it stands for (the ae an `Autoencoder`, e a `FactorINN`, the t's `InvarianceINN`s, a model the class that
+    study.json records), which is checked before anything is built. A model that is not an invnb
+    model (a torchvision network, an `Adapted` one) was saved as weights only: pass it back in `models`
+    ({name: an instance of the same architecture}) and its weights are loaded into it, unless the study
+    records a recipe for it (`meta['recipe']`, written by `Study.build`; see `08b_build`), from which it is
+    rebuilt."""
+    folder = Path(folder)
+    index = folder / "study.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{folder} holds no study.json; is it a folder written by Study.save?")
+    idx = _read_index(index)
+    entries, meta = {m["name"]: m for m in idx["models"]}, idx["meta"]
+    # every file through the same check, before anything is read or built: none may lie outside the folder
+    paths = {n: _inside(folder, m["file"]) for n, m in entries.items()}
+    tpaths = {k: _inside(folder, f) for k, f in idx["ts"].items()}
+    ae_path, e_path = _inside(folder, "ae.safetensors"), _inside(folder, "e.safetensors") if idx["e"] else None
+    weights_only = {n: m.get("class", "?") for n, m in entries.items() if m.get("weights_only")}
+    given = dict(models or {})
+    if unknown := sorted(set(given) - set(entries)):
+        raise ValueError(f"models {unknown} are not in this study; it has {sorted(entries)}.")
+    missing = [n for n in weights_only if n not in given]
+    if missing and isinstance(meta, dict) and meta.get("recipe") and meta.get("name") in missing:
+        from invnb.build import model_from_recipe       # a torchvision network, rebuilt for the model it names
+        n = meta["name"]                                # checked against its saved weights on the meta device first
+        given[n] = model_from_recipe(meta["recipe"], expect=weights_only[n], weights=paths[n])
+        missing.remove(n)
+    if missing:
+        raise ValueError(f"{index}: the model(s) {missing} were saved as weights only (classes "
+                         f"{sorted({weights_only[n] for n in missing})} are not invnb models); pass them back, e.g. "
+                         f"Study.load({str(folder)!r}, models={{{missing[0]!r}: model}}), with model built as "
+                         "when the study was made.")
+    def model(n):
+        if n in given and n not in weights_only: return given[n]
+        if n not in weights_only: return load_model(paths[n], _expected_class(index, entries[n]))
+        tensors, _ = load_tensors(paths[n])
+        try: given[n].load_state_dict(tensors)
+        except RuntimeError as e:
+            raise ValueError(f"the model passed for {n!r} does not fit its saved weights ({str(e).splitlines()[0]}); "
+                             f"pass a {weights_only[n]} of the same architecture.") from None
+        return given[n]
+    ae = load_model(ae_path, Autoencoder)
+    models = {n: model(n) for n in entries}
+    ts = {k: InvarianceINN.load(p) for k, p in tpaths.items()}
+    e = FactorINN.load(e_path) if e_path is not None else None
+    return (cls or Study)(ae, models, ts, e, idx["results"], meta)
+
+
+@patch
+def save(self: Study, folder) -> Path:
+    "Write the study to `folder` (weights as safetensors, the index `study.json` last): `save_study`."
+    return save_study(self, folder)
+
+
+@patch(cls_method=True)
+def load(cls: Study, folder, models: dict[str, nn.Module] | None = None) -> "Study":
+    "A study written by `save` (`load_study`, which documents the checks)."
+    return load_study(folder, models, cls)

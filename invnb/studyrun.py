@@ -9,14 +9,14 @@ import difflib
 import hashlib
 import os
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import analysis, plots
+from . import fitting, plots
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
 from .build import T_SIZE, BuildError, adapter_recipe, assemble_study, import_builder   # the build's own helpers, one package
 from .checkpoint import CheckpointError, load_model, write_bytes_atomic, write_json_atomic
@@ -24,14 +24,15 @@ from .data import Augmented, load_image_folder
 from .utils import fingerprint
 from .features import image_batches, probes_of
 from .probe import IMAGENET, Adapted, InputAdapter
-from .distributed import barrier, broadcast, init_distributed, is_main
+from .distributed import barrier, is_main
 from .report import study_metrics, write_study_report
-from .runs import RunError, artifacts, prepare_run, run_lock
+from .runs import Recipe, Stage, run_recipe, start_device
 from .utils import sha256
-from .utils import pick_device, say
+from .utils import say
 
 # %% auto #0
-__all__ = ['MISSING_AE', 'MIN_IMAGES', 'load_state_dict_file', 'model_from_spec', 'run_study']
+__all__ = ['MISSING_AE', 'MIN_IMAGES', 'STUDY_RECIPE', 'load_state_dict_file', 'model_from_spec', 'StudySpec',
+           'autoencoder_stage', 'build_stage', 'analysis_stage', 'report_stage', 'run_study']
 
 # %% ../nbs/09c_studyrun.ipynb #a84696d7
 MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
@@ -183,24 +184,6 @@ def _run_settings(model, weights, checkpoint, ae, auto, train_ae: int | None, si
             **({"augment": augment} if augment else {})}     # absent without: runs from before have no such entry
 
 
-def _open_run(out: Path, settings: dict, record: dict, seed: int, force: bool, log) -> dict | None:
-    "Rank 0: the run's state (new, resumed or rerun); a changed setting is refused. Every rank learns whether it may go on."
-    state, refused = None, None
-    if is_main():
-        try: state = prepare_run(out, "study", seed, settings, record, force, log, rerun_finished=True)
-        except Exception as e: refused = e               # whatever stops rank 0 here, the other ranks learn of it
-    if broadcast(refused is not None):
-        raise refused if refused is not None else BuildError("rank 0 refused the run folder; see its message.")
-    return state
-
-
-def _stage(state: dict | None, out: Path, name: str, t0: float) -> None:
-    "Record a finished stage's seconds in state.json (rank 0)."
-    if state is None: return
-    state["stages"][name] = {"seconds": round(time.perf_counter() - t0, 2)}
-    write_json_atomic(out / "state.json", state)
-
-
 def _augmented(images, augment, copies: int, size: int, seed: int):
     """The images the autoencoder and the t's train on: `images` as they are, or (with `augment`, names of
     `invnb.data.AUGMENTATIONS`) `Augmented` copies of them, read at `size` px; and the run's record of it."""
@@ -226,27 +209,117 @@ def _analyse(study, x: torch.Tensor, out: Path, seed: int, n_eval: int, n_grid: 
         for l in ls:
             fig = plots.samples_grid(xg, study.sample(xg, l, v=v), reconstruction=recon, backend="matplotlib",
                                      title=f"{l}: rows = inputs, columns = the same draws of v")
-            grids[l] = f"samples_{analysis.safe_name(l)}.png"
+            grids[l] = f"samples_{fitting.safe_name(l)}.png"
             write_bytes_atomic(figs / grids[l], plots.to_png(fig))
     return grids
 
 
+@dataclass(frozen=True)
+class StudySpec:
+    "How an `invnb study` run works: its folder, device, seed, bars, log and the sizes its stages use."
+    out: Path                    # the run folder
+    device: torch.device         # this rank's device
+    seed: int                    # every draw derives from it
+    progress: bool               # progress bars
+    log: object                  # where the lines go
+    steps: int                   # training steps of each t
+    t_size: dict | None          # t's flow size (None: `T_SIZE`)
+    batch_size: int              # images per batch, and t's batch size
+    budget_mb: float             # features above this are computed on the fly
+    n_eval: int                  # Eq. 19's representations and draws each
+    n_grid: int                  # inputs per sample grid
+    n_draws: int                 # draws of v per input in the grids
+    train_ae: int | None         # without a given autoencoder: SmallAE training steps
+    size: int                    # ... at this image size
+
+
+def autoencoder_stage(spec: StudySpec, # the run
+                      auto, # the given autoencoder, or None (then it is trained: `train_ae` steps)
+                      images, # the images it trains on (augmented, if asked)
+                      ) -> Autoencoder:
+    "Stage 1: the run's autoencoder, given or trained on the folder (saved as OUT/ae.safetensors and reused)."
+    if auto is not None: return auto
+    return _autoencoder(None, spec.out, images, spec.train_ae, spec.size, spec.device, spec.seed, spec.progress, spec.log)
+
+
+def build_stage(spec: StudySpec, # the run
+                net: nn.Module, # the model
+                names: list, # its layers
+                images, # the images the t's train on
+                ae: Autoencoder, # stage 1's autoencoder
+                model_recipe: dict, # how the model was made (saved with the study)
+                ) -> tuple | None:
+    "Stage 2: codes, features and one t per layer (`assemble_study`); (study, kept images, info), None on other ranks."
+    built = assemble_study(net, names, images, ae=ae, device=spec.device, out=spec.out, steps=spec.steps,
+                           t_size=spec.t_size, batch_size=spec.batch_size, budget_mb=spec.budget_mb, recipe=model_recipe,
+                           progress=spec.progress, seed=spec.seed, keep=max(spec.n_eval, spec.n_grid))
+    if built is not None and built[2]["reused"]:
+        spec.log(f"  loaded the finished t's of {built[2]['reused']} (delete {spec.out / 't'} to train them again)")
+    return built
+
+
+def analysis_stage(spec: StudySpec, # the run
+                   built: tuple, # stage 2's (study, kept images, info)
+                   ) -> dict:
+    "Stage 3: Eq. 19, image-space variance and the sample grids (`_analyse`); the study saved. {layer: grid file}."
+    study, x, _ = built
+    grids = _analyse(study, x, spec.out, spec.seed, spec.n_eval, spec.n_grid, spec.n_draws, spec.progress)
+    study.save(spec.out / "study")
+    return grids
+
+
+def report_stage(spec: StudySpec, # the run
+                 built: tuple, # stage 2's (study, kept images, info)
+                 grids: dict, # stage 3's grid files
+                 settings: dict, # the run's recorded settings
+                 record: dict, # what identifies its images
+                 files: dict, # the given files by name (ae, checkpoint), for the reader
+                 stage_seconds: dict, # {stage: {'seconds': s}} of the finished stages (the engine's)
+                 ) -> Path:
+    "Stage 4: metrics.json and report.html; the report's path."
+    study, _, info = built
+    secs = {k: v["seconds"] for k, v in stage_seconds.items()}
+    m = study_metrics(study, layers=study.meta["layers"], settings=settings, data=info | {"record": record, **files},
+                      figures=grids, seconds=secs | {"total": round(sum(secs.values()), 1)})
+    write_json_atomic(spec.out / "metrics.json", m)
+    return write_study_report(m, spec.out / "report.html", spec.out / "figures")
+
+
+STUDY_RECIPE = Recipe("study", (
+    Stage("autoencoder", "the autoencoder (given, or trained on the folder)", autoencoder_stage,
+          ("spec", "auto", "images"), ("ae",)),
+    Stage("build", "codes, features and one t per layer", build_stage,
+          ("spec", "net", "names", "images", "ae", "model_recipe"), ("built",)),
+    Stage("analysis", "Eq. 19, image-space variance, sample grids", analysis_stage, ("spec", "built"), ("grids",),
+          all_ranks=False),
+    Stage("report", "write metrics.json and report.html", report_stage,
+          ("spec", "built", "grids", "settings", "record", "files", "stage_seconds"), ("report",), all_ranks=False)))
+
+
 def run_study(out,                      # run folder: study/, t/, figures/, report.html, metrics.json, state.json
-              model: str,               # torchvision:NAME or package.module:function
-              layers,                   # list or comma-separated layer names
-              images,                   # an image folder (or anything `Study.build` takes), at least `MIN_IMAGES`
-              ae=None,                  # an invnb autoencoder file (.safetensors)
-              *, weights: str | None = None,   # torchvision weights, e.g. IMAGENET1K_V1 (downloaded once)
-              checkpoint=None,          # a state dict file for the model
-              train_ae: int | None = None,  # without `ae`: train a SmallAE for this many steps
-              size: int = 32,           # ... at this image size
-              steps: int = 2000, t_size: dict | None = None, batch_size: int = 128, device="auto", seed: int = 0,
-              n_eval: int = 100, n_grid: int = 6, n_draws: int = 8, budget_mb: float = 2048,
-              augment=None,             # label-preserving transforms for the autoencoder's and t's images: names of
-                                        # `invnb.data.AUGMENTATIONS` (flip, crop, jitter, rotate) or a comma-separated str
-              augment_copies: int = 4,  # ... images in this many copies (the first as it is); see `invnb.data.Augmented`
+              model: str,               # torchvision:NAME (with ImageNet's input normalisation) or package.module:function
+              layers,                   # layers, a list or comma-separated: module or FX node names (layer4.1.add), softmax
+              images,                   # an image folder FOLDER/<class>/*.png|jpg (or what `Study.build` takes)
+              ae=None,                  # an invnb autoencoder (.safetensors) trained on such images (else train one)
+              *, weights: str | None = None,   # torchvision weights, e.g. IMAGENET1K_V1 or DEFAULT (downloaded once)
+              checkpoint=None,          # the model's state dict: a torch.save(state_dict) file or a .safetensors file
+              train_ae: int | None = None,  # without `ae`: train a SmallAE on the folder for this many steps first
+              size: int = 32,           # image size of that autoencoder: 28, 32, 56 or 64
+              steps: int = 2000,        # training steps of each t
+              t_size: dict | None = None,   # t's flow size {n_blocks, hidden, depth, embed_dim} (default `T_SIZE`)
+              batch_size: int = 128,    # images per batch, and t's batch size
+              device="auto",            # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps
+              seed: int = 0,            # every draw of the run derives from it
+              n_eval: int = 100,        # Eq. 19: representations and draws of v each
+              n_grid: int = 6,          # inputs per sample grid
+              n_draws: int = 8,         # draws of v per input in the grids
+              budget_mb: float = 2048,  # features of a layer above this many MB are computed on the fly
+              augment=None,             # label-preserving transforms for the autoencoder's and t's images (comma-separated)
+              augment_copies: int = 4,  # with `augment`: the images in this many copies, the first as it is
               force: bool = False,      # delete an earlier run in `out` first (a rerun with other settings is refused)
-              progress: bool = True, log=None) -> Path:
+              progress: bool = True,    # progress bars (the stage lines are printed either way)
+              log=None,                 # where the stage lines go (default: the `invnb` logger; silent without progress)
+              ) -> Path:
     """Build, analyse and report a study of `model` at `layers` on `images` (see above); the path of report.html
     (None on the ranks other than 0 under torchrun, which train their share of the t's). The settings that shape the
     results are recorded in state.json: a rerun with the same ones reuses the finished parts, one with others is
@@ -255,15 +328,11 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     if log is None: log = say if progress else (lambda message: None)
     if ae is None and not train_ae: raise BuildError(MISSING_AE)
     if n_eval < 2: raise BuildError(f"n_eval (--n-eval) must be at least 2 (Eq. 19's jackknife SE); got {n_eval}.")
-    out, t_all, secs = Path(out), time.perf_counter(), {}
-    try: dev = init_distributed(pick_device(device))   # under torchrun: join the group, this rank's GPU
-    except (RuntimeError, ValueError) as e:
-        raise BuildError(f"unknown or unavailable device {device!r} ({str(e).splitlines()[0]}); use auto, cpu, cuda, "
-                         "cuda:N or mps.") from None
-    main = is_main()
-    if not main: log, progress = (lambda message: None), False     # rank 0 speaks, locks and writes the report
+    out, t0 = Path(out), time.perf_counter()
+    dev = start_device(device, error=BuildError)         # under torchrun: join the group, this rank's GPU
+    if not is_main(): log, progress = (lambda message: None), False     # rank 0 speaks, locks and writes the report
     # everything that can be checked before the lock: the model, its layers, the autoencoder file, the images
-    net, recipe = model_from_spec(model, weights, checkpoint, seed)
+    net, model_recipe = model_from_spec(model, weights, checkpoint, seed)
     names = list(probes_of(net, layers))
     auto = _autoencoder(ae, out, images, None, size, dev, seed, progress, log) if ae is not None else None
     if ae is None:                                      # the size of the autoencoder to train, before anything is written
@@ -276,34 +345,13 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     images, aug = _augmented(images, augment, augment_copies, auto.size if auto is not None else size, seed)
     settings = _run_settings(model, weights, checkpoint, ae, auto, train_ae, size, names, steps, t_size, batch_size,
                              seed, n_eval, n_grid, n_draws, aug)
-    with run_lock(out) if main else nullcontext():
-        state = _open_run(out, settings, record, seed, force, log)
-        t0 = time.perf_counter()
-        if auto is None: auto = _autoencoder(None, out, images, train_ae, size, dev, seed, progress, log)
-        _stage(state, out, "autoencoder", t0)
-        log(f"[1/3] codes, features and one t per layer ({', '.join(names)}) on {source}"
-            + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else ""))
-        t0 = time.perf_counter()
-        built = assemble_study(net, names, images, ae=auto, device=dev, out=out, steps=steps, t_size=t_size,
-                       batch_size=batch_size, budget_mb=budget_mb, recipe=recipe, progress=progress, seed=seed,
-                       keep=max(n_eval, n_grid))
-        if built is None: return None         # under torchrun: this rank's t's are trained, rank 0 does the rest
-        study, x, info = built
-        _stage(state, out, "build", t0)
-        if info["reused"]: log(f"  loaded the finished t's of {info['reused']} (delete {out / 't'} to train them again)")
-        log(f"[2/3] analysis: Eq. 19, image-space variance, sample grids ({len(x)} images)")
-        t0 = time.perf_counter()
-        grids = _analyse(study, x, out, seed, n_eval, n_grid, n_draws, progress)
-        study.save(out / "study")
-        _stage(state, out, "analysis", t0)
-        log("[3/3] report")
-        secs = {k: v["seconds"] for k, v in state["stages"].items()} | {"total": round(time.perf_counter() - t_all, 1)}
-        files = {k: str(v) for k, v in (("ae", ae), ("checkpoint", checkpoint)) if v is not None}   # where, for the reader
-        m = study_metrics(study, layers=study.meta["layers"], settings=settings, data=info | {"record": record, **files},
-                          figures=grids, seconds=secs)
-        write_json_atomic(out / "metrics.json", m)
-        report = write_study_report(m, out / "report.html", out / "figures")
-        state["finished"], state["artifacts"] = True, artifacts(out)
-        write_json_atomic(out / "state.json", state)
-    log(f"done in {time.perf_counter() - t_all:.0f} s; report: {report}")
-    return report
+    log(f"a study of {model} at {', '.join(names)} on {source}"
+        + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else ""))
+    spec = StudySpec(out, dev, seed, progress, log, steps, t_size, batch_size, budget_mb, n_eval, n_grid, n_draws,
+                     train_ae, size)
+    files = {k: str(v) for k, v in (("ae", ae), ("checkpoint", checkpoint)) if v is not None}   # where, for the reader
+    values = run_recipe(STUDY_RECIPE, out, dict(spec=spec, auto=auto, images=images, net=net, names=names,
+                                                model_recipe=model_recipe, settings=settings, record=record, files=files),
+                        profile="study", seed=seed, settings=settings, data=record, force=force, log=log,
+                        rerun_finished=True, setup_seconds=time.perf_counter() - t0)
+    return None if values is None else values["report"]

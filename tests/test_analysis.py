@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from invnb import fitting
 from torch import nn
 
 from invnb.analysis import (OnTheFly, eq19, eq20, explained_by_invariances, fit_factors, fit_invariances,
@@ -223,24 +224,24 @@ def test_fit_invariances_over_gives_each_key_its_own_state_and_skips_finished(tm
     probes = {"A": ColorMNISTClassifier(size=32, seed=1).probe("features.12"),
               ("B", "features.12"): ColorMNISTClassifier(size=32, seed=2).probe("features.12")}
     kw = dict(steps=3, batch_size=8, n_blocks=1, hidden=8, embed_dim=4, progress=False, device="cpu", resume=True)
-    ts = analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **kw)
+    ts = fitting.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **kw)
     a, b = ts["A"].state_dict(), ts[("B", "features.12")].state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)                  # not one state shared by both
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B__features.12"]
     def no_training(*args, **kwargs): raise AssertionError("a finished t was trained again")
-    monkeypatch.setattr(analysis, "fit_invariances", no_training)
-    again = analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **kw)
+    monkeypatch.setattr(fitting, "fit_invariances", no_training)
+    again = fitting.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **kw)
     for key in ts:
         for k, v in ts[key].state_dict().items(): assert torch.equal(again[key].state_dict()[k], v)
     # a finished t is not reused for another call: other steps, other codes, another layer are refused
     with pytest.raises(ValueError, match="holds a t trained from other arguments, data or model weights.*delete"):
-        analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **{**kw, "steps": 4})
+        fitting.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **{**kw, "steps": 4})
     with pytest.raises(ValueError, match="holds a t trained from other arguments, data or model weights"):
-        analysis.fit_invariances_over(probes, imgs, {**codes, "mean": codes["mean"] + 1}, ckpt_dir=tmp_path, **kw)
+        fitting.fit_invariances_over(probes, imgs, {**codes, "mean": codes["mean"] + 1}, ckpt_dir=tmp_path, **kw)
     with pytest.raises(ValueError, match="holds a t trained from other arguments, data or model weights"):
-        analysis.fit_invariances_over({"A": ColorMNISTClassifier(size=32, seed=1).probe("features.11")}, imgs, codes,
+        fitting.fit_invariances_over({"A": ColorMNISTClassifier(size=32, seed=1).probe("features.11")}, imgs, codes,
                                       ckpt_dir=tmp_path, **kw)
-    analysis.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **{**kw, "progress": True})  # how, not what
+    fitting.fit_invariances_over(probes, imgs, codes, ckpt_dir=tmp_path, **{**kw, "progress": True})  # how, not what
 
 
 def test_fit_invariances_over_takes_precomputed_features(tmp_path, monkeypatch):
@@ -255,25 +256,25 @@ def test_fit_invariances_over_takes_precomputed_features(tmp_path, monkeypatch):
     imgs = torch.rand(24, 3, 28, 28, generator=g) * 2 - 1
     codes = {"mean": torch.randn(24, 6, generator=g), "logvar": torch.full((24, 6), -2.0)}
     kw = dict(steps=3, batch_size=8, n_blocks=1, hidden=8, embed_dim=4, progress=False, device="cpu")
-    ref = analysis.fit_invariances_over({"1": probe}, imgs, codes, ckpt_dir=tmp_path / "probe", **kw)["1"]
+    ref = fitting.fit_invariances_over({"1": probe}, imgs, codes, ckpt_dir=tmp_path / "probe", **kw)["1"]
     mm = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float32, shape=(24, 4, 14, 14))
     mm[:] = layer_features(probe, imgs, device="cpu").numpy(); mm.flush()
     table = torch.from_numpy(np.load(tmp_path / "f.npy", mmap_mode="r+"))
-    got = analysis.fit_invariances_over({"1": probe}, None, codes, ckpt_dir=tmp_path / "given", features={"1": table}, **kw)["1"]
+    got = fitting.fit_invariances_over({"1": probe}, None, codes, ckpt_dir=tmp_path / "given", features={"1": table}, **kw)["1"]
     for k, v in ref.state_dict().items(): assert torch.equal(got.state_dict()[k], v), k
     record = json.loads((tmp_path / "given" / "1" / "t.args.json").read_text())
     assert record["features"] == fingerprint(table) and "images" not in record
     old = json.loads((tmp_path / "probe" / "1" / "t.args.json").read_text())      # the images path: as before
     assert sorted(old) == ["codes", "images", "kwargs", "layer", "model", "n"] and old["images"] == fingerprint(imgs)
     def no_training(*args, **kwargs): raise AssertionError("a finished t was trained again")
-    monkeypatch.setattr(analysis, "fit_invariances", no_training)
-    again = analysis.fit_invariances_over({"1": probe}, None, codes, ckpt_dir=tmp_path / "given", features={"1": table}, **kw)
+    monkeypatch.setattr(fitting, "fit_invariances", no_training)
+    again = fitting.fit_invariances_over({"1": probe}, None, codes, ckpt_dir=tmp_path / "given", features={"1": table}, **kw)
     assert torch.equal(again["1"].state_dict()["flow.blocks.0.norm.loc"], got.state_dict()["flow.blocks.0.norm.loc"])
     with pytest.raises(ValueError, match="holds a t trained from other arguments, data or model weights"):
-        analysis.fit_invariances_over({"1": probe}, None, codes, ckpt_dir=tmp_path / "given",
+        fitting.fit_invariances_over({"1": probe}, None, codes, ckpt_dir=tmp_path / "given",
                                       features={"1": table.flip(0).clone()}, **kw)
     with pytest.raises(ValueError, match="missing"):
-        analysis.fit_invariances_over({"1": probe, "3": Probe(model, "3")}, None, codes, features={"1": table}, **kw)
+        fitting.fit_invariances_over({"1": probe, "3": Probe(model, "3")}, None, codes, features={"1": table}, **kw)
 
 
 def test_a_finished_or_interrupted_t_is_not_reused_for_another_model_or_other_data(tmp_path):
@@ -284,16 +285,16 @@ def test_a_finished_or_interrupted_t_is_not_reused_for_another_model_or_other_da
     codes = {"mean": torch.randn(16, 4, generator=g), "logvar": torch.full((16, 4), -2.0)}
     net = lambda seed: (torch.manual_seed(seed), nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU()))[1]
     kw = dict(batch_size=8, n_blocks=1, hidden=8, embed_dim=4, progress=False, device="cpu", ckpt_every=1)
-    analysis.fit_invariances_over({"a": Probe(net(1), "0")}, imgs, codes, ckpt_dir=tmp_path, steps=3, **kw)
+    fitting.fit_invariances_over({"a": Probe(net(1), "0")}, imgs, codes, ckpt_dir=tmp_path, steps=3, **kw)
     with pytest.raises(ValueError, match="other arguments, data or model weights"):    # same layer name, other weights
-        analysis.fit_invariances_over({"a": Probe(net(2), "0")}, imgs, codes, ckpt_dir=tmp_path, steps=3, **kw)
+        fitting.fit_invariances_over({"a": Probe(net(2), "0")}, imgs, codes, ckpt_dir=tmp_path, steps=3, **kw)
     # interrupted after 2 of 4 steps: no t.safetensors, a train state; a rerun on other codes is refused, not resumed
-    analysis.fit_invariances_over({"b": Probe(net(1), "0")}, imgs, codes, ckpt_dir=tmp_path, steps=4, stop_after=2, **kw)
+    fitting.fit_invariances_over({"b": Probe(net(1), "0")}, imgs, codes, ckpt_dir=tmp_path, steps=4, stop_after=2, **kw)
     assert not (tmp_path / "b" / "t.safetensors").exists() and (tmp_path / "b" / "train").is_dir()
     with pytest.raises(ValueError, match="other arguments, data or model weights"):
-        analysis.fit_invariances_over({"b": Probe(net(1), "0")}, imgs, {**codes, "mean": codes["mean"] * 2},
+        fitting.fit_invariances_over({"b": Probe(net(1), "0")}, imgs, {**codes, "mean": codes["mean"] * 2},
                                       ckpt_dir=tmp_path, steps=4, **kw)
-    done = analysis.fit_invariances_over({"b": Probe(net(1), "0")}, imgs, codes, ckpt_dir=tmp_path, steps=4, **kw)
+    done = fitting.fit_invariances_over({"b": Probe(net(1), "0")}, imgs, codes, ckpt_dir=tmp_path, steps=4, **kw)
     assert (tmp_path / "b" / "t.safetensors").is_file() and set(done) == {"b"}
 
 

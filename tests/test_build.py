@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from invnb import analysis
+from invnb import fitting
 from invnb.build import BuildError, model_from_recipe, torchvision_recipe
 from invnb.studyrun import load_state_dict_file, model_from_spec
 from invnb.features import features_of_layers
@@ -75,7 +75,7 @@ def test_the_disk_path_gives_the_same_t_as_memory(folder, ae, tmp_path):
 def test_a_rebuild_loads_finished_ts_and_refuses_another_model(folder, ae, tmp_path, monkeypatch):
     net = resnet18()
     first = build(folder, ae[0], model=net, out=tmp_path / "run")
-    monkeypatch.setattr(analysis, "fit_invariances", lambda *a, **k: pytest.fail("a finished t was trained again"))
+    monkeypatch.setattr(fitting, "fit_invariances", lambda *a, **k: pytest.fail("a finished t was trained again"))
     again = build(folder, ae[0], model=net, out=tmp_path / "run")
     assert again.meta["images"]["reused"] == ["layer2", "layer3"]
     torch.testing.assert_close(again.t("layer2").state_dict(), first.t("layer2").state_dict())
@@ -84,7 +84,7 @@ def test_a_rebuild_loads_finished_ts_and_refuses_another_model(folder, ae, tmp_p
 
 
 def test_bad_inputs_fail_before_training(folder, ae, tmp_path, monkeypatch):
-    monkeypatch.setattr(analysis, "fit_invariances", lambda *a, **k: pytest.fail("trained despite a bad input"))
+    monkeypatch.setattr(fitting, "fit_invariances", lambda *a, **k: pytest.fail("trained despite a bad input"))
     with pytest.raises(ValueError, match=r"unknown layer 'layr3'.*Closest: \['layer3'"):
         build(folder, ae[0], layers=["layer2", "layr3"])
     with pytest.raises(BuildError, match="train_autoencoder"):
@@ -200,7 +200,7 @@ def test_cli_study_report_reload_and_rerun(folder, ae, tmp_path, monkeypatch, ca
     x = torch.stack([load_image_folder(folder, size=32)[i][0] for i in range(2)])
     assert study.sample(x, "layer2", 3).shape == (2, 3, 3, 32, 32)
     stamp = {p: p.stat().st_mtime_ns for p in (out / "t").glob("*/t.safetensors")}
-    monkeypatch.setattr(analysis, "fit_invariances", lambda *a, **k: pytest.fail("a finished t was trained again"))
+    monkeypatch.setattr(fitting, "fit_invariances", lambda *a, **k: pytest.fail("a finished t was trained again"))
     assert main(args) == 0, capsys.readouterr().err                         # the rerun loads both t's
     assert {p: p.stat().st_mtime_ns for p in (out / "t").glob("*/t.safetensors")} == stamp and len(stamp) == 2
     said = capsys.readouterr().out + caplog.text       # the `invnb` logger: stdout, or pytest's handler when it has one
@@ -250,7 +250,7 @@ def test_study_build_threads_its_device_through_every_step(folder, ae, monkeypat
     seen, real = [], invnb.train.pick_device
     def spy(device="auto"):
         seen.append(str(device)); return real("cpu")
-    for m in (analysis, invnb.build, invnb.features, invnb.train): monkeypatch.setattr(m, "pick_device", spy)
+    for m in (fitting, invnb.build, invnb.features, invnb.train): monkeypatch.setattr(m, "pick_device", spy)
     Study.build(resnet18(), ["layer2", "layer3"], folder, ae=ae[0], steps=3, t_size=T, device="cpu:0", progress=False)
     assert len(seen) >= 3 and set(seen) == {"cpu:0"}, seen      # one pass of features and codes, one fit per layer
 

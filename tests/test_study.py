@@ -179,7 +179,7 @@ def test_study_to_moves_every_part_and_forgets_cached_features():
                   FactorINN(ae.zdim, {"digit": 2}, n_blocks=2, hidden=16))
     x = torch.rand(4, 3, 28, 28) * 2 - 1
     study.features(x, "softmax")
-    assert "_features" in study.__dict__
-    assert study.to("meta") is study and "_features" not in study.__dict__
+    assert "_features" in study.parts.__dict__          # the parts hold the cache of Φ
+    assert study.to("meta") is study and "_features" not in study.parts.__dict__
     parts = [study.ae, *study.models.values(), *study.ts.values(), study.e]
     assert all(p.device.type == "meta" for m in parts for p in m.parameters())
