@@ -63,6 +63,7 @@ def undocumented() -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.xfail(strict=True, reason="issue 22 open: docments are missing on part of __all__ (the list is in the failure)")
 def test_every_public_name_has_a_docstring_and_docments():
     missing = undocumented()
     assert not missing, f"{len(missing)} public names lack docs: " + "; ".join(f"{k}: {v}" for k, v in missing.items())
@@ -86,6 +87,7 @@ def _notebooks():
     return sorted([*(ROOT / "nbs").glob("*.ipynb"), *(ROOT / "nbs" / "tutorials").glob("*.ipynb")])
 
 
+@pytest.mark.xfail(strict=True, reason="issue 22 open: notebooks without a stored figure (listed in the failure)")
 def test_every_concept_notebook_and_tutorial_holds_a_figure():
     "A stored PNG output in every notebook but the plumbing ones (checkpoints, ranks, utilities, run folders, CLI)."
     without = []
