@@ -15,8 +15,9 @@ from .inn import FactorINN, InvarianceINN
 from .probe import Adapted, Probe, list_layers, preset
 from .results import Estimate, StudyResults
 from .study import Study
+from .build import build_study  # also adds Study.build
 from .train import encode_dataset, fit
 
 __all__ = ["Adapted", "BigAE", "Estimate", "FactorINN", "InvarianceINN", "Probe", "SmallAE", "Study", "StudyResults",
-           "encode_dataset", "eq19", "eq20", "fit", "fit_factors", "fit_invariances", "fit_invariances_over",
+           "build_study", "encode_dataset", "eq19", "eq20", "fit", "fit_factors", "fit_invariances", "fit_invariances_over",
            "layer_features", "list_layers", "load_model", "preset", "train_autoencoder"]

@@ -80,7 +80,13 @@ def _norm(ch: int) -> nn.GroupNorm:
 
 class SmallAE(Autoencoder):
     "Tab. S1: conv encoder/decoder, z̄ ∈ R^zdim (64), for ColorMNIST at 28 (or 32/64) px."
-    def __init__(self, size: int = 28, zdim: int = 64, width: int = 64, channels: int = 3, seed: int = 0):
+    def __init__(self,
+                 size: int = 28, # image side in pixels: 28, 32, 56 or 64 (7 or 8 times a power of two)
+                 zdim: int = 64, # the size of z̄
+                 width: int = 64, # channels of the one-but-last encoder stage (the last has 2·width)
+                 channels: int = 3, # image channels
+                 seed: int = 0, # seeds the initial weights
+                 ):
         super().__init__()
         self.config = dict(size=size, zdim=zdim, width=width, channels=channels, seed=seed)
         self.size, self.zdim, self.channels = size, zdim, channels
@@ -98,7 +104,12 @@ class SmallAE(Autoencoder):
 # %% ../nbs/05_autoencoder.ipynb #50867b0c
 class ResNetEncoder(nn.Module):
     "Tab. S8: torchvision ResNet (default ResNet-101) with a linear head to (μ, log σ²)."
-    def __init__(self, zdim: int = 128, layers=(3, 4, 23, 3), width_per_group: int = 64, pretrained: bool = False):
+    def __init__(self,
+                 zdim: int = 128, # the size of z̄ (the head outputs 2·zdim: μ and log σ²)
+                 layers=(3, 4, 23, 3), # bottleneck blocks per stage: (3, 4, 23, 3) is ResNet-101
+                 width_per_group: int = 64, # bottleneck width (64: torchvision's; smaller for tests)
+                 pretrained: bool = False, # start from torchvision's ImageNet ResNet-101 (downloaded once)
+                 ):
         super().__init__()
         from torchvision.models.resnet import Bottleneck, ResNet
         self.net = ResNet(Bottleneck, list(layers), width_per_group=width_per_group)
@@ -121,7 +132,10 @@ class ResNetEncoder(nn.Module):
 # %% ../nbs/05_autoencoder.ipynb #732eb5b1
 class ConditionalBatchNorm(nn.Module):
     "BatchNorm whose gain and bias are linear functions of a conditioning vector (BigGAN)."
-    def __init__(self, ch: int, cond_dim: int):
+    def __init__(self,
+                 ch: int, # channels normalised
+                 cond_dim: int, # the size of the conditioning vector
+                 ):
         super().__init__()
         self.bn = nn.BatchNorm2d(ch, affine=False)
         self.gain, self.bias = nn.Linear(cond_dim, ch), nn.Linear(cond_dim, ch)
@@ -132,7 +146,12 @@ class ConditionalBatchNorm(nn.Module):
 
 class GeneratorBlock(nn.Module):
     "BigGAN residual block: CBN, ReLU, (upsample), conv3, CBN, ReLU, conv3; skip: (upsample), conv1."
-    def __init__(self, c_in: int, c_out: int, cond_dim: int, up: bool = True):
+    def __init__(self,
+                 c_in: int, # input channels
+                 c_out: int, # output channels
+                 cond_dim: int, # the size of the conditioning vector of its two batch norms
+                 up: bool = True, # double the resolution (nearest neighbour)
+                 ):
         super().__init__()
         self.up = up
         self.n1, self.n2 = ConditionalBatchNorm(c_in, cond_dim), ConditionalBatchNorm(c_out, cond_dim)
@@ -148,7 +167,9 @@ class GeneratorBlock(nn.Module):
 # %% ../nbs/05_autoencoder.ipynb #3be73dae
 class NonLocalBlock(nn.Module):
     "Self-attention over positions (SAGAN/BigGAN); starts as the identity (gamma = 0)."
-    def __init__(self, ch: int):
+    def __init__(self,
+                 ch: int, # channels in and out (a multiple of 8)
+                 ):
         super().__init__()
         self.theta, self.phi = nn.Conv2d(ch, ch // 8, 1, bias=False), nn.Conv2d(ch, ch // 8, 1, bias=False)
         self.g, self.o = nn.Conv2d(ch, ch // 2, 1, bias=False), nn.Conv2d(ch // 2, ch, 1, bias=False)
@@ -166,8 +187,15 @@ class NonLocalBlock(nn.Module):
 # %% ../nbs/05_autoencoder.ipynb #68fe73e4
 class BigGANDecoder(nn.Module):
     "Tab. S9: z̄ -> image, BigGAN-style with z̄-predicted pseudo-class conditioning."
-    def __init__(self, zdim: int = 128, size: int = 128, ch: int = 96, n_classes: int = 1000,
-                 embed_dim: int = 128, attention_res: int = 64, channels: int = 3):
+    def __init__(self,
+                 zdim: int = 128, # the size of z̄
+                 size: int = 128, # output side in pixels: 4·2^k, at least 16
+                 ch: int = 96, # channel unit: the blocks have 16·ch down to 2·ch channels, the last ch
+                 n_classes: int = 1000, # pseudo-classes predicted from z̄ (a softmax) to condition the blocks
+                 embed_dim: int = 128, # the size of the pseudo-class embedding
+                 attention_res: int = 64, # self-attention after the up-blocks when they reach this side (px); else none
+                 channels: int = 3, # image channels
+                 ):
         super().__init__()
         n_up = int(math.log2(size // 4)) - 1
         if 4 * 2 ** (n_up + 1) != size or n_up < 1:
@@ -197,9 +225,18 @@ class BigGANDecoder(nn.Module):
 # %% ../nbs/05_autoencoder.ipynb #c3f8843b
 class BigAE(Autoencoder):
     "Tab. S7: ResNet-101 encoder + BigGAN decoder, z̄ ∈ R^128, 128 px; smaller with `layers`, `width_per_group`, `ch`."
-    def __init__(self, size: int = 128, zdim: int = 128, layers=(3, 4, 23, 3), width_per_group: int = 64, ch: int = 96,
-                 n_classes: int = 1000, embed_dim: int = 128, attention_res: int = 64, pretrained_encoder: bool = False,
-                 seed: int = 0):
+    def __init__(self,
+                 size: int = 128, # image side in pixels: 4·2^k, at least 16
+                 zdim: int = 128, # the size of z̄
+                 layers=(3, 4, 23, 3), # the encoder's bottleneck blocks per stage: (3, 4, 23, 3) is ResNet-101
+                 width_per_group: int = 64, # the encoder's bottleneck width
+                 ch: int = 96, # the decoder's channel unit (see `BigGANDecoder`)
+                 n_classes: int = 1000, # the decoder's pseudo-classes
+                 embed_dim: int = 128, # the size of the decoder's pseudo-class embedding
+                 attention_res: int = 64, # the side (px) at which the decoder attends (see `BigGANDecoder`)
+                 pretrained_encoder: bool = False, # start E from ImageNet weights (not recorded: a saved model has its own)
+                 seed: int = 0, # seeds the initial weights (encoder: seed, decoder: seed + 1)
+                 ):
         super().__init__()
         self.config = dict(size=size, zdim=zdim, layers=list(layers), width_per_group=width_per_group, ch=ch,
                            n_classes=n_classes, embed_dim=embed_dim, attention_res=attention_res,
@@ -214,7 +251,12 @@ class BigAE(Autoencoder):
 # %% ../nbs/05_autoencoder.ipynb #d81db66d
 class PatchDiscriminator(nn.Module):
     "Tab. S6: kernel-4 convs, BatchNorm, LeakyReLU 0.2; one logit per patch."
-    def __init__(self, channels: int = 3, width: int = 64, n_down: int = 4, seed: int = 0):
+    def __init__(self,
+                 channels: int = 3, # image channels
+                 width: int = 64, # channels of the first conv (doubling per stride-2 conv, up to 8·width)
+                 n_down: int = 4, # stride-2 convs: each halves the side, so patches grow with it
+                 seed: int = 0, # seeds the initial weights
+                 ):
         super().__init__()
         layers, c = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)], width
         for _ in range(n_down - 1):
@@ -227,26 +269,36 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x): return self.net(x)
 
 
-def kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def kl_standard_normal(mean: torch.Tensor, # means (B, D)
+                       logvar: torch.Tensor, # log-variances (B, D)
+                       ) -> torch.Tensor:
     "KL(N(mean, exp(logvar)) || N(0, 1)) per example, (B,)."
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(1)
 
 
-def pixel_nll(dist: torch.Tensor, log_gamma: torch.Tensor) -> torch.Tensor:
+def pixel_nll(dist: torch.Tensor, # per-element distances d (B, C, H, W), e.g. squared errors
+              log_gamma: torch.Tensor, # log γ, a scalar (or broadcastable to (B,))
+              ) -> torch.Tensor:
     "Σ_p d_p / γ + N log γ per example, for per-element distances `dist` (B, C, H, W)."
     n = dist[0].numel()
     return dist.flatten(1).sum(1) * torch.exp(-log_gamma) + n * log_gamma
 
 
-def optimal_log_gamma(dist: torch.Tensor) -> torch.Tensor:
+def optimal_log_gamma(dist: torch.Tensor, # per-element distances d (B, C, H, W) of a batch
+                      ) -> torch.Tensor:
     "log γ* = log mean(d) over the whole batch: the minimiser of Σ_p d_p/γ + N log γ (detached; γ* ≥ 1e-8)."
     return dist.detach().mean().clamp_min(1e-8).log()
 
 
 class AELoss(nn.Module):
     "A.1's loss: per-pixel metric with γ at its closed-form optimum (or learned) + KL; optional LPIPS and adaptive PatchGAN term."
-    def __init__(self, metric: str = "l2", lpips_weight: float = 1.0, lpips_pretrained: bool = True,
-                 disc: nn.Module | None = None, disc_start: int = 0, disc_weight: float = 0.5,
+    def __init__(self,
+                 metric: str = "l2", # per-element distance: 'l2' (squared), 'l1' or 'l1+lpips'
+                 lpips_weight: float = 1.0, # the weight of the LPIPS map added to |x - x̄| ('l1+lpips' only)
+                 lpips_pretrained: bool = True, # LPIPS on ImageNet VGG-16 weights (False: random, for tests only)
+                 disc: nn.Module | None = None, # the GAN term's discriminator (e.g. `PatchDiscriminator`); None: no GAN
+                 disc_start: int = 0, # the step from which the GAN term counts
+                 disc_weight: float = 0.5, # scales the adaptive weight of the GAN term
                  gamma: str = "optimal",      # 'optimal': γ = the batch's mean distance (σ-VAE); 'learned': γ = exp(ae.log_gamma), trained
                  gamma_decay: float = 0.99):  # 'optimal': decay of the running mean of γ* kept in ae.log_gamma
         super().__init__()
@@ -313,8 +365,13 @@ class AELoss(nn.Module):
         return out
 
 # %% ../nbs/05_autoencoder.ipynb #728af0b9
-def train_autoencoder(ae: Autoencoder, images: torch.Tensor, steps: int, batch_size: int = 64, lr: float = 1e-3,
-                      loss: AELoss | None = None, **fit_kwargs) -> History:
+def train_autoencoder(ae: Autoencoder, # the model, trained in place
+                      images: torch.Tensor, # (N, C, H, W) in [-1, 1] at ae's size; each batch moves to ae's device
+                      steps: int, # optimiser steps
+                      batch_size: int = 64, # images per step
+                      lr: float = 1e-3, # the learning rate (of Adam, unless `fit_kwargs` name another optimizer)
+                      loss: AELoss | None = None, # default `AELoss('l2')`; with a discriminator, both are trained
+                      **fit_kwargs) -> History:
     "Train `ae` on `images` (N, C, H, W) in [-1, 1] with A.1's loss (default `AELoss('l2')`: squared L2, γ in closed form, no discriminator)."
     check_dtype(check_images(images, ae.channels, ae.size), ae, "images")
     loss = loss or AELoss("l2")
@@ -331,7 +388,11 @@ def train_autoencoder(ae: Autoencoder, images: torch.Tensor, steps: int, batch_s
 
 
 @torch.no_grad()
-def reconstruction_metrics(ae: Autoencoder, images: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict:
+def reconstruction_metrics(ae: Autoencoder, # the model (put in eval mode)
+                           images: torch.Tensor, # (N, C, H, W) in [-1, 1], held-out ones
+                           batch_size: int = 500, # images per forward pass
+                           seed: int = 0, # seeds the z̄ drawn for 'mse_sampled'
+                           ) -> dict:
     """All on the [0, 1] pixel scale (`images` are in [-1, 1]; a squared error there is 4× the [0, 1] one):
     'mse' and 'psnr' (dB) of D(μ(x)); 'mse_sampled' of D(z̄), z̄ ~ q(z̄|x) drawn with generator seed `seed`;
     'gamma' = exp(ae.log_gamma) / 4, the model's γ (an 'l2' γ is an MSE on [-1, 1]) to compare with 'mse_sampled'."""

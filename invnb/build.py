@@ -5,8 +5,6 @@
 # %% ../nbs/08b_build.ipynb #4b1176e7
 from __future__ import annotations
 
-import importlib
-import sys
 import time
 from pathlib import Path
 
@@ -15,146 +13,22 @@ from torch import nn
 
 from . import analysis
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
-from .checkpoint import CheckpointError, check_state, file_shapes, meta_build, read_json, write_json_atomic
+from .checkpoint import CheckpointError, read_json, write_json_atomic
 from .data import FactorPairs
 from .factors import estimate_factor_sizes
-from .features import BuildError, encode_and_features, probes_of
+from .features import encode_and_features, probes_of
 from .inn import FactorINN
-from .probe import IMAGENET, Adapted, InputAdapter
 from .study import Study, environment
+from .recipes import BuildError, check_recipe, torchvision_recipe
+# the recipes have their own module (`07e_recipes`); these names were imported from here before
+from .recipes import adapter_recipe, import_builder, model_from_recipe  # noqa: F401
+from fastcore.basics import patch
 from .distributed import barrier, broadcast, is_main, rank, world_size
 from .utils import pick_device
 from .utils import fingerprint, module_fingerprint
 
 # %% auto #0
-__all__ = ['T_SIZE', 'adapter_recipe', 'torchvision_recipe', 'import_builder', 'model_from_recipe', 'assemble_study',
-           'build_study']
-
-# %% ../nbs/08b_build.ipynb #0963d938
-def adapter_recipe(adapter) -> dict | None:
-    if not isinstance(adapter, InputAdapter): return None
-    return {"size": adapter.size, "mean": adapter.mean.flatten().tolist(), "std": adapter.std.flatten().tolist()}
-
-
-def torchvision_recipe(model: nn.Module) -> dict | None:
-    """{'torchvision': name} (with 'adapter' for an `Adapted` model with an `InputAdapter`) when `model` has the
-    class and tensor shapes of a torchvision builder's model (default keyword arguments); otherwise None."""
-    inner, adapter = (model.model, model.adapter) if isinstance(model, Adapted) else (model, None)
-    if isinstance(model, Adapted) and adapter_recipe(adapter) is None: return None
-    cls = type(inner)
-    if not cls.__module__.startswith("torchvision.models"): return None
-    import torchvision
-    shapes = {k: tuple(v.shape) for k, v in inner.state_dict().items()}
-    for name in torchvision.models.list_models(module=torchvision.models):
-        builder = torchvision.models.get_model_builder(name)
-        if builder.__module__ != cls.__module__: continue
-        try:
-            with torch.device("meta"): cand = builder(weights=None)
-        except Exception: continue
-        if (type(cand) is cls and {k: tuple(v.shape) for k, v in cand.state_dict().items()} == shapes
-                and _settings(cand) == _settings(inner)):     # also what has no weights: dilation, transform_input
-            recipe = {"torchvision": name}
-            return recipe | ({"adapter": adapter_recipe(adapter)} if adapter is not None else {})
-    return None
-
-
-def _settings(model: nn.Module) -> list:
-    "Every module's repr and plain settings (numbers, strings, tuples): what a recipe must rebuild besides the shapes."
-    plain = (bool, int, float, str, tuple, type(None))
-    return [(n, repr(m) if not list(m.children()) else type(m).__name__,
-             sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and k != "training" and isinstance(v, plain)))
-            for n, m in model.named_modules()]
-
-
-def import_builder(spec: str, *, may_import: bool):
-    "The function named 'module:function' (imported only with `may_import`, else only if already imported)."
-    mod, sep, fn = spec.partition(":")
-    if not sep or not mod or not fn: raise BuildError(f"a builder is named 'package.module:function'; got {spec!r}.")
-    if mod not in sys.modules:
-        if not may_import:
-            raise BuildError(f"the model's recipe names the builder {spec!r}; import {mod} first (a study folder never "
-                             "makes invnb import code), or pass the model in models={...}.")
-        try: importlib.import_module(mod)
-        except ImportError as e: raise BuildError(f"cannot import {mod} for the builder {spec!r} ({e}).") from None
-    obj = sys.modules[mod]
-    for part in fn.split("."): obj = getattr(obj, part, None)
-    if not callable(obj): raise BuildError(f"{spec!r} does not name a function of {mod}.")
-    return obj
-
-
-def _from_recipe(recipe: dict, expect: str | None) -> nn.Module:
-    "The model `recipe` builds (on the current default device), refused unless its class is `expect`."
-    if not isinstance(recipe, dict): raise BuildError(f"a recipe is a dict; got {recipe!r}.")
-    kwargs = recipe.get("kwargs") or {}
-    plain = (bool, int, float, str, type(None))
-    if not isinstance(kwargs, dict) or not all(isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, plain)
-                                               for x in v)) for v in kwargs.values()):
-        raise BuildError(f"a recipe's kwargs are plain JSON values; got {kwargs!r}.")
-    if "torchvision" in recipe:
-        import torchvision
-        name = recipe["torchvision"]
-        if name not in torchvision.models.list_models():
-            raise BuildError(f"the recipe names the torchvision model {name!r}, which this torchvision "
-                             f"({torchvision.__version__}) does not have.")
-        with torch.random.fork_rng(devices=[]):   # the initial weights are replaced: leave the caller's RNG alone
-            model = torchvision.models.get_model(name, weights=None, **kwargs)
-    elif "builder" in recipe:      # never called from a recipe: a study folder must not make invnb run code it names
-        raise BuildError(f"the model was built by {recipe['builder']}(**{kwargs!r}); invnb does not call functions named "
-                         "in a study folder: build the model yourself and pass it, Study.load(folder, models={name: model}).")
-    else:
-        raise BuildError(f"unknown recipe {recipe!r}: expected a 'torchvision' or a 'builder' entry.")
-    if (a := recipe.get("adapter")) is not None:
-        model = Adapted(model, InputAdapter(a.get("size"), tuple(a["mean"]), tuple(a["std"])))
-    got = _class_name(model)
-    if expect is not None and got != expect:
-        raise BuildError(f"the recipe {_short(recipe)} builds a {got}, but the study saved a {expect}; pass the model "
-                         "in models={...}.")
-    return model.eval()
-
-
-def _class_name(model) -> str: return f"{type(model).__module__}.{type(model).__qualname__}"
-
-
-def _short(recipe) -> str:
-    "A recipe for a message: its first 160 characters (an edited one can hold anything)."
-    r = repr(recipe)
-    return r if len(r) <= 160 else r[:160] + " …"
-
-
-def _recipe_on_meta(recipe: dict, expect: str | None, shapes: dict[str, tuple], source, fix: str) -> nn.Module:
-    """The model of `recipe` on the meta device, refused (`CheckpointError`, naming `source`) unless its tensor
-    names and `shapes` are those of `source` (a saved weights file, or a model); stopped as soon as it holds far
-    more tensors or elements than those (the budget of `invnb.checkpoint`, buffers that are not saved included)."""
-    what, name = f"the recipe {_short(recipe)}", str(recipe.get("torchvision", "model"))
-    model = meta_build(source, lambda: _from_recipe(recipe, expect), shapes, name, what=what, fix=fix,
-                        passthrough=(BuildError,))
-    check_state(source, model, shapes, what=what, fix=fix[0].upper() + fix[1:] + ".")
-    return model
-
-
-def model_from_recipe(recipe: dict, expect: str | None = None, weights: str | Path | None = None) -> nn.Module:
-    """A model built from `recipe` (see above), in eval mode, with the builder's initial weights; `expect`: the
-    class ('module.QualName') the rebuilt model must have. With `weights`, the file of saved weights the model is
-    rebuilt for, it is first built on the meta device and refused unless it takes exactly those tensors (names and
-    shapes, and no more than the budget of `invnb.checkpoint` in all): only then is it built for real."""
-    if not isinstance(recipe, dict): raise BuildError(f"a recipe is a dict; got {recipe!r}.")
-    if weights is not None:
-        _recipe_on_meta(recipe, expect, file_shapes(weights), weights,
-                        fix="the study's recipe (meta['recipe'] in study.json) was edited, or its weights file "
-                            "replaced; pass the model in models={...}")
-    return _from_recipe(recipe, expect)
-
-
-def _check_recipe(recipe, model: nn.Module):
-    """A recipe given to `Study.build` must rebuild the model: its class and its tensors' names and shapes (a
-    torchvision one is built on the meta device); a builder's is only looked up, never called."""
-    if isinstance(recipe, dict) and "builder" in recipe and "torchvision" not in recipe:
-        import_builder(recipe["builder"], may_import=False); return
-    if not isinstance(recipe, dict): raise BuildError(f"a recipe is a dict; got {recipe!r}.")
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    try: _recipe_on_meta(recipe, _class_name(model), shapes, "the model passed to Study.build",
-                         fix="pass the recipe that builds this model, or recipe=False")
-    except CheckpointError as e: raise BuildError(str(e)) from None
+__all__ = ['T_SIZE', 'assemble_study', 'build_study']
 
 # %% ../nbs/08b_build.ipynb #daa7bcbe
 T_SIZE = dict(n_blocks=6, hidden=128, depth=2, embed_dim=64)   # t's default size (the quick ColorMNIST profile's)
@@ -218,7 +92,7 @@ def assemble_study(model, layers, images, *, ae=None, factors=None, device="auto
     if steps < 1: raise ValueError(f"steps must be at least 1; got {steps}.")
     out = Path(out) if out is not None else None
     if recipe is None: recipe = torchvision_recipe(model)
-    elif recipe is not False: _check_recipe(recipe, model)
+    elif recipe is not False: check_recipe(recipe, model)
     t_file = lambda l: out / "t" / analysis.safe_name(l) / "t.safetensors"
     stamp = lambda: {l: t_file(l).stat().st_mtime_ns for l in probes if t_file(l).is_file()} if out is not None else {}
     if out is not None and is_main(): _check_same_model(out, model, name)   # under torchrun rank 0 records the model
@@ -275,3 +149,11 @@ def build_study(model: nn.Module, # your model, f; an `Adapted` model probes its
                    batch_size=batch_size, lr=lr, budget_mb=budget_mb, name=name, recipe=recipe, progress=progress,
                    seed=seed, study_class=study_class)
     return None if built is None else built[0]
+
+
+@patch(cls_method=True)
+def build(cls: Study, model: nn.Module, layers, images, **kwargs) -> "Study":
+    """A study of your `model` at `layers` on `images` (with `ae=`, a trained invnb autoencoder): the images encoded
+    once, the features of all layers from one forward pass per batch, one t per layer (resumable under `out=`).
+    The arguments are those of `build_study`, which documents them."""
+    return build_study(model, layers, images, study_class=cls, **kwargs)

@@ -39,12 +39,14 @@ class DiskFull(OSError):
     "No space left on the device while writing `filename`; what was finished before is kept (a rerun resumes)."
 
 
-def is_disk_full(e: BaseException) -> bool:
+def is_disk_full(e: BaseException, # the error a write raised
+                 ) -> bool:
     "Whether `e` is the device running out of space (an OSError, or safetensors' error that carries its text)."
     return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
 
 
-def disk_full(path: str | Path) -> DiskFull:
+def disk_full(path: str | Path, # the file whose write ran out of space
+              ) -> DiskFull:
     "The one-line error for a write of `path` that ran out of space: the file, and the free space left."
     path = Path(path)
     try: free = f"{shutil.disk_usage(next(p for p in [path.parent, *path.parents] if p.exists())).free / 2 ** 20:.1f} MB"
@@ -96,19 +98,26 @@ def _atomic(path: str | Path, write) -> Path:
     return path
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> Path:
+def save_tensors(path: str | Path, # the .safetensors file to write (its folder is made)
+                 tensors: dict[str, torch.Tensor], # name -> tensor, on any device (stored as contiguous CPU copies)
+                 meta: dict | None = None, # JSON-able metadata, stored under the key "invnb" (default: {})
+                 ) -> Path:
     "Write `tensors` and JSON `meta` to `path` atomically (temp file in the same folder, fsync, rename)."
     # safetensors refuses views sharing memory: store each tensor as its own contiguous CPU copy
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"invnb": json.dumps(meta or {})}))
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
+def write_text_atomic(path: str | Path, # the file to write (its folder is made)
+                      text: str, # its whole content
+                      ) -> Path:
     "Write UTF-8 `text` to `path` atomically, as `save_tensors` does (indexes, reports, run states)."
     return _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+def write_bytes_atomic(path: str | Path, # the file to write (its folder is made)
+                       data: bytes, # its whole content (a PNG, say)
+                       ) -> Path:
     "Write `data` to `path` atomically (figures)."
     return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
@@ -123,7 +132,9 @@ def _non_finite(obj, where: str = "") -> tuple[str, float] | None:
     return None
 
 
-def write_json_atomic(path: str | Path, obj) -> Path:
+def write_json_atomic(path: str | Path, # the file to write (its folder is made)
+                      obj, # JSON-able: dicts, lists, str, int, finite floats, bool, None
+                      ) -> Path:
     "Write `obj` as indented strict JSON to `path` atomically (NaN and infinity are refused: strict parsers reject them)."
     if bad := _non_finite(obj):
         raise ValueError(f"{path}: {bad[0]} is {bad[1]}; JSON has no NaN or infinity (strict parsers reject them), so "
@@ -131,7 +142,9 @@ def write_json_atomic(path: str | Path, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=False))
 
 
-def read_json(path: str | Path, fix: str = "delete it and run the same command again to make it anew"):
+def read_json(path: str | Path, # a JSON file
+              fix: str = "delete it and run the same command again to make it anew", # what to do, said in the error
+              ):
     "The JSON in `path`; a `CheckpointError` naming the file and `fix` when it is empty, cut off or not JSON."
     path = Path(path)
     try: text = path.read_text(encoding="utf-8")
@@ -143,7 +156,8 @@ def read_json(path: str | Path, fix: str = "delete it and run the same command a
                               f"{fix}.") from None
 
 
-def read_meta(path: str | Path) -> dict:
+def read_meta(path: str | Path, # a file written by `save_tensors`
+              ) -> dict:
     "The JSON metadata of an invnb file, without loading its tensors."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}")
@@ -165,7 +179,9 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+def load_tensors(path: str | Path, # a file written by `save_tensors`
+                 device: str | torch.device = "cpu", # where the tensors are loaded to
+                 ) -> tuple[dict[str, torch.Tensor], dict]:
     "(tensors, meta) from a file written by `save_tensors`."
     meta = read_meta(path)
     try:
@@ -210,7 +226,11 @@ def _registered(name: str, module: str | None) -> type | None:
     return next((c for m, c in classes.items() if _INVNB_MODULE.fullmatch(m)), None)
 
 
-def find_class(path, name: str, module: str | None, version=None) -> type:
+def find_class(path, # the file being loaded (named in the errors)
+               name: str, # the class name the file records
+               module: str | None, # the module it records (None: files older than that record; looked up in invnb)
+               version=None, # the invnb version that wrote the file (named in the errors)
+               ) -> type:
     "The class a file names. Imports the recorded module only if it is part of invnb; nothing else, ever."
     klass = _registered(name, module)
     if klass is None and module is not None and not _INVNB_MODULE.fullmatch(module):
@@ -230,7 +250,9 @@ def find_class(path, name: str, module: str | None, version=None) -> type:
     return klass
 
 # %% ../nbs/00_checkpoint.ipynb #e2be4b98
-def save_model(model: nn.Module, path: str | Path) -> Path:
+def save_model(model: nn.Module, # a model with a `config` dict of its constructor arguments
+               path: str | Path, # the .safetensors file to write
+               ) -> Path:
     "Save `model` (state dict + JSON config + its class and module) to one safetensors file, atomically."
     config = getattr(model, "config", None)
     if config is None:
@@ -244,7 +266,12 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
 _REFIX = "The file was edited or written by another version; re-save the model from its source."
 
 
-def check_state(path, model: nn.Module, shapes: dict[str, tuple], what: str = "its config", fix: str = _REFIX) -> None:
+def check_state(path, # the file the shapes come from (named in the error)
+                model: nn.Module, # the model built from the file's config (on any device, `meta` included)
+                shapes: dict[str, tuple], # tensor name -> shape, as stored in the file
+                what: str = "its config", # what built the model, for the message
+                fix: str = _REFIX, # what to do, said last in the error
+                ) -> None:
     "Refuse `model` unless its state dict has exactly the tensor names and `shapes` stored in `path`."
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in shapes]
@@ -260,7 +287,8 @@ def check_state(path, model: nn.Module, shapes: dict[str, tuple], what: str = "i
         raise CheckpointError("\n".join(lines))
 
 
-def file_shapes(path: str | Path) -> dict[str, tuple]:
+def file_shapes(path: str | Path, # a safetensors file
+                ) -> dict[str, tuple]:
     "The name and shape of every tensor in the safetensors file `path`, read from its header (no tensor is loaded)."
     try:
         with safe_open(str(path), framework="pt") as f: return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -311,9 +339,14 @@ def _elements(model: nn.Module) -> int:
     return n
 
 
-def meta_build(path, build, shapes: dict[str, tuple], name: str, what: str = "its config",
-                fix: str = "the file was edited or written by another version, re-save the model from its source",
-                passthrough: tuple = ()) -> nn.Module:
+def meta_build(path, # the file the model is rebuilt from (named in the errors)
+               build, # () -> nn.Module, called once under `torch.device("meta")`
+               shapes: dict[str, tuple], # tensor name -> shape stored in `path`: they set the budget
+               name: str, # the model's class name, for the messages
+               what: str = "its config", # what built the model, for the messages
+               fix: str = "the file was edited or written by another version, re-save the model from its source", # the advice
+               passthrough: tuple = (), # exception classes of `build` raised as they are
+               ) -> nn.Module:
     """`build()` on the meta device (shapes only: no memory), refused (`CheckpointError`) as soon as it holds far more
     tensors or elements than the file `path` stores (tensors of `shapes`): see `_SLACK_FACTOR`. `what` built the model
     (for the messages); `passthrough`: errors of `build` raised as they are (the others: 'cannot rebuild')."""
@@ -338,7 +371,10 @@ def _check_config(path, klass: type, config: dict, shapes: dict[str, tuple]) -> 
     check_state(path, model, shapes)
 
 
-def load_model(path: str | Path, cls: type | None = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | Path, # a file written by `save_model` (or `model.save`)
+               cls: type | None = None, # the class (or a base of it) the file must hold; None: any invnb model
+               device: str | torch.device = "cpu", # where the model is loaded to
+               ) -> nn.Module:
     "Rebuild the model stored in `path`; with `cls`, insist that the file holds that class (or a subclass)."
     tensors, meta = load_tensors(path, device)
     name, module, config = meta.get("class"), meta.get("module"), meta.get("config")

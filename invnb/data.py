@@ -25,7 +25,11 @@ __all__ = ['PALETTE', 'CELEBA_FACTORS', 'MAX_PIXELS', 'AUGMENTATIONS', 'check_im
            'ImageFiles', 'FlatImageFolder', 'load_image_folder', 'Augmented']
 
 # %% ../nbs/01_data.ipynb #bb661c2b
-def check_images(x: torch.Tensor, channels: int | None = 3, size: int | None = None, name: str = "images") -> torch.Tensor:
+def check_images(x: torch.Tensor, # float images (B, C, H, W) in [-1, 1]
+                 channels: int | None = 3, # the channel count asked for (None: any)
+                 size: int | None = None, # the side asked for, in pixels (None: any square)
+                 name: str = "images", # what `x` is, for the message
+                 ) -> torch.Tensor:
     "Check a float image batch (B, C, H, W): channel count, square, size; return it unchanged."
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -42,7 +46,10 @@ def check_images(x: torch.Tensor, channels: int | None = 3, size: int | None = N
     return x
 
 
-def check_dtype(x: torch.Tensor, model: torch.nn.Module, name: str = "input") -> torch.Tensor:
+def check_dtype(x: torch.Tensor, # the tensor about to go into `model`
+                model: torch.nn.Module, # the model (its first parameter's dtype is the one asked for)
+                name: str = "input", # what `x` is, for the message
+                ) -> torch.Tensor:
     "Check that `x` has the dtype of `model`'s parameters (torch's own error would not say which); return it unchanged."
     dtype = next((p.dtype for p in model.parameters()), x.dtype)
     if x.dtype != dtype:
@@ -77,8 +84,11 @@ def _stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tup
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def load_mnist(root: str | Path | None = None, download: bool = False, val_fraction: float = 0.1,
-               seed: int = 0) -> dict:
+def load_mnist(root: str | Path | None = None, # a torchvision MNIST folder (None: the 5,000 bundled digits)
+               download: bool = False, # download the full MNIST into `root` (default data/mnist) if missing
+               val_fraction: float = 0.1, # the share of each digit held out as 'val'
+               seed: int = 0, # seeds the train/val split
+               ) -> dict:
     "{'train': (images uint8 (N,28,28), labels (N,)), 'val': (...), 'source': 'torchvision'|'bundled'}."
     images = labels = None
     if root is not None or download:
@@ -113,8 +123,13 @@ PALETTE = {"black": (0, 0, 0), "red": (1, 0, 0), "green": (0, 1, 0), "blue": (0,
 
 class ColorMNIST:
     "MNIST digits in random foreground/background colours; labels 'digit', 'fg', 'bg'."
-    def __init__(self, images: torch.Tensor, digits: torch.Tensor, size: int = 28, seed: int = 0,
-                 palette: dict[str, tuple] = PALETTE):
+    def __init__(self,
+                 images: torch.Tensor, # MNIST digits (N, 28, 28): uint8 in 0..255, or float in [0, 1]
+                 digits: torch.Tensor, # their labels (N,), integers 0..9
+                 size: int = 28, # the side of the images made, in pixels (bilinear resize from 28)
+                 seed: int = 0, # seeds the colours drawn for each image
+                 palette: dict[str, tuple] = PALETTE, # colour name -> RGB in [0, 1]; fg and bg (never equal) come from it
+                 ):
         images, digits = torch.as_tensor(images), torch.as_tensor(digits)
         if images.ndim != 3 or images.shape[1:] != (28, 28):
             raise ValueError(f"images must be MNIST digits (N, 28, 28); got {tuple(images.shape)}.")
@@ -179,7 +194,10 @@ class ColorMNIST:
 # %% ../nbs/01_data.ipynb #aa9c1cc1
 class FactorPairs:
     "Index pairs (a, b) that share one named factor; `labels` maps factor name -> (N,) int labels."
-    def __init__(self, labels: dict[str, torch.Tensor], factors: list[str] | None = None):
+    def __init__(self,
+                 labels: dict[str, torch.Tensor], # factor name -> (N,) integer labels, one per example
+                 factors: list[str] | None = None, # the factors pairs may share (default: every key of `labels`)
+                 ):
         factors = list(labels) if factors is None else list(factors)
         unknown = [f for f in factors if f not in labels]
         if unknown: raise ValueError(f"unknown factors {unknown}; the labels have {list(labels)}.")
@@ -232,13 +250,18 @@ def _to_unit(im) -> torch.Tensor:
     return x.repeat(3, 1, 1) if im.mode == "F" else x
 
 
-def image_transform(size: int = 128):
+def image_transform(size: int = 128, # the side of the square output, in pixels
+                    ):
     "Resize the short side, centre-crop to size×size, scale to [-1, 1] ('RGB' images, or 16-bit grey as 'F' in [0, 1])."
     from torchvision import transforms as T
     return T.Compose([T.Resize(size), T.CenterCrop(size), _to_unit, T.Normalize([0.5] * 3, [0.5] * 3)])
 
 
-def load_celeba(root: str | Path = "data", split: str = "train", size: int = 128, download: bool = False):
+def load_celeba(root: str | Path = "data", # the folder that holds celeba/
+                split: str = "train", # 'train', 'valid', 'test' or 'all' (torchvision's splits)
+                size: int = 128, # the side of the square images, in pixels
+                download: bool = False, # download it with torchvision when it is missing
+                ):
     "torchvision CelebA with attributes; `attribute_labels(ds)` gives the factors of Sec. B.5."
     from torchvision.datasets import CelebA
     try:
@@ -252,7 +275,9 @@ def load_celeba(root: str | Path = "data", split: str = "train", size: int = 128
             f"images into {Path(root) / 'celeba' / 'img_align_celeba'} and put the text files in {Path(root) / 'celeba'}.") from None
 
 
-def attribute_labels(celeba, names: list[str] = CELEBA_FACTORS) -> dict[str, torch.Tensor]:
+def attribute_labels(celeba, # a `load_celeba` dataset (anything with `attr` (N, 40) and `attr_names`)
+                     names: list[str] = CELEBA_FACTORS, # the attributes to keep
+                     ) -> dict[str, torch.Tensor]:
     "{attribute: (N,) 0/1} for FactorPairs."
     missing = [n for n in names if n not in celeba.attr_names]
     if missing: raise ValueError(f"unknown CelebA attributes {missing}; see celeba.attr_names.")
@@ -425,7 +450,13 @@ def _warn_skipped(root: Path, skipped: list[str], repeats: list[str]):
 
 class ImageFiles(torch.utils.data.Dataset):
     "Labelled image files with ImageFolder's attributes (root, samples, imgs, targets, classes, class_to_idx, loader)."
-    def __init__(self, root, samples: list[tuple[str, int]], classes: list[str], transform, loader):
+    def __init__(self,
+                 root, # the folder the files come from (kept for the repr)
+                 samples: list[tuple[str, int]], # (file path, class index) of each image
+                 classes: list[str], # the class names, by index
+                 transform, # PIL image -> tensor (e.g. `image_transform(size)`)
+                 loader, # file path -> PIL image
+                 ):
         from torchvision.datasets.folder import IMG_EXTENSIONS
         self.root, self.transform, self.loader, self.extensions = str(root), transform, loader, IMG_EXTENSIONS
         self.target_transform = None
@@ -445,12 +476,20 @@ class ImageFiles(torch.utils.data.Dataset):
 
 class FlatImageFolder(ImageFiles):
     "The images directly inside `root` as one class (label 0), each real file once."
-    def __init__(self, root: Path, transform, loader):
+    def __init__(self,
+                 root: Path, # a folder of image files (its subfolders are not read)
+                 transform, # PIL image -> tensor (e.g. `image_transform(size)`)
+                 loader, # file path -> PIL image
+                 ):
         files = _entries(root, os.path.realpath(root), set(), [])[0]
         super().__init__(root, _once([(p, 0) for p in files])[0], [Path(root).name], transform, loader)
 
 
-def load_image_folder(root: str | Path, size: int = 128, on_error: str = "raise", max_pixels: int | None = None):
+def load_image_folder(root: str | Path, # an ImageFolder (one subfolder per class) or a flat folder of images
+                      size: int = 128, # the side of the square images, in pixels
+                      on_error: str = "raise", # an unreadable file: 'raise', or 'skip' it with a warning
+                      max_pixels: int | None = None, # larger images are refused unread (default: `MAX_PIXELS`)
+                      ):
     """An ImageFolder (one subfolder per class, e.g. AnimalFaces), or a folder of images without subfolders (one
     class), at size×size in [-1, 1]; `on_error`: 'raise'|'skip' unreadable files; images above `max_pixels`
     (default `MAX_PIXELS`) are refused unread."""
@@ -510,7 +549,12 @@ class Augmented(torch.utils.data.Dataset):
     """`copies` × N images: copy 0 is `images` as they are, copy k > 0 each image under the named label-preserving
     `transforms` (`AUGMENTATIONS`, or callables (C, H, W) -> (C, H, W)) with draws fixed by (`seed`, index).
     `images`: a tensor (N, C, H, W) in [-1, 1] or a Dataset of images or (image, label)."""
-    def __init__(self, images, transforms, copies: int = 4, seed: int = 0):
+    def __init__(self,
+                 images, # a tensor (N, C, H, W) in [-1, 1], or a Dataset of images or (image, label)
+                 transforms, # names of `AUGMENTATIONS` or callables (C, H, W) -> (C, H, W), applied in order
+                 copies: int = 4, # how many times the data is seen: copy 0 is the original, >= 1
+                 seed: int = 0, # with the index, fixes every draw of the transforms
+                 ):
         if isinstance(images, torch.utils.data.DataLoader):
             raise TypeError("Augmented takes the images (a tensor or a Dataset), not a DataLoader: pass loader.dataset.")
         names = [transforms] if isinstance(transforms, str) else list(transforms)

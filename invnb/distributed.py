@@ -60,7 +60,9 @@ def in_shard() -> bool:
     return _IN_SHARD.get()
 
 # %% ../nbs/00a_distributed.ipynb #74545d12
-def init_distributed(device: torch.device, timeout_s: float = 7200) -> torch.device:
+def init_distributed(device: torch.device, # the device asked for (a CUDA one becomes this rank's cuda:LOCAL_RANK)
+                     timeout_s: float = 7200, # seconds any collective may wait for a peer before failing
+                     ) -> torch.device:
     """Join the process group when launched by torchrun with `WORLD_SIZE` > 1 (NCCL for CUDA, gloo otherwise) and
     return this rank's device: `cuda:LOCAL_RANK` when `device` is a CUDA device, else `device`. Without torchrun,
     or when a group is already up, nothing is started. `timeout_s` bounds every collective (a dead peer)."""
@@ -85,7 +87,9 @@ def barrier():
     if initialized() and world_size() > 1: dist.barrier()
 
 
-def broadcast(obj, src: int = 0):
+def broadcast(obj, # a picklable value (only rank `src`'s is used)
+              src: int = 0, # the rank whose value every rank gets
+              ):
     "`obj` of rank `src`, on every rank (a picklable value made by this process group's own ranks)."
     if not (initialized() and world_size() > 1): return obj
     box = [obj]
@@ -93,7 +97,8 @@ def broadcast(obj, src: int = 0):
     return box[0]
 
 
-def gather(obj) -> list:
+def gather(obj, # this rank's picklable value
+           ) -> list:
     "[obj of rank 0, obj of rank 1, ...] on every rank."
     if not (initialized() and world_size() > 1): return [obj]
     out = [None] * world_size()
@@ -102,7 +107,9 @@ def gather(obj) -> list:
 
 # %% ../nbs/00a_distributed.ipynb #8d39f890
 @torch.no_grad()
-def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0):
+def broadcast_tensors(tensors: list[torch.Tensor], # the same list (names, shapes, dtypes) on every rank; overwritten
+                      src: int = 0, # the rank whose values are copied
+                      ):
     "Copy rank `src`'s values of `tensors` into every rank's, in place: one broadcast per dtype and device."
     if not (initialized() and world_size() > 1): return
     groups: dict = {}
@@ -113,13 +120,17 @@ def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0):
         for t, part in zip(ts, flat.split([t.numel() for t in ts])): t.data.copy_(part.view_as(t))
 
 
-def broadcast_module(model: torch.nn.Module, src: int = 0):
+def broadcast_module(model: torch.nn.Module, # the same architecture on every rank; its weights are overwritten
+                     src: int = 0, # the rank whose weights are copied
+                     ):
     "Copy rank `src`'s parameters and buffers into every rank's `model` (the start of a data-parallel fit)."
     broadcast_tensors([*model.parameters(), *model.buffers()], src)
 
 
 @torch.no_grad()
-def average_gradients(grads: list[torch.Tensor | None], params: list[torch.Tensor]) -> list[torch.Tensor]:
+def average_gradients(grads: list[torch.Tensor | None], # this rank's gradient of each parameter (None: unused)
+                      params: list[torch.Tensor], # the parameters, in the same order (their shapes fill the Nones)
+                      ) -> list[torch.Tensor]:
     "The mean over ranks of each gradient (None, for an unused parameter, counts as zeros), in one all-reduce."
     if not (initialized() and world_size() > 1): return grads
     full = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
@@ -130,7 +141,9 @@ def average_gradients(grads: list[torch.Tensor | None], params: list[torch.Tenso
 
 
 @torch.no_grad()
-def mean_over_ranks(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+def mean_over_ranks(values: list[float], # this rank's numbers, as many on every rank
+                    device: torch.device | str = "cpu", # where the all-reduce runs (a CUDA device under NCCL)
+                    ) -> list[float]:
     "The mean over ranks of each value (losses for the log; a NaN on any rank makes the mean NaN on all)."
     if not (initialized() and world_size() > 1): return list(values)
     t = torch.tensor(values, dtype=torch.float64 if torch.device(device).type != "mps" else torch.float32, device=device)
@@ -138,7 +151,9 @@ def mean_over_ranks(values: list[float], device: torch.device | str = "cpu") -> 
     return (t / world_size()).tolist()
 
 # %% ../nbs/00a_distributed.ipynb #f68dd078
-def shard(costs: list[float], world: int) -> list[int]:
+def shard(costs: list[float], # the cost of each job (seconds, steps: any unit), >= 0
+          world: int, # the number of ranks, >= 1
+          ) -> list[int]:
     "The rank of each job: most expensive first, each to the least-loaded rank (deterministic)."
     if world < 1: raise ValueError(f"world must be >= 1; got {world}.")
     if any(not c >= 0 for c in costs): raise ValueError(f"costs must be >= 0 (and not NaN); got {costs}.")

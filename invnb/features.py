@@ -19,15 +19,13 @@ from .autoencoder import Autoencoder
 from .data import check_dtype, check_images, load_image_folder
 from .probe import Probe
 from .utils import mixed_precision, pick_device, progress_bar
+from .recipes import BuildError   # its home since the recipes have their own module; imported from here before
+
 
 # %% auto #0
-__all__ = ['BuildError', 'probes_of', 'features_of_layers', 'features_of_probes', 'image_batches', 'encode_and_features']
+__all__ = ['probes_of', 'features_of_layers', 'features_of_probes', 'image_batches', 'encode_and_features']
 
 # %% ../nbs/08a_features.ipynb #e769a87a
-class BuildError(ValueError):
-    "A study that cannot be built as asked; the message says why and what to do."
-
-
 class _Done(Exception):
     "Raised by the last forward hook of a batch: the rest of the forward pass is not needed."
 

@@ -5,7 +5,9 @@
 # %% ../nbs/02_flows.ipynb #2dee8f1f
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,102 +17,141 @@ from .checkpoint import Checkpointable
 
 # %% auto #0
 __all__ = ['FAST_CPU_INFERENCE', 'check_vectors', 'InvertibleModule', 'ActNorm', 'check_trained', 'uniform_', 'ScaleShiftNet',
-           'DoubleAffineCoupling', 'Shuffle', 'FlowBlock', 'Flow']
+           'DoubleAffineCoupling', 'Shuffle', 'FlowBlock', 'Flow', 'stack_layers']
 
 # %% ../nbs/02_flows.ipynb #918b3768
-def check_vectors(x: torch.Tensor, dim: int, name: str = "x") -> None:
+def check_vectors(x: torch.Tensor,   # the tensor to check
+                  dim: int,          # the feature size it must have
+                  name: str = "x",   # its name in the error message
+                 ) -> None:
+    "Refuse anything but a batch of `dim`-vectors, (B, dim), with a message that says how to fix it."
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"{name} must have shape (B, {dim}); got {tuple(x.shape)}. "
                          f"Flatten or reshape it to (batch, {dim}) first.")
 
 
-def _check_condition(h, cond_dim: int, batch: int) -> None:
+def _check_stacked(x: torch.Tensor, m: int, dim: int, name: str) -> None:
+    "A stack of m layers takes one batch per model: (m, B, dim)."
+    if x.ndim != 3 or x.shape[0] != m or x.shape[2] != dim:
+        raise ValueError(f"{name} of a stack of {m} layers must have shape ({m}, B, {dim}), one batch per model; "
+                         f"got {tuple(x.shape)}.")
+
+
+def _check_condition(h, cond_dim: int, lead: tuple) -> None:
+    "h must be (*lead, cond_dim): lead is x's (B,), or a stack's (M, B)."
     if cond_dim == 0:
         if h is not None:
             raise ValueError("this layer is unconditional (cond_dim=0) but a conditioning h was passed; "
                              "build it with cond_dim=h.shape[1] or drop h.")
         return
     if h is None:
-        raise ValueError(f"this layer is conditional: pass h of shape (B, {cond_dim}).")
-    if h.ndim != 2 or h.shape != (batch, cond_dim):
-        raise ValueError(f"conditioning h must have shape ({batch}, {cond_dim}) to match x; got {tuple(h.shape)}.")
+        raise ValueError(f"this layer is conditional: pass h of shape ({'M, ' * (len(lead) - 1)}B, {cond_dim}).")
+    if tuple(h.shape) != (*lead, cond_dim):
+        raise ValueError(f"conditioning h must have shape {(*lead, cond_dim)} to match x; got {tuple(h.shape)}.")
 
 
 class InvertibleModule(Checkpointable, nn.Module):
     """Base of every invertible layer: `y, logdet = m(x, h=None)` and `x = m.inverse(y, h=None)`.
 
-    Subclasses implement `_forward_t(xt, ht)` and `_inverse_t(yt, ht)` on feature-major tensors (D, B)
-    and record their constructor arguments in `self.config` (a JSON-able dict), so that `save`/`load`
-    (from `Checkpointable`, see 00_checkpoint) can rebuild them."""
+    Subclasses implement `_forward_t(xt, ht)` and `_inverse_t(yt, ht)` on feature-major tensors (D, B), or a stack's
+    (M, D, B) (`stack_layers`), and record their constructor arguments in `self.config` (a JSON-able dict), so that
+    `save`/`load` (from `Checkpointable`, see 00_checkpoint) can rebuild them."""
     dim: int
     cond_dim: int = 0
+    n_stacked: int | None = None   # M for a stack of M layers (`stack_layers`): x, h and y then have (M, B, ·)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor | None = None):
-        check_vectors(x, self.dim)
-        _check_condition(h, self.cond_dim, x.shape[0])
-        yt, logdet = self._forward_t(x.t(), None if h is None else h.t())
-        return yt.t(), logdet
+    def _check(self, x: torch.Tensor, h: torch.Tensor | None, name: str) -> None:
+        if self.n_stacked is None: check_vectors(x, self.dim, name)
+        else: _check_stacked(x, self.n_stacked, self.dim, name)
+        _check_condition(h, self.cond_dim, tuple(x.shape[:-1]))
 
-    def inverse(self, y: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
-        check_vectors(y, self.dim, "y")
-        _check_condition(h, self.cond_dim, y.shape[0])
-        return self._inverse_t(y.t(), None if h is None else h.t()).t()
+    def forward(self,
+                x: torch.Tensor,                 # inputs (B, dim); a stack's (M, B, dim)
+                h: torch.Tensor | None = None,   # conditioning (B, cond_dim), a stack's (M, B, cond_dim); None if unconditional
+               ):
+        "y, logdet: the outputs (shaped as x) and log|det ∂y/∂x| per example, (B,) (a stack's (M, B))."
+        self._check(x, h, "x")
+        yt, logdet = self._forward_t(x.mT, None if h is None else h.mT)
+        return yt.mT, logdet
+
+    def inverse(self,
+                y: torch.Tensor,                 # outputs (B, dim); a stack's (M, B, dim)
+                h: torch.Tensor | None = None,   # the conditioning they were made with
+               ) -> torch.Tensor:
+        "x, the exact inverse of `forward`."
+        self._check(y, h, "y")
+        return self._inverse_t(y.mT, None if h is None else h.mT).mT
 
 # %% ../nbs/02_flows.ipynb #57b06399
 class ActNorm(InvertibleModule):
     "Per-feature affine layer with data-dependent initialisation: y = (x + loc) * exp(log_scale)."
-    def __init__(self, dim: int, eps: float = 1e-6):
+    def __init__(self,
+                 dim: int,            # number of features
+                 eps: float = 1e-6,   # a feature whose first-batch std is below this keeps unit scale
+                ):
         super().__init__()
         self.dim, self.eps = dim, eps
         self.config = dict(dim=dim, eps=eps)
         self.loc = nn.Parameter(torch.zeros(dim))
         self.log_scale = nn.Parameter(torch.zeros(dim))
         self.register_buffer("initialized", torch.tensor(False))
-        self._initialized = False  # Python mirror of the buffer: no tensor-valued branch in forward
+        self._initialized = False  # Python mirror of the buffer (a stack's: all models'): no tensor branch in forward
 
     @torch.no_grad()
-    def _init_from(self, xt: torch.Tensor, reverse: bool) -> None:
-        if xt.shape[1] == 0:
+    def _init_from(self, xt: torch.Tensor, reverse: bool, keep: bool = False) -> None:
+        "Standardise the batch xt (D, B) (a stack's (M, D, B)); `keep`: the models already initialised keep theirs."
+        if xt.shape[-1] == 0:
             raise ValueError("ActNorm cannot initialise from an empty batch (0 rows): its statistics would be NaN, "
                              "and so would every later output. Pass at least one example (ideally a full batch) first.")
-        mean = xt.mean(1)
-        std = xt.std(1, correction=0)
+        mean = xt.mean(-1)
+        std = xt.std(-1, correction=0)
         std = torch.where(std > self.eps, std, torch.ones_like(std))  # zero variance: keep unit scale
-        if reverse:  # standardise x = y * exp(-s) - b
-            self.log_scale.copy_(std.log())
-            self.loc.copy_(mean / std)
-        else:        # standardise y = (x + b) * exp(s)
-            self.log_scale.copy_(-std.log())
-            self.loc.copy_(-mean)
+        if reverse: log_scale, loc = std.log(), mean / std   # standardise x = y * exp(-s) - b
+        else: log_scale, loc = -std.log(), -mean             # standardise y = (x + b) * exp(s)
+        if keep:
+            done = self.initialized[..., None]
+            log_scale, loc = torch.where(done, self.log_scale, log_scale), torch.where(done, self.loc, loc)
+        self.log_scale.copy_(log_scale)
+        self.loc.copy_(loc)
         self.initialized.fill_(True)
         self._initialized = True
 
-    def initialize(self, x: torch.Tensor, reverse: bool = False) -> None:
-        "Initialise from a batch x (B, D) (or, with `reverse=True`, from a batch arriving at `inverse`)."
-        check_vectors(x, self.dim)
-        self._init_from(x.t(), reverse)
+    def initialize(self,
+                   x: torch.Tensor,        # a batch (B, dim) (a stack's (M, B, dim)) to standardise
+                   reverse: bool = False,  # x arrives at `inverse` (its output is standardised then)
+                  ) -> None:
+        "Initialise from a batch x (or, with `reverse=True`, from a batch arriving at `inverse`)."
+        self._check(x, None, "x")
+        self._init_from(x.mT, reverse)
 
     def _forward_t(self, xt, ht=None):
-        if not self._initialized: self._init_from(xt, reverse=False)
-        yt = (xt + self.loc[:, None]) * self.log_scale.exp()[:, None]
-        return yt, self.log_scale.sum().expand(xt.shape[1])
+        if not self._initialized: self._init_from(xt, reverse=False, keep=self.n_stacked is not None)
+        yt = (xt + self.loc[..., None]) * self.log_scale.exp()[..., None]
+        return yt, self.log_scale.sum(-1)[..., None].expand(*xt.shape[:-2], xt.shape[-1])
 
     def _inverse_t(self, yt, ht=None):
-        if not self._initialized: self._init_from(yt, reverse=True)
-        return yt * (-self.log_scale).exp()[:, None] - self.loc[:, None]
+        if not self._initialized: self._init_from(yt, reverse=True, keep=self.n_stacked is not None)
+        return yt * (-self.log_scale).exp()[..., None] - self.loc[..., None]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._initialized = bool(self.initialized)
+        self._initialized = bool(self.initialized.all())
 
 # %% ../nbs/02_flows.ipynb #9c6e4d50
-def check_trained(model: nn.Module, name: str = "this flow", fix: str = "train it (or load trained weights) first") -> None:
+def check_trained(model: nn.Module,                                     # the flow, or a model holding flows
+                  name: str = "this flow",                              # what to call it in the message
+                  fix: str = "train it (or load trained weights) first",  # the remedy the message suggests
+                 ) -> None:
     "Refuse a model holding an ActNorm layer that never saw data: an untrained flow."
     if any(isinstance(m, ActNorm) and not m._initialized for m in model.modules()):
         raise ValueError(f"{name} has not been trained: its ActNorm layers were never initialised; {fix}.")
 
 # %% ../nbs/02_flows.ipynb #bc6ea616
-def uniform_(t: torch.Tensor, fan_in: int, generator: torch.Generator, gain: float = 1.0) -> torch.Tensor:
+def uniform_(t: torch.Tensor,                # the weight to fill, in place
+             fan_in: int,                   # its layer's number of inputs: the bound is gain/sqrt(fan_in)
+             generator: torch.Generator,    # the source of the draws
+             gain: float = 1.0,             # scales the bound
+            ) -> torch.Tensor:
     "PyTorch's default `nn.Linear` initialisation, U(±1/sqrt(fan_in)), drawn from `generator`."
     bound = gain / math.sqrt(fan_in)
     with torch.no_grad():
@@ -139,9 +180,17 @@ class ScaleShiftNet(nn.Module):
     G conditions serves B/G consecutive columns of u (G = B in training; in sampling, n draws share one z, so
     the condition's share of the input layer is computed once per z, not n times). Returns
     (raw log-scale, shift), each (out_dim, B). The input layer acting on [u; h] is stored as its two blocks
-    `w_in` and `w_cond`, which avoids concatenating u and h."""
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 512, depth: int = 2, cond_dim: int = 0,
-                 init_scale: float = 1e-2, generator: torch.Generator | None = None):
+    `w_in` and `w_cond`, which avoids concatenating u and h. Stacked (`stack_layers`), every weight has a leading
+    model axis and u, ht, the outputs (M, ·, B): the same products, batched over the M models (`baddbmm`)."""
+    def __init__(self,
+                 in_dim: int,                                # features of the coupling half it reads
+                 out_dim: int,                               # features of the half it scales and shifts
+                 hidden: int = 512,                          # width of both networks
+                 depth: int = 2,                             # hidden-to-hidden layers of each network
+                 cond_dim: int = 0,                          # size of the conditioning h; 0: unconditional
+                 init_scale: float = 1e-2,                   # scale of the initial output-layer weights
+                 generator: torch.Generator | None = None,   # the source of the initial weights; None: seed 0
+                ):
         super().__init__()
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         self.hidden, fan_in = hidden, in_dim + cond_dim
@@ -157,21 +206,23 @@ class ScaleShiftNet(nn.Module):
         self._packed, self._packed_key = None, None
 
     def forward(self, u: torch.Tensor, ht: torch.Tensor | None = None):
-        if (FAST_CPU_INFERENCE and not torch.is_grad_enabled() and u.device.type == "cpu"
+        if (FAST_CPU_INFERENCE and not torch.is_grad_enabled() and u.device.type == "cpu" and u.ndim == 2
                 and u.dtype == torch.float32 and self.w_in.dtype == torch.float32):
             return self._forward_packed(u, ht)
+        mm = torch.addmm if u.ndim == 2 else torch.baddbmm        # one model's products, or a stack's batched ones
         if ht is None:
-            pre = torch.addmm(self.b_in, self.w_in, u)
+            pre = mm(self.b_in, self.w_in, u)
         else:
-            cond = torch.addmm(self.b_in, self.w_cond, ht)                     # (2H, G)
-            groups, b = ht.shape[1], u.shape[1]
-            if groups == b: pre = torch.addmm(cond, self.w_in, u)
-            else: pre = ((self.w_in @ u).view(-1, groups, b // groups) + cond[:, :, None]).view(-1, b)
-        a = F.leaky_relu(pre).view(2, self.hidden, -1)
+            cond = mm(self.b_in, self.w_cond, ht)                               # (2H, G)
+            groups, b = ht.shape[-1], u.shape[-1]
+            if groups == b: pre = mm(cond, self.w_in, u)
+            else: pre = ((self.w_in @ u).unflatten(-1, (groups, b // groups)) + cond[..., None]).flatten(-2)
+        a = F.leaky_relu(pre).view(2 * pre.shape[:-2].numel(), self.hidden, pre.shape[-1])   # (2, H, B); a stack's (2M, H, B)
+        flat = lambda w: w.view(-1, *w.shape[-2:])                            # a stack's (M, 2, ·, ·) as (2M, ·, ·)
         for w, b in zip(self.w_hidden, self.b_hidden):
-            a = F.leaky_relu(torch.baddbmm(b, w, a))
-        out = torch.baddbmm(self.b_out, self.w_out, a)
-        return out[0], out[1]
+            a = F.leaky_relu(torch.baddbmm(flat(b), flat(w), a))
+        out = torch.baddbmm(flat(self.b_out), flat(self.w_out), a)
+        return out.view(*u.shape[:-2], 2, *out.shape[-2:]).unbind(-3)
 
     def train(self, mode: bool = True):
         """Also forgets the packed weights: a fused optimizer (Adam(fused=True), fit's default) updates weights in
@@ -220,8 +271,15 @@ class ScaleShiftNet(nn.Module):
 # %% ../nbs/02_flows.ipynb #0dc760a1
 class DoubleAffineCoupling(InvertibleModule):
     "Eq. 14-15 (unconditional) and Eq. 17-18 (with conditioning h of size `cond_dim`)."
-    def __init__(self, dim: int, cond_dim: int = 0, hidden: int = 512, depth: int = 2,
-                 scale_bound: float = 2.0, init_scale: float = 1e-2, generator: torch.Generator | None = None):
+    def __init__(self,
+                 dim: int,                                   # number of features (at least 2: split in two halves)
+                 cond_dim: int = 0,                          # size of the conditioning h; 0: unconditional
+                 hidden: int = 512,                          # width of the s and t networks
+                 depth: int = 2,                             # hidden-to-hidden layers of each network
+                 scale_bound: float = 2.0,                   # soft bound b on each log-scale: s = b·tanh(ŝ/b)
+                 init_scale: float = 1e-2,                   # scale of the networks' initial output layers
+                 generator: torch.Generator | None = None,   # the source of the initial weights; None: seed 0
+                ):
         super().__init__()
         if dim < 2: raise ValueError(f"a coupling needs at least 2 features to split; got dim={dim}.")
         self.dim, self.cond_dim, self.scale_bound = dim, cond_dim, scale_bound
@@ -236,26 +294,29 @@ class DoubleAffineCoupling(InvertibleModule):
         raw, shift = net(other, ht)
         return self.scale_bound * torch.tanh(raw / self.scale_bound), shift
 
-    def _forward_t(self, xt, ht=None):
-        x1, x2 = xt[:self.d1], xt[self.d1:]
+    def _forward_t(self, xt, ht=None):   # features on axis -2: (D, B), a stack's (M, D, B)
+        x1, x2 = xt[..., :self.d1, :], xt[..., self.d1:, :]
         s1, t1 = self._scale_shift(self.net1, x2, ht)
         y1 = x1 * s1.exp() + t1
         s2, t2 = self._scale_shift(self.net2, y1, ht)
         y2 = x2 * s2.exp() + t2
-        return torch.cat([y1, y2], 0), s1.sum(0) + s2.sum(0)
+        return torch.cat([y1, y2], -2), s1.sum(-2) + s2.sum(-2)
 
     def _inverse_t(self, yt, ht=None):
-        y1, y2 = yt[:self.d1], yt[self.d1:]
+        y1, y2 = yt[..., :self.d1, :], yt[..., self.d1:, :]
         s2, t2 = self._scale_shift(self.net2, y1, ht)
         x2 = (y2 - t2) * (-s2).exp()
         s1, t1 = self._scale_shift(self.net1, x2, ht)
         x1 = (y1 - t1) * (-s1).exp()
-        return torch.cat([x1, x2], 0)
+        return torch.cat([x1, x2], -2)
 
 # %% ../nbs/02_flows.ipynb #4efa9087
 class Shuffle(InvertibleModule):
     "A fixed random permutation of the features (log-det 0)."
-    def __init__(self, dim: int, generator: torch.Generator | None = None):
+    def __init__(self,
+                 dim: int,                                   # number of features
+                 generator: torch.Generator | None = None,   # draws the permutation; None: seed 0
+                ):
         super().__init__()
         self.dim = dim
         self.config = dict(dim=dim)
@@ -263,17 +324,29 @@ class Shuffle(InvertibleModule):
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
 
+    @staticmethod
+    def _permute(xt, perm):
+        "The features (axis -2) of xt in the order `perm`; a stack's (M, D, B) by each model's own (M, D) order."
+        return xt[perm] if perm.ndim == 1 else xt.gather(-2, perm[..., None].expand(*perm.shape, xt.shape[-1]))
+
     def _forward_t(self, xt, ht=None):
-        return xt[self.perm], xt.new_zeros(xt.shape[1])
+        return self._permute(xt, self.perm), xt.new_zeros(*xt.shape[:-2], xt.shape[-1])
 
     def _inverse_t(self, yt, ht=None):
-        return yt[self.inv_perm]
+        return self._permute(yt, self.inv_perm)
 
 
 class FlowBlock(InvertibleModule):
     "The invertible block of Fig. S1: ActNorm -> double affine coupling -> shuffle."
-    def __init__(self, dim: int, cond_dim: int = 0, hidden: int = 512, depth: int = 2,
-                 scale_bound: float = 2.0, init_scale: float = 1e-2, generator: torch.Generator | None = None):
+    def __init__(self,
+                 dim: int,                                   # number of features
+                 cond_dim: int = 0,                          # size of the conditioning h; 0: unconditional
+                 hidden: int = 512,                          # width of the coupling networks
+                 depth: int = 2,                             # hidden-to-hidden layers per coupling network
+                 scale_bound: float = 2.0,                   # soft bound on each coupling's log-scale
+                 init_scale: float = 1e-2,                   # scale of the coupling networks' initial output layers
+                 generator: torch.Generator | None = None,   # the source of the weights and the permutation
+                ):
         super().__init__()
         self.dim, self.cond_dim = dim, cond_dim
         self.config = dict(dim=dim, cond_dim=cond_dim, hidden=hidden, depth=depth,
@@ -296,8 +369,16 @@ class FlowBlock(InvertibleModule):
 
 class Flow(InvertibleModule):
     "A stack of `n_blocks` FlowBlocks; `seed` fixes all weights and permutations."
-    def __init__(self, dim: int, n_blocks: int = 12, hidden: int = 512, depth: int = 2, cond_dim: int = 0,
-                 scale_bound: float = 2.0, init_scale: float = 1e-2, seed: int = 0):
+    def __init__(self,
+                 dim: int,                   # number of features
+                 n_blocks: int = 12,         # FlowBlocks in the stack
+                 hidden: int = 512,          # width of the coupling networks
+                 depth: int = 2,             # hidden-to-hidden layers per coupling network
+                 cond_dim: int = 0,          # size of the conditioning h; 0: unconditional
+                 scale_bound: float = 2.0,   # soft bound on each coupling's log-scale
+                 init_scale: float = 1e-2,   # scale of the coupling networks' initial output layers
+                 seed: int = 0,              # fixes every initial weight and permutation
+                ):
         super().__init__()
         self.dim, self.cond_dim = dim, cond_dim
         self.config = dict(dim=dim, n_blocks=n_blocks, hidden=hidden, depth=depth, cond_dim=cond_dim,
@@ -311,10 +392,38 @@ class Flow(InvertibleModule):
         for block in self.blocks:
             xt, ld = block._forward_t(xt, ht)
             logdet = logdet + ld
-        if isinstance(logdet, int): logdet = xt.new_zeros(xt.shape[1])
+        if isinstance(logdet, int): logdet = xt.new_zeros(*xt.shape[:-2], xt.shape[-1])
         return xt, logdet
 
     def _inverse_t(self, yt, ht=None):
         for block in reversed(self.blocks):
             yt = block._inverse_t(yt, ht)
         return yt
+
+# %% ../nbs/02_flows.ipynb #508bcb9b
+def stack_layers(layers: Sequence[InvertibleModule],  # M layers of one class and size (seeds may differ)
+                ) -> InvertibleModule:
+    """One layer of the same class whose every weight and buffer stacks the M layers' along a new leading model axis:
+    it maps (M, B, dim) to (M, B, dim), model i with layer i's weights. Its parameters are new leaves (copies)."""
+    layers = list(layers)
+    if not layers: raise ValueError("stack_layers needs at least one layer.")
+    first, m = layers[0], len(layers)
+    size = lambda x: (type(x), {k: v for k, v in x.config.items() if k != "seed"})
+    shapes = lambda x: {k: tuple(v.shape) for k, v in x.state_dict().items()}
+    for i, x in enumerate(layers):
+        if x.n_stacked is not None: raise ValueError(f"layer {i} is a stack already; stack the layers themselves.")
+        if size(x) != size(first) or shapes(x) != shapes(first):
+            raise ValueError(f"only layers of one class and size stack; layer {i} is {size(x)}, layer 0 {size(first)}.")
+    # a copy of the first layer that shares its tensors (nothing copied), whose tensors are then replaced by stacks
+    out = copy.deepcopy(first, memo={id(t): t for t in [*first.parameters(), *first.buffers()]})
+    subs = [dict(x.named_modules()) for x in layers]
+    for name, mod in out.named_modules():
+        for k, p in mod._parameters.items():
+            if p is not None:
+                mod._parameters[k] = nn.Parameter(torch.stack([s[name]._parameters[k].detach() for s in subs]),
+                                                  p.requires_grad)
+        for k, b in mod._buffers.items():
+            if b is not None: mod._buffers[k] = torch.stack([s[name]._buffers[k] for s in subs])
+        if isinstance(mod, InvertibleModule): mod.n_stacked = m
+        if isinstance(mod, ActNorm): mod._initialized = bool(mod.initialized.all())
+    return out

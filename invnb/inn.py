@@ -19,7 +19,9 @@ from .flows import Flow, InvertibleModule, check_vectors, uniform_
 __all__ = ['init_layers', 'Embedder', 'InvarianceINN', 'FactorINN']
 
 # %% ../nbs/03_inn.ipynb #be82e604
-def init_layers(module: nn.Module, generator: torch.Generator) -> nn.Module:
+def init_layers(module: nn.Module, # its Linear/Conv2d/ConvTranspose2d weights and biases are overwritten, in place
+                generator: torch.Generator, # the draws, so that a seed fixes the initialisation
+                ) -> nn.Module:
     "Re-initialise every Linear/Conv2d/ConvTranspose2d of `module` with PyTorch's default bounds, drawn from `generator`."
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
@@ -35,8 +37,13 @@ def _shape_str(shape) -> str:
 
 class Embedder(nn.Module):
     "H of Fig. S2: a model representation z of shape `cond_shape` (vector or C×H×W) -> h (B, embed_dim)."
-    def __init__(self, cond_shape: int | Sequence[int], embed_dim: int = 128, width: int = 64,
-                 max_width: int = 256, generator: torch.Generator | None = None):
+    def __init__(self,
+                 cond_shape: int | Sequence[int], # the shape of one z: C (a vector) or (C, H, W) (a feature map)
+                 embed_dim: int = 128, # the size of h
+                 width: int = 64, # channels after the first 1×1 conv (feature maps only)
+                 max_width: int = 256, # channels double at each stride-2 conv up to this (feature maps only)
+                 generator: torch.Generator | None = None, # draws the initial weights (default: seeded with 0)
+                 ):
         super().__init__()
         cond_shape = (cond_shape,) if isinstance(cond_shape, int) else tuple(int(s) for s in cond_shape)
         if len(cond_shape) not in (1, 3) or min(cond_shape) < 1:

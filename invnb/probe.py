@@ -25,7 +25,9 @@ __all__ = ['PSEUDO_LAYERS', 'IMAGENET', 'PRESETS', 'list_layers', 'node_names', 
 PSEUDO_LAYERS = ("input", "softmax")
 
 
-def list_layers(model: nn.Module, nodes: bool = False) -> list[str]:
+def list_layers(model: nn.Module, # any torch model
+                nodes: bool = False, # also the FX node names (residual sums, functional calls); traces the model
+                ) -> list[str]:
     """Valid layer names: the pseudo-layers and every named submodule, in definition order; with `nodes`, then the
     FX node names that are not module names, as torchvision's feature extraction names them (`get_graph_node_names`,
     eval mode): e.g. `layer4.1.add` (a residual sum) or `layer4.1.relu_1` (the second call of a shared ReLU)."""
@@ -36,7 +38,8 @@ def list_layers(model: nn.Module, nodes: bool = False) -> list[str]:
     return names
 
 
-def node_names(model: nn.Module) -> dict[str, str]:
+def node_names(model: nn.Module, # any torch model (traced in eval mode; its mode is restored)
+               ) -> dict[str, str]:
     """{torchvision node name: the name of that node in the model's `torch.fx` graph} for every operation of the
     traced model in eval mode, in execution order (e.g. 'layer4.1.add' -> 'layer4_1_add'); {} if it cannot be traced."""
     from torchvision.models.feature_extraction import NodePathTracer   # torchvision's names, torch.fx's leaves
@@ -52,7 +55,11 @@ def node_names(model: nn.Module) -> dict[str, str]:
 
 class InputAdapter(nn.Module):
     "[-1, 1] images -> what a model expects: optional bilinear resize, then (x+1)/2 normalised by mean/std."
-    def __init__(self, size: int | None = None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+    def __init__(self,
+                 size: int | None = None, # the side (px) the model expects (None: no resize)
+                 mean=(0.5, 0.5, 0.5), # per-channel mean of the model's inputs on [0, 1] (e.g. `IMAGENET`'s)
+                 std=(0.5, 0.5, 0.5), # per-channel standard deviation, likewise
+                 ):
         super().__init__()
         self.size = size
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None, None], persistent=False)
@@ -81,7 +88,9 @@ class _LeafTracer(torch.fx.Tracer):
         return qualname == self.leaf or super().is_leaf_module(m, qualname)
 
 # %% ../nbs/06_probe.ipynb #ddd51084
-def trace_model(model: nn.Module, leaf: str = "") -> torch.fx.GraphModule:
+def trace_model(model: nn.Module, # a model torch.fx can trace
+                leaf: str = "", # the dotted name of a module kept as one call ('': none)
+                ) -> torch.fx.GraphModule:
     "The FX graph of `model`, with the module `leaf` kept as one call (not traced into)."
     try:
         graph = _LeafTracer(leaf).trace(model)
@@ -92,7 +101,10 @@ def trace_model(model: nn.Module, leaf: str = "") -> torch.fx.GraphModule:
     return torch.fx.GraphModule(model, graph)
 
 
-def graph_after(gm: torch.fx.GraphModule, layer: str, is_module: bool) -> torch.fx.GraphModule:
+def graph_after(gm: torch.fx.GraphModule, # the traced model (`trace_model`, with `layer` as its leaf)
+                layer: str, # where to cut: a module's dotted name, or an FX node name
+                is_module: bool, # `layer` is a module (its first call is the cut), not a node
+                ) -> torch.fx.GraphModule:
     "Ψ: the part of the traced model after `layer` (a module call, or an FX node name), as a function of its output z."
     nodes = list(gm.graph.nodes)
     if is_module:
@@ -123,7 +135,11 @@ def graph_after(gm: torch.fx.GraphModule, layer: str, is_module: bool) -> torch.
 # %% ../nbs/06_probe.ipynb #15b8af11
 class Probe(nn.Module):
     "f = Ψ∘Φ split at `layer`: `phi(x)`, `psi(z)`, `probe(x) = psi(phi(x))`; x in [-1, 1]."
-    def __init__(self, model: nn.Module, layer: str | nn.Module, transform: Callable | None = None):
+    def __init__(self,
+                 model: nn.Module, # f, the model under study (put in eval mode)
+                 layer: str | nn.Module, # where to split: a name of `list_layers(model, nodes=True)` or the module itself
+                 transform: Callable | None = None, # [-1, 1] images -> the model's input (an `InputAdapter`); None: as is
+                 ):
         super().__init__()
         self.model = model.eval()
         self.transform = transform if transform is not None else nn.Identity()
@@ -282,7 +298,10 @@ PRESETS = {
 }
 
 
-def preset(name: str, pretrained: bool = False, size: int | None = None) -> tuple[nn.Module, InputAdapter, list[str]]:
+def preset(name: str, # a key of `PRESETS`
+           pretrained: bool = False, # the published weights (downloaded once); False: random ones
+           size: int | None = None, # the side (px) images are resized to (default: the model's own, 224 or 160)
+           ) -> tuple[nn.Module, InputAdapter, list[str]]:
     """(model, input adapter, layers) of one of the paper's models (`PRESETS`: squeezenet1_1, alexnet, resnet50,
     resnet101, facenet); `pretrained` downloads the published weights once."""
     if name not in PRESETS:
@@ -292,7 +311,10 @@ def preset(name: str, pretrained: bool = False, size: int | None = None) -> tupl
     return model, InputAdapter(size or spec["size"], **spec["norm"]), list(spec["layers"])
 
 
-def preset_probes(name: str, pretrained: bool = False, size: int | None = None) -> dict[str, Probe]:
+def preset_probes(name: str, # a key of `PRESETS`
+                  pretrained: bool = False, # the published weights (downloaded once); False: random ones
+                  size: int | None = None, # the side (px) images are resized to (default: the model's own)
+                  ) -> dict[str, Probe]:
     "{layer: Probe} for every layer the paper studies in this model."
     model, adapter, layers = preset(name, pretrained, size)
     return {layer: Probe(model, layer, adapter) for layer in layers}
@@ -300,7 +322,10 @@ def preset_probes(name: str, pretrained: bool = False, size: int | None = None) 
 # %% ../nbs/06_probe.ipynb #0328790a
 class Adapted(nn.Module):
     "f(x) = model(adapter(x)) for images in [-1, 1]; `probe(layer)` gives Probes of `model` with this adapter."
-    def __init__(self, model: nn.Module, adapter: Callable):
+    def __init__(self,
+                 model: nn.Module, # the model (put in eval mode)
+                 adapter: Callable, # [-1, 1] images -> the model's input (e.g. an `InputAdapter`)
+                 ):
         super().__init__()
         self.model, self.adapter = model.eval(), adapter
 

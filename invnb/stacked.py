@@ -14,6 +14,7 @@ from torch import nn
 
 from .analysis import draw_zbar
 from .autoencoder import sample_gaussian
+from .flows import stack_layers
 from .inn import InvarianceINN
 from .train import History, batch_indices, fit
 
@@ -23,9 +24,12 @@ __all__ = ['StackedINN', 'stacked_nll_of', 'fit_invariances_stacked']
 # %% ../nbs/07d_stacked.ipynb #0bc2dead
 class StackedINN(nn.Module):
     """M `InvarianceINN`s of one flow size as one module (model axis first); `fit` trains it as M independent fits.
-    The flows must match (their seeds may differ); the embedders may differ (t's of other layers: another `cond_shape`)
-    and run group by group, each group's weights kept apart with the model axis first (zero rows for the others)."""
-    def __init__(self, ts: Sequence[InvarianceINN]):
+    The flows must match (their seeds may differ) and become one `invnb.flows` flow with a model axis (`stack_layers`);
+    the embedders may differ (t's of other layers: another `cond_shape`) and run group by group, each group's weights
+    kept apart with the model axis first (zero rows for the others)."""
+    def __init__(self,
+                 ts: Sequence[InvarianceINN],   # the M t's to stack: one flow size (seeds may differ), any cond_shape
+                ):
         super().__init__()
         ts = list(ts)
         if not ts: raise ValueError("StackedINN needs at least one t.")
@@ -41,14 +45,8 @@ class StackedINN(nn.Module):
         kind = lambda t: (tuple(t.cond_shape), t.config["embed_width"])
         groups: dict[tuple, list[int]] = {}
         for i, t in enumerate(ts): groups.setdefault(kind(t), []).append(i)
-        self._names = [n for n, _ in ref.named_parameters() if not n.startswith("embedder.")]
-        self._bnames = [n for n, _ in ref.named_buffers()]
-        if any(n.startswith("embedder.") for n in self._bnames): raise TypeError("StackedINN expects an embedder without buffers.")
-        self._index = {n: i for i, n in enumerate(self._names)}
-        self.weights = nn.ParameterList(nn.Parameter(torch.stack([t.get_parameter(n).detach() for t in ts]).clone())
-                                        for n in self._names)
-        for i, n in enumerate(self._bnames): self.register_buffer(f"buffer{i}", torch.stack([t.get_buffer(n) for t in ts]).clone())
-        self._bindex = {n: i for i, n in enumerate(self._bnames)}
+        if any(True for _ in ref.embedder.buffers()): raise TypeError("StackedINN expects an embedder without buffers.")
+        self.flow = stack_layers([t.flow for t in ts])        # the M flows as one, in invnb.flows' own layers
         self.embedder_weights, self._groups, self._eindex = nn.ParameterList(), [], {}
         for g, ((cond_shape, _), members) in enumerate(groups.items()):
             first = ts[members[0]]
@@ -66,26 +64,15 @@ class StackedINN(nn.Module):
                 else: raise TypeError(f"StackedINN does not know the embedder layer {type(m).__name__}.")
             self._groups.append((torch.tensor(members), cond_shape, layout))
         self.cond_shape = self._groups[0][1] if len(self._groups) == 1 else None   # None: the t's see several shapes
-        c = ref.flow.config
-        self._blocks, self._depth, self._hidden, self._bound = c["n_blocks"], c["depth"], c["hidden"], c["scale_bound"]
-        self._eps = [b.norm.eps for b in ref.flow.blocks]
-        self._ready = None       # Python mirror of the ActNorm `initialized` buffers (no tensor branch per step)
         self._tap_cache = {}
-
-    def w(self, name: str) -> torch.Tensor: return self.weights[self._index[name]]
-    def b(self, name: str) -> torch.Tensor: return getattr(self, f"buffer{self._bindex[name]}")
-
-    def load_state_dict(self, *args, **kwargs):
-        self._ready = None
-        return super().load_state_dict(*args, **kwargs)
 
     def unstack(self) -> list[InvarianceINN]:
         "The M t's as `InvarianceINN`s with the stack's current weights (in eval mode, on the CPU)."
         out, group_of = [], {int(i): g for g, (members, _, _) in enumerate(self._groups) for i in members}
+        flow = self.flow.state_dict()
         for i, cfg in enumerate(self.config["configs"]):
             t = InvarianceINN(**cfg)
-            sd = {n: self.w(n)[i].detach().cpu().clone() for n in self._names}
-            sd.update({n: self.b(n)[i].cpu().clone() for n in self._bnames})
+            sd = {f"flow.{n}": v[i].cpu().clone() for n, v in flow.items()}
             sd.update({f"embedder.{n}": self.embedder_weights[k][i].detach().cpu().clone()
                        for (g, n), k in self._eindex.items() if g == group_of[i]})
             t.load_state_dict(sd)
@@ -174,31 +161,6 @@ class StackedINN(nn.Module):
             self._tap_cache[key] = S.reshape(k * k, -1).to(device, dtype)
         return self._tap_cache[key]
 
-    def _scale_shift(self, prefix: str, u: torch.Tensor, ht: torch.Tensor):
-        "A coupling half's (log-scale, shift) for all models: u (M, in, B), ht (M, E, B) -> 2 × (M, out, B)."
-        M, B, H = u.shape[0], u.shape[2], self._hidden
-        pre = torch.baddbmm(torch.baddbmm(self.w(f"{prefix}.b_in"), self.w(f"{prefix}.w_cond"), ht), self.w(f"{prefix}.w_in"), u)
-        a = F.leaky_relu(pre).view(2 * M, H, B)
-        for d in range(self._depth):
-            a = F.leaky_relu(torch.baddbmm(self.w(f"{prefix}.b_hidden.{d}").view(2 * M, H, 1),
-                                           self.w(f"{prefix}.w_hidden.{d}").view(2 * M, H, H), a))
-        wo = self.w(f"{prefix}.w_out")
-        out = torch.baddbmm(self.w(f"{prefix}.b_out").view(2 * M, -1, 1), wo.view(2 * M, *wo.shape[2:]), a)
-        raw, shift = out.view(M, 2, -1, B).unbind(1)
-        return self._bound * torch.tanh(raw / self._bound), shift
-
-    @torch.no_grad()
-    def _init_actnorm(self, j: int, xt: torch.Tensor) -> None:
-        "ActNorm j's data-dependent initialisation, for the models whose ActNorm is not initialised yet."
-        p = f"flow.blocks.{j}.norm."
-        done = self.b(p + "initialized")
-        mean, std = xt.mean(2), xt.std(2, correction=0)
-        std = torch.where(std > self._eps[j], std, torch.ones_like(std))
-        keep = done[:, None]
-        self.w(p + "log_scale").copy_(torch.where(keep, self.w(p + "log_scale"), -std.log()))
-        self.w(p + "loc").copy_(torch.where(keep, self.w(p + "loc"), -mean))
-        done.fill_(True)
-
     def forward(self, zbar: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "v (M, B, D), logdet (M, B) of every model: zbar (M, B, D), z (M, B, *cond_shape) or M tensors (B, ...) (`embed`)."
         M, B, D = zbar.shape
@@ -208,24 +170,7 @@ class StackedINN(nn.Module):
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else f"{len(zs)} tensors of {sorted({len(x) for x in zs})} rows"
             raise ValueError(f"zbar must be (M={self.n_stacked}, B, {self.dim}) with z of the same (M, B); got "
                              f"{tuple(zbar.shape)} and {got}.")
-        if self._ready is None:
-            self._ready = [bool(self.b(f"flow.blocks.{j}.norm.initialized").all()) for j in range(self._blocks)]
-        ht = self.embed(z).transpose(1, 2)                                     # (M, E, B)
-        xt, logdet, d1 = zbar.transpose(1, 2), 0, D // 2
-        for j in range(self._blocks):
-            p = f"flow.blocks.{j}."
-            if not self._ready[j]: self._init_actnorm(j, xt); self._ready[j] = True
-            ls = self.w(p + "norm.log_scale")
-            xt = (xt + self.w(p + "norm.loc")[:, :, None]) * ls.exp()[:, :, None]
-            x1, x2 = xt[:, :d1], xt[:, d1:]
-            s1, t1 = self._scale_shift(p + "coupling.net1", x2, ht)
-            y1 = x1 * s1.exp() + t1
-            s2, t2 = self._scale_shift(p + "coupling.net2", y1, ht)
-            y2 = x2 * s2.exp() + t2
-            logdet = logdet + (ls.sum(1)[:, None] + (s1.sum(1) + s2.sum(1)))
-            perm = self.b(p + "shuffle.perm")
-            xt = torch.cat([y1, y2], 1).gather(1, perm[:, :, None].expand(-1, -1, B))
-        return xt.transpose(1, 2), logdet
+        return self.flow(zbar, self.embed(z))
 
     def nll(self, zbar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         "-log p(z̄|z) in nats, (M, B): each model's Eq. 3 on its own batch."
@@ -233,8 +178,12 @@ class StackedINN(nn.Module):
         return 0.5 * v.pow(2).sum(2) + 0.5 * self.dim * math.log(2 * math.pi) - logdet
 
 # %% ../nbs/07d_stacked.ipynb #3472df05
-def stacked_nll_of(stack: StackedINN, codes: dict, features: Sequence[torch.Tensor], seed: int = 0,
-                   batch_size: int = 1024) -> torch.Tensor:
+def stacked_nll_of(stack: StackedINN,                   # the M t's as one stack
+                   codes: dict,                          # held-out {'mean','logvar'} (N, D), shared by the t's
+                   features: Sequence[torch.Tensor],     # M tensors (N, *cond_shape): t_i's held-out representations
+                   seed: int = 0,                        # fixes the one draw of z̄ (the same for every t)
+                   batch_size: int = 1024,               # examples per forward pass
+                  ) -> torch.Tensor:
     "(M,) mean -log p(z̄|z) of each model on its held-out `features[i]`, with one fixed draw of z̄ (as `nll_of`)."
     n = len(codes["mean"])
     zbar = sample_gaussian(codes["mean"], codes["logvar"], torch.Generator().manual_seed(seed))
@@ -250,7 +199,9 @@ def stacked_nll_of(stack: StackedINN, codes: dict, features: Sequence[torch.Tens
 def fit_invariances_stacked(codes: dict,                          # {'mean','logvar'} (N, D), shared by the t's
                             features: Sequence[torch.Tensor],     # M tensors (N, *cond_shape): t_i's representations
                             ts: Sequence[InvarianceINN],          # the M t's to train (their starting weights)
-                            steps: int = 2000, batch_size: int = 128, lr: float = 1e-3,
+                            steps: int = 2000,                    # optimisation steps (each t makes every one)
+                            batch_size: int = 128,                # examples per step, per t
+                            lr: float = 1e-3,                     # Adam's learning rate
                             seed: int | Sequence[int] = 0,        # t_i's seed (its batches and noise), one or M
                             **fit_kw,                             # to `invnb.train.fit` (val_fn, ckpt_dir, ...)
                            ) -> tuple[list[InvarianceINN], History]:

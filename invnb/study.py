@@ -20,6 +20,7 @@ from .checkpoint import find_class, write_json_atomic
 from .factors import factor_report
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
+from .recipes import model_from_recipe
 from .flows import check_trained
 from .results import AEDiagnostics, Estimate, FactorTable, SeedSpread, StudyResults, TCheck, TTraining, t_key
 from .utils import progress_bar
@@ -436,15 +437,6 @@ def save_study(study: Study, # the study
     return folder
 
 
-@patch(cls_method=True)
-def build(cls: Study, model: nn.Module, layers, images, **kwargs) -> "Study":
-    """A study of your `model` at `layers` on `images` (with `ae=`, a trained invnb autoencoder): the images encoded
-    once, the features of all layers from one forward pass per batch, one t per layer (resumable under `out=`).
-    The arguments are those of `invnb.build.build_study`, which documents them; see `08b_build`."""
-    from invnb.build import build_study   # the build module comes after this one (it makes Studies)
-    return build_study(model, layers, images, study_class=cls, **kwargs)
-
-
 def load_study(folder, # a folder written by `Study.save`
                models: dict[str, nn.Module] | None = None, # the models saved as weights only, by name
                cls: type = None, # the class to make (default: `Study`)
@@ -472,7 +464,6 @@ def load_study(folder, # a folder written by `Study.save`
         raise ValueError(f"models {unknown} are not in this study; it has {sorted(entries)}.")
     missing = [n for n in weights_only if n not in given]
     if missing and isinstance(meta, dict) and meta.get("recipe") and meta.get("name") in missing:
-        from invnb.build import model_from_recipe       # a torchvision network, rebuilt for the model it names
         n = meta["name"]                                # checked against its saved weights on the meta device first
         given[n] = model_from_recipe(meta["recipe"], expect=weights_only[n], weights=paths[n])
         missing.remove(n)

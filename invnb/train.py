@@ -28,7 +28,9 @@ __all__ = ['optimizer_to_tensors', 'optimizer_from_tensors', 'batch_indices', 'T
            'encode_dataset']
 
 # %% ../nbs/04_train.ipynb #6e830965
-def optimizer_to_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict, dict]:
+def optimizer_to_tensors(opt: torch.optim.Optimizer, # any torch optimizer (Adam's moments become tensors)
+                         prefix: str = "optim", # the tensors are named '{prefix}/{param id}/{state key}'
+                         ) -> tuple[dict, dict]:
     "Flatten an optimizer state dict into ({name: tensor}, json_meta)."
     sd = opt.state_dict()
     tensors, scalars = {}, {}
@@ -39,7 +41,11 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> t
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str = "optim") -> None:
+def optimizer_from_tensors(opt: torch.optim.Optimizer, # built over the same parameters, in the same order
+                           tensors: dict, # name -> tensor, as `optimizer_to_tensors` gave (other names are ignored)
+                           meta: dict, # its JSON part: param groups and non-tensor state
+                           prefix: str = "optim", # the prefix the tensors were saved with
+                           ) -> None:
     "Inverse of `optimizer_to_tensors`: load the state into `opt`."
     state: dict = {}
     for name, v in tensors.items():
@@ -55,7 +61,10 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict
 _SHARED_BATCH: ContextVar = ContextVar("invnb_shared_batch", default=None)   # (generator, rank, world) in a data-parallel fit
 
 
-def batch_indices(n: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
+def batch_indices(n: int, # the size of the training set
+                  batch_size: int, # this rank's batch size
+                  g: torch.Generator, # this fit's draws (unused inside a data-parallel step: the shared one is)
+                  ) -> torch.Tensor:
     "Indices of a training batch of `batch_size` from range(n): this rank's share of a data-parallel step, else drawn with `g`."
     shared = _SHARED_BATCH.get()
     if shared is None: return torch.randint(n, (batch_size,), generator=g)
@@ -476,9 +485,13 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
 
 # %% ../nbs/04_train.ipynb #f8636d1f
 @torch.no_grad()
-def encode_dataset(encode: Callable, images: torch.Tensor, batch_size: int = 256,
-                   device: str | torch.device = "auto", progress: bool = False,
-                   cache: str | Path | None = None) -> dict[str, torch.Tensor]:
+def encode_dataset(encode: Callable, # x (B, C, H, W) -> (mean, logvar), each (B, D); its module is put in eval mode
+                   images: torch.Tensor, # (N, C, H, W) in [-1, 1], on any device (moved batch by batch)
+                   batch_size: int = 256, # images per call of `encode`
+                   device: str | torch.device = "auto", # where `encode` runs (the model must be there already)
+                   progress: bool = False, # a progress bar
+                   cache: str | Path | None = None, # a .safetensors file: read when it exists, else written
+                   ) -> dict[str, torch.Tensor]:
     "{'mean': (N, D), 'logvar': (N, D)} of `encode(x) -> (mean, logvar)` over `images` (N, C, H, W), on CPU."
     if cache is not None and Path(cache).exists():
         tensors, meta = load_tensors(cache)

@@ -38,12 +38,19 @@ if not any(getattr(h, "_invnb", False) for h in logger.handlers):   # once per p
     logger.addHandler(_handler); logger.setLevel(logging.INFO); logger.propagate = False
 
 
-def say(message: str) -> None:
+def say(message: str, # one line, no trailing newline
+        ) -> None:
     "Log `message` at INFO on the `invnb` logger (rank 0 only)."
     if is_main(): logger.info(message)
 
 
-def progress_bar(iterable=None, *, desc: str, total: int | None = None, initial: int = 0, enabled: bool = True):
+def progress_bar(iterable=None, # what to iterate over (None: a bar updated by hand)
+                 *,
+                 desc: str, # the bar's label
+                 total: int | None = None, # the number of steps (default: len(iterable) when it has one)
+                 initial: int = 0, # steps already done (a resumed fit)
+                 enabled: bool = True, # False: no bar (it is off on ranks > 0 anyway)
+                 ):
     "A tqdm bar: kept when done at the top level, cleared when done inside `nested_bars`; rank 0 only."
     return tqdm(iterable, desc=desc, total=total, initial=initial, disable=not (enabled and is_main()),
                 leave=_BAR_DEPTH.get() == 0)
@@ -57,7 +64,8 @@ def nested_bars():
     finally: _BAR_DEPTH.reset(token)
 
 # %% ../nbs/00b_utils.ipynb #e75aeed9
-def pick_device(device: str | torch.device = "auto") -> torch.device:
+def pick_device(device: str | torch.device = "auto", # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps
+                ) -> torch.device:
     "'auto' -> cuda if available, else mps, else cpu; anything else is checked and returned."
     if str(device) == "auto":
         if torch.cuda.is_available(): return torch.device("cuda")
@@ -72,14 +80,17 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 MIXED_PRECISION: bool | None = None   # None: bf16 on CUDA GPUs that support it; True: on every device; False: never
 
 
-def mixed_precision(device: str | torch.device):
+def mixed_precision(device: str | torch.device, # where the model under study runs
+                    ):
     "bf16 autocast for the model under study on `device` (see `MIXED_PRECISION`), else a no-op context."
     dev = torch.device(device)
     on = MIXED_PRECISION if MIXED_PRECISION is not None else (dev.type == "cuda" and torch.cuda.is_bf16_supported())
     return torch.autocast(dev.type, dtype=torch.bfloat16) if on and dev.type in ("cuda", "cpu") else nullcontext()
 
 # %% ../nbs/00b_utils.ipynb #374fd02f
-def fingerprint(*tensors: torch.Tensor, rows: int = 4096) -> str:
+def fingerprint(*tensors: torch.Tensor,
+                rows: int = 4096, # rows hashed at a time (memory use, not the hash)
+                ) -> str:
     """A short hash of the tensors' bytes: the same data gives the same fingerprint (for resume checks). Hashed
     `rows` rows at a time, so a memory-mapped table is never read into memory whole (the hash is the same)."""
     h = hashlib.sha256()
@@ -89,7 +100,8 @@ def fingerprint(*tensors: torch.Tensor, rows: int = 4096) -> str:
     return h.hexdigest()[:16]
 
 
-def sha256(path: str | Path) -> str:
+def sha256(path: str | Path, # any file
+           ) -> str:
     "The SHA-256 of a file's bytes (64 hex digits), read 1 MiB at a time."
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -97,7 +109,8 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def module_fingerprint(module: nn.Module) -> str:
+def module_fingerprint(module: nn.Module, # any module (its parameters and buffers, with their names, are hashed)
+                       ) -> str:
     "SHA-256 (16 hex digits) of a module's parameters and buffers (the adapter's normalisation included)."
     h = hashlib.sha256()
     for k, v in [*module.named_parameters(), *module.named_buffers()]:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from conftest import randomize_
 
-from invnb.flows import ActNorm, DoubleAffineCoupling, Flow, FlowBlock, Shuffle
+from invnb.flows import ActNorm, DoubleAffineCoupling, Flow, FlowBlock, Shuffle, stack_layers
 
 DIM, COND = 6, 3
 
@@ -201,3 +201,102 @@ def test_layers_are_checkpointable_without_patching():
     from invnb.flows import InvertibleModule
     assert issubclass(InvertibleModule, Checkpointable) and issubclass(Flow, Checkpointable)
     assert "save" not in InvertibleModule.__dict__ and "load" not in InvertibleModule.__dict__
+
+
+# --- stacks of layers (`stack_layers`): M layers as one, the same code with a leading model axis ---
+
+M = 3
+
+
+def stacked(name, cond_dim, dtype=torch.float64):
+    "M layers of one kind with different weights (and, for flows, permutations), alone and as one stack."
+    alone = [randomize_(layers(cond_dim)[name] if name != "flow" else
+                        Flow(DIM, n_blocks=3, hidden=16, depth=2, cond_dim=cond_dim, seed=i), seed=i).to(dtype)
+             for i in range(M)]
+    return alone, stack_layers(alone)
+
+
+def stacked_inputs(cond_dim, dtype, batch=8):
+    xs, hs = zip(*(inputs(cond_dim, dtype, batch, seed=i) for i in range(M)))
+    return torch.stack(xs), None if cond_dim == 0 else torch.stack(hs)
+
+
+@pytest.mark.parametrize("name,cond_dim", CASES)
+def test_a_stack_computes_each_layer_alone(name, cond_dim):
+    alone, stack = stacked(name, cond_dim)
+    x, h = stacked_inputs(cond_dim, torch.float64)
+    x.requires_grad_(True)
+    y, logdet = stack(x, h)
+    assert y.shape == x.shape and logdet.shape == (M, x.shape[1]) and stack.n_stacked == M
+    for i, m in enumerate(alone):
+        yi, li = m(x[i], None if h is None else h[i])
+        torch.testing.assert_close(y[i], yi, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(logdet[i], li, atol=1e-12, rtol=1e-12)
+    assert (stack.inverse(y, h) - x).abs().max() < 1e-10
+    # gradients: every model's own, as if alone
+    (y.pow(2).sum() - logdet.sum()).backward()
+    for i, m in enumerate(alone):
+        xi = x[i].detach().requires_grad_(True)
+        yi, li = m(xi, None if h is None else h[i])
+        (yi.pow(2).sum() - li.sum()).backward()
+        torch.testing.assert_close(x.grad[i], xi.grad, atol=1e-10, rtol=1e-10)
+        for (n, p), q in zip(stack.named_parameters(), m.parameters()):
+            torch.testing.assert_close(p.grad[i], q.grad, atol=1e-10, rtol=1e-10, msg=n)
+
+
+def test_a_stack_s_state_has_the_model_axis_first_and_its_own_copies():
+    alone, stack = stacked("flow", COND)
+    assert all(v.shape[0] == M for v in stack.state_dict().values())   # what `invnb.train.fit` asks of a stack
+    for i, m in enumerate(alone):
+        for (k, v), w in zip(stack.state_dict().items(), m.state_dict().values()): assert torch.equal(v[i], w), k
+    with torch.no_grad(): stack.blocks[0].norm.loc.add_(1.0)
+    assert not torch.equal(stack.blocks[0].norm.loc[0], alone[0].blocks[0].norm.loc)   # copies, not views
+
+
+def test_a_stacked_actnorm_initialises_only_the_models_that_saw_no_data():
+    trained, fresh = ActNorm(DIM), ActNorm(DIM)
+    trained(torch.randn(50, DIM) * 3 + 2)
+    stack = stack_layers([trained, fresh, ActNorm(DIM)])
+    assert not stack._initialized
+    x = torch.randn(M, 200, DIM) * 5 - 1
+    y, logdet = stack(x)
+    assert stack._initialized and bool(stack.initialized.all())
+    torch.testing.assert_close(y[0], trained(x[0])[0])                          # model 0 kept its statistics
+    for i in (1, 2):                                                            # the others standardise their batch
+        torch.testing.assert_close(y[i].mean(0), torch.zeros(DIM), atol=1e-5, rtol=0)
+        torch.testing.assert_close(y[i].std(0, correction=0), torch.ones(DIM), atol=1e-5, rtol=0)
+    # in reverse, and after loading: the mirror follows the buffer, nothing re-initialises
+    rev = stack_layers([ActNorm(DIM) for _ in range(M)])
+    xr = rev.inverse(x)
+    torch.testing.assert_close(xr.mean(1), torch.zeros(M, DIM), atol=1e-5, rtol=0)
+    again = stack_layers([ActNorm(DIM) for _ in range(M)])
+    again.load_state_dict(stack.state_dict())
+    assert again._initialized
+    torch.testing.assert_close(again(x * 10)[0], stack(x * 10)[0])
+
+
+def test_a_stacked_flow_trains_as_m_independent_fits():
+    from invnb.train import fit
+    data = torch.randn(M, 64, DIM, generator=torch.Generator().manual_seed(4)) * torch.arange(1, DIM + 1) + 1
+    nll = lambda y, ld: 0.5 * y.pow(2).sum(-1) - ld
+    alone = [Flow(DIM, n_blocks=2, hidden=16, depth=1, seed=i) for i in range(M)]
+    stack = stack_layers([Flow(DIM, n_blocks=2, hidden=16, depth=1, seed=i) for i in range(M)])
+    kw = dict(progress=False, device="cpu", clip=1.0)
+    hists = [fit(f, lambda m, g, s, i=i: nll(*m(data[i][s % 4 * 16:][:16])).mean(), 12, 1e-2, **kw)
+             for i, f in enumerate(alone)]
+    hs = fit(stack, lambda m, g, s: nll(*m(data[:, s % 4 * 16:][:, :16])).mean(1), 12, 1e-2, seed=[0] * M, **kw)
+    for i, h in enumerate(hists):
+        assert max(abs(a - b[i]) for a, b in zip(h["model"], hs["model"])) < 1e-4
+        for p, q in zip(stack.parameters(), alone[i].parameters()): torch.testing.assert_close(p[i], q, atol=1e-5, rtol=0)
+
+
+def test_stacks_are_refused_with_what_differs():
+    with pytest.raises(ValueError, match="at least one"): stack_layers([])
+    with pytest.raises(ValueError, match="one class and size"):
+        stack_layers([Flow(DIM, 2, 16, seed=0), Flow(DIM, 2, 8, seed=1)])
+    with pytest.raises(ValueError, match="one class and size"): stack_layers([ActNorm(DIM), Shuffle(DIM)])
+    stack = stack_layers([Flow(DIM, 2, 8, cond_dim=COND, seed=s) for s in range(M)])
+    with pytest.raises(ValueError, match="stack already"): stack_layers([stack, stack])
+    with pytest.raises(ValueError, match=r"\(3, B, 6\), one batch per model"): stack(torch.randn(4, DIM), torch.randn(4, COND))
+    with pytest.raises(ValueError, match=r"\(3, 4, 3\)"): stack(torch.randn(M, 4, DIM), torch.randn(M, 5, COND))
+    with pytest.raises(ValueError, match=r"pass h of shape \(M, B, 3\)"): stack(torch.randn(M, 4, DIM))

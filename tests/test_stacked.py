@@ -117,3 +117,15 @@ def test_t_s_of_other_layers_stack_with_their_embedders_apart():
         stack.nll(zb, [z[0], torch.zeros(4, 8), z[2], z[3]])
     with pytest.raises(ValueError, match="only t's of one flow size stack"):
         StackedINN([ts[0], InvarianceINN(D, 7, seed=0, **{**SIZE, "n_blocks": SIZE["n_blocks"] + 1})])
+
+
+def test_a_stack_runs_the_flows_of_invnb_flows_even_for_one_t():
+    "The stack's flow is `invnb.flows`' own Flow with a model axis (`stack_layers`), not a second implementation."
+    from invnb.flows import Flow
+    t = InvarianceINN(D, 7, seed=3, **SIZE)
+    z, zb = torch.randn(5, 7), torch.randn(5, D)
+    t(zb, z)                                                        # ActNorm's data initialisation
+    stack = StackedINN([t])
+    assert type(stack.flow) is Flow and stack.flow.n_stacked == 1 and stack.flow.blocks[0].norm.n_stacked == 1
+    assert torch.allclose(stack.nll(zb[None], z[None])[0], t.nll(zb, z), atol=1e-5)
+    for (k, p), q in zip(t.state_dict().items(), stack.unstack()[0].state_dict().values()): assert torch.equal(p, q), k

@@ -21,6 +21,10 @@ def _imports(tree: ast.Module) -> list[tuple[str, str]]:
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             if node.module: out += [(node.module.split(".")[0], a.name) for a in node.names]
             else: out += [(a.name, "*") for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("invnb."):
+            out += [(node.module.split(".")[1], a.name) for a in node.names]     # `from invnb.x import y` in a function
+        elif isinstance(node, ast.ImportFrom) and node.module == "invnb":
+            out += [(a.name, "*") for a in node.names]
     return out
 
 
@@ -67,9 +71,9 @@ def test_no_notebook_imports_a_later_one():
 
 def test_the_checks_can_fail():
     "The same walkers find a long function, a cycle (also through function-level imports) and a private import."
-    a = ast.parse("from .b import _x\n" + "def f():\n    from .c import g\n" + "    pass\n" * 90)
+    a = ast.parse("from .b import _x\n" + "def f():\n    from .c import g\n    from invnb.d import h\n" + "    pass\n" * 90)
     b = ast.parse("from .a import f\n")
-    assert ("b", "_x") in _imports(a) and ("c", "g") in _imports(a) and ("a", "f") in _imports(b)
+    assert ("b", "_x") in _imports(a) and ("c", "g") in _imports(a) and ("d", "h") in _imports(a) and ("a", "f") in _imports(b)
     fn = next(n for n in ast.walk(a) if isinstance(n, ast.FunctionDef))
     assert fn.end_lineno - fn.lineno + 1 > MAX_LINES
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
