@@ -47,12 +47,15 @@ def _grid_share(grid: torch.Tensor) -> Estimate:
     return Estimate(value, se)
 
 
-def explained_by_invariances(grid: torch.Tensor) -> Estimate:
+def explained_by_invariances(grid: torch.Tensor, # z̄ = t⁻¹(v|z') (n_outer representations z', n_inner draws of v, D)
+                            ) -> Estimate:
     "Eq. 19 (value, standard error) from z̄ (n_outer representations, n_inner draws of v, D)."
     return _grid_share(grid)
 
 
-def explained_by_representation(codes_grid: torch.Tensor, slices: dict[str, slice]) -> dict[str, Estimate]:
+def explained_by_representation(codes_grid: torch.Tensor, # e's codes of z̄ (n_outer draws v', n_inner representations, D)
+                                slices: dict[str, slice], # {factor: its dims of the code} (e.g. `e.slices`); empty ones are skipped
+                               ) -> dict[str, Estimate]:
     "Eq. 20 {factor: (value, standard error)} from e's codes (n_outer draws of v, n_inner representations, D)."
     return {name: _grid_share(codes_grid[..., s]) for name, s in slices.items() if s.stop > s.start}
 
@@ -148,9 +151,15 @@ def identifiable_share(t, # the conditional INN of the layer
 
 # %% ../nbs/07_analysis.ipynb #74811cc1
 @torch.no_grad()
-def sample_images(ae, probe: Probe, t: InvarianceINN, x: torch.Tensor, n: int = 16,
-                  generator: torch.Generator | None = None, temperature: float = 1.0,
-                  v: torch.Tensor | None = None) -> torch.Tensor:
+def sample_images(ae, # the autoencoder: `ae.decode` maps codes z̄ (M, D) to images (M, C, H, W)
+                  probe: Probe, # the layer: `probe.phi(x)` is its representation z = Φ(x)
+                  t: InvarianceINN, # the layer's conditional INN: z̄ = t⁻¹(v|z)
+                  x: torch.Tensor, # input images (B, C, H, W), as the probed model takes them
+                  n: int = 16, # samples per image (ignored when `v` is given)
+                  generator: torch.Generator | None = None, # draws v (None: torch's global RNG)
+                  temperature: float = 1.0, # scale of v ~ N(0, temperature²): below 1 gives more typical samples
+                  v: torch.Tensor | None = None, # invariances (n, t.dim) to decode for every input (None: drawn)
+                 ) -> torch.Tensor:
     "Decoded samples (B, n, C, H, W); pass `v` (n, D) to decode the same invariances for every input/layer."
     z = probe.phi(x)
     if v is None:
@@ -160,6 +169,7 @@ def sample_images(ae, probe: Probe, t: InvarianceINN, x: torch.Tensor, n: int = 
     return imgs.reshape(len(x), len(v), *imgs.shape[1:])
 
 
-def pixel_mean_var(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_mean_var(samples: torch.Tensor, # decoded samples (B, n, C, H, W), e.g. from `sample_images`
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-pixel mean (B, C, H, W) and variance (B, 1, H, W, summed over channels) over the samples axis."
     return samples.mean(1), samples.var(1, correction=0).sum(1, keepdim=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import analysis
+from . import fitting
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
 from .checkpoint import CheckpointError, read_json, write_json_atomic
 from .data import FactorPairs
@@ -23,6 +23,7 @@ from .recipes import BuildError, check_recipe, torchvision_recipe
 # the recipes have their own module (`07e_recipes`); these names were imported from here before
 from .recipes import adapter_recipe, import_builder, model_from_recipe  # noqa: F401
 from fastcore.basics import patch
+from fastcore.meta import delegates
 from .distributed import barrier, broadcast, is_main, rank, world_size
 from .utils import pick_device
 from .utils import fingerprint, module_fingerprint
@@ -70,15 +71,31 @@ def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
         barrier()                              # every rank has read the record before rank 0 writes it
         ckpt.mkdir(parents=True, exist_ok=True)
         if is_main(): write_json_atomic(ckpt / "record.json", record)
-    e, _ = analysis.fit_factors(codes, FactorPairs(labels, names), sizes, ckpt_dir=ckpt, resume=True, desc="e",
+    e, _ = fitting.fit_factors(codes, FactorPairs(labels, names), sizes, ckpt_dir=ckpt, resume=True, desc="e",
                                 **size, **kw)
     return e.cpu().eval()
 
 
-def assemble_study(model, layers, images, *, ae=None, factors=None, device="auto", out=None, steps=2000, t_size=None,
-           batch_size=128, lr=1e-3, budget_mb=2048, name="model", recipe=None, progress=True, seed=0, keep=0,
-           study_class=None):
-    "(Study, `keep` images drawn at random, info) — see `build_study`; None on the ranks other than 0 under torchrun."
+def assemble_study(model: nn.Module, # your model, f; an `Adapted` model probes its inner model after its adapter
+                   layers, # layer names (list, or comma-separated): modules, FX node names, 'input', 'softmax'
+                   images, # (N, C, H, W) in [-1, 1], a Dataset or DataLoader of images or (image, label), or an image folder
+                   *, ae: Autoencoder | None = None, # a trained invnb autoencoder (SmallAE, BigAE): required
+                   factors: dict | None = None, # {name: (N,) integer labels of the images}: also train e on those factors
+                   device="auto", # where features are computed and the INNs trained; the study's parts end on the CPU
+                   out=None, # a folder for t's training state and finished t's (a rerun loads them), and the disk cache
+                   steps: int = 2000, # training steps of each t (and of e)
+                   t_size: dict | None = None, # InvarianceINN size (n_blocks, hidden, depth, embed_dim, ...); default T_SIZE
+                   batch_size: int = 128, # images per pass, and t's batch size
+                   lr: float = 1e-3, # t's (and e's) learning rate
+                   budget_mb: float = 2048, # above this, codes and features are memory-mapped .npy files under out/cache
+                   name: str = "model", # the model's name in the study
+                   recipe: dict | bool | None = None, # how to rebuild the model on load (None: found for torchvision models; False: none)
+                   progress: bool = True, # progress bars
+                   seed: int = 0, # seeds the training of t (and e) and the images kept
+                   keep: int = 0, # images drawn at random (with `seed`) and returned, for the report's figures
+                   study_class=None, # the class of the returned study (default `Study`; `Study.build` passes its own)
+               ):
+    "(Study, `keep` images drawn at random, info): `build_study`'s work, with what a run's report needs; None on the ranks other than 0 under torchrun."
     probes = probes_of(model, layers)                  # unknown layers fail here, before anything is computed
     if ae is None:
         raise BuildError("Study.build needs ae=, a trained invnb autoencoder of images like these: e.g. "
@@ -93,7 +110,7 @@ def assemble_study(model, layers, images, *, ae=None, factors=None, device="auto
     out = Path(out) if out is not None else None
     if recipe is None: recipe = torchvision_recipe(model)
     elif recipe is not False: check_recipe(recipe, model)
-    t_file = lambda l: out / "t" / analysis.safe_name(l) / "t.safetensors"
+    t_file = lambda l: out / "t" / fitting.safe_name(l) / "t.safetensors"
     stamp = lambda: {l: t_file(l).stat().st_mtime_ns for l in probes if t_file(l).is_file()} if out is not None else {}
     if out is not None and is_main(): _check_same_model(out, model, name)   # under torchrun rank 0 records the model
     before = stamp()                                    # a finished t that is loaded keeps its file untouched
@@ -108,7 +125,7 @@ def assemble_study(model, layers, images, *, ae=None, factors=None, device="auto
         e = _fit_e(codes, factors, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                    progress=progress, t_size=t_size)
     fit = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, **t_size)
-    fitted = analysis.fit_invariances_over(probes, None, codes, ckpt_dir=None if out is None else out / "t",
+    fitted = fitting.fit_invariances_over(probes, None, codes, ckpt_dir=None if out is None else out / "t",
                                            features=feats, device=device, progress=progress, resume=True, **fit)
     if not is_main(): return None                           # the other ranks have trained their share
     after = stamp()
@@ -123,35 +140,23 @@ def assemble_study(model, layers, images, *, ae=None, factors=None, device="auto
     return study, kept, info
 
 
+@delegates(assemble_study, but=["keep"])   # the same arguments, documented once (there)
 def build_study(model: nn.Module, # your model, f; an `Adapted` model probes its inner model after its adapter
                 layers, # layer names (list, or comma-separated): modules, FX node names, 'input', 'softmax'
                 images, # (N, C, H, W) in [-1, 1], a Dataset or DataLoader of images or (image, label), or an image folder
-                *, ae: Autoencoder | None = None, # a trained invnb autoencoder (SmallAE, BigAE): required
-                factors: dict | None = None, # {name: (N,) integer labels of the images}: also train e on those factors
-                device="auto", # where features are computed and the INNs trained; the study's parts end on the CPU
-                out=None, # a folder for t's training state and finished t's (a rerun loads them), and the disk cache
-                steps: int = 2000, # training steps of each t (and of e)
-                t_size: dict | None = None, # InvarianceINN size (n_blocks, hidden, depth, embed_dim, ...); default T_SIZE
-                batch_size: int = 128, # images per pass, and t's batch size
-                lr: float = 1e-3, # t's (and e's) learning rate
-                budget_mb: float = 2048, # above this, codes and features are memory-mapped .npy files under out/cache
-                name: str = "model", # the model's name in the study
-                recipe: dict | bool | None = None, # how to rebuild the model on load (None: found for torchvision models; False: none)
-                progress: bool = True, # progress bars
-                seed: int = 0, # seeds the training of t (and e) and the images kept
-                study_class=None, # the class of the returned study (default `Study`; `Study.build` passes its own)
+                **kwargs, # `assemble_study`'s keywords: ae= (required), factors, device, out, steps, t_size, ...
                ) -> Study:
     """The work of `Study.build`: a study of `model` at `layers` on `images`, the images encoded once, the features
     of all layers from one forward pass per batch, one t per layer (resumable under `out`). Unknown layers fail
     first, with the closest names. Under torchrun the t's are shared out across the ranks (`out` is then required,
     on a file system every rank sees); rank 0 returns the study, the other ranks None."""
-    built = assemble_study(model, layers, images, ae=ae, factors=factors, device=device, out=out, steps=steps, t_size=t_size,
-                   batch_size=batch_size, lr=lr, budget_mb=budget_mb, name=name, recipe=recipe, progress=progress,
-                   seed=seed, study_class=study_class)
+    if "keep" in kwargs: raise TypeError("build_study returns the study alone; use assemble_study for kept images.")
+    built = assemble_study(model, layers, images, **kwargs)
     return None if built is None else built[0]
 
 
 @patch(cls_method=True)
+@delegates(build_study, but=["study_class"])   # Study.build? shows every argument
 def build(cls: Study, model: nn.Module, layers, images, **kwargs) -> "Study":
     """A study of your `model` at `layers` on `images` (with `ae=`, a trained invnb autoencoder): the images encoded
     once, the features of all layers from one forward pass per batch, one t per layer (resumable under `out=`).

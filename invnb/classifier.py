@@ -24,7 +24,10 @@ __all__ = ['ColorMNISTClassifier', 'train_classifier']
 # %% ../nbs/07b_classifier.ipynb #2c37cfad
 class ColorMNISTClassifier(Checkpointable, nn.Module):
     "SqueezeNet 1.1 (10 classes) on [-1, 1] ColorMNIST images, resized to `size` inside."
-    def __init__(self, size: int = 64, seed: int = 0):
+    def __init__(self,
+                 size: int = 64,  # the side in pixels the 28 px images are resized to before the SqueezeNet
+                 seed: int = 0,   # seeds the SqueezeNet's initial weights (torch's global RNG is left alone)
+                ):
         super().__init__()
         import torchvision
         self.config = dict(size=size, seed=seed)
@@ -59,9 +62,17 @@ def _read_records(path: Path) -> list[dict]:
     return recs
 
 
-def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
-                     val_labels: torch.Tensor, steps: int, n_checkpoints: int, out_dir, batch_size: int = 64,
-                     lr: float = 1e-4, **fit_kwargs) -> list[dict]:
+def train_classifier(model: nn.Module,         # the classifier to train (e.g. `ColorMNISTClassifier`), trained in place
+                     images: torch.Tensor,      # training images (N, C, H, W) in the model's input range
+                     labels: torch.Tensor,      # their class labels (N,), integers
+                     val_images: torch.Tensor,  # held-out images (M, C, H, W) that score each checkpoint
+                     val_labels: torch.Tensor,  # their class labels (M,)
+                     steps: int,                # total training steps (batches)
+                     n_checkpoints: int,        # K ≥ 2 checkpoints, at steps equally spaced from 0 to `steps`
+                     out_dir,                   # folder of the checkpoints, `records.json` and the resumable `train/` state
+                     batch_size: int = 64,      # images per step, drawn by `batch_indices`
+                     lr: float = 1e-4,          # the optimizer's learning rate (Adam unless `fit_kwargs` say otherwise)
+                     **fit_kwargs) -> list[dict]:
     """Train with the shared loop; save `n_checkpoints` models at steps equally spaced in [0, steps].
     Returns [{'step', 'file' (relative to `out_dir`), 'val_accuracy'}].
 

@@ -73,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None,  # the arguments after `invnb` (None: sys.argv[1:])
+        ) -> int:
     "Entry point of the `invnb` console script; a full disk is one line, whichever command ran out of space."
     ap = parser()
     a = ap.parse_args(argv)

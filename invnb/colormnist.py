@@ -54,12 +54,12 @@ SEED_OFFSETS = dict(val_colours=1, eq19=1, eq20=2, eq20_checkpoints=3, grids=4, 
 @dataclass(frozen=True)
 class RunSpec:
     "Where and how a run works: its folder, profile, seed, device, progress bars and log."
-    out: Path
-    prof: Profile
-    seed: int = 0
-    device: torch.device = torch.device("cpu")
-    progress: bool = True
-    log: object = say
+    out: Path  # the run folder: study/, train/ (resumable training states), cache/, figures/, metrics.json, report.html
+    prof: Profile  # the profile: sizes, steps and learning rates of every stage (`11_profiles`)
+    seed: int = 0  # the run's seed: every draw derives from it plus its offset in `SEED_OFFSETS`
+    device: torch.device = torch.device("cpu")  # where the models train and run (already checked: `start_device`)
+    progress: bool = True  # show progress bars (rank 0 only under torchrun)
+    log: object = say  # a callable taking one message (str): where the stage and t lines go
 
     @property
     def study_dir(self) -> Path: return self.out / "study"
@@ -95,14 +95,17 @@ def _loads(path: Path, cls=None):
 @dataclass
 class ColorMNISTData:
     "The run's training and validation sets, their images and where they came from."
-    train: ColorMNIST
-    val: ColorMNIST
-    xt: torch.Tensor
-    xv: torch.Tensor
-    info: dict
+    train: ColorMNIST  # the training digits in the run's colours, with labels 'digit', 'fg', 'bg'
+    val: ColorMNIST  # the validation digits, in colours of their own seed
+    xt: torch.Tensor  # the training images (N_train, 3, 28, 28) in [-1, 1]
+    xv: torch.Tensor  # the validation images (N_val, 3, 28, 28) in [-1, 1]
+    info: dict  # {'source': 'bundled' | 'torchvision', 'n_train', 'n_val', 'fingerprint'}: the resume check's data
 
 
-def load_data(prof: Profile, seed: int, mnist_root: str | Path | None = None) -> ColorMNISTData:
+def load_data(prof: Profile,                          # the profile: its `n_train` and `n_val` digits are drawn
+              seed: int,                              # draws the subsets and the colours
+              mnist_root: str | Path | None = None,   # a torchvision MNIST folder (None: the bundled digits)
+             ) -> ColorMNISTData:
     "Stage 1: ColorMNIST from the bundled digits (or full MNIST under `mnist_root`), random subsets of the profile's size."
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -116,7 +119,9 @@ def load_data(prof: Profile, seed: int, mnist_root: str | Path | None = None) ->
     return ColorMNISTData(train, val, train.images(), val.images(), info)
 
 # %% ../nbs/12_colormnist.ipynb #07180bce
-def autoencoder_stage(run: RunSpec, data: ColorMNISTData) -> tuple[SmallAE, dict, dict]:
+def autoencoder_stage(run: RunSpec,          # the run: its folder, profile, seed and device
+                      data: ColorMNISTData,  # stage 1's data: the autoencoder trains on `data.xt`
+                     ) -> tuple[SmallAE, dict, dict]:
     "Stage 2: the autoencoder (Tab. S1), and the codes {'mean', 'logvar'} of the training and validation images."
     path, p = run.study_dir / "ae.safetensors", run.prof
     ae = _loads(path, SmallAE)
@@ -132,7 +137,9 @@ def autoencoder_stage(run: RunSpec, data: ColorMNISTData) -> tuple[SmallAE, dict
     return ae.cpu(), codes, codes_val
 
 # %% ../nbs/12_colormnist.ipynb #d1ef55ab
-def classifier_stage(run: RunSpec, data: ColorMNISTData) -> dict[str, tuple[int, nn.Module]]:
+def classifier_stage(run: RunSpec,          # the run: its folder, profile, seed and device
+                     data: ColorMNISTData,  # stage 1's data: trained on the training digits, validated on the others
+                    ) -> dict[str, tuple[int, nn.Module]]:
     "Stage 3: SqueezeNet 1.1 checkpoints {name: (step, model)}, from step 0 to the last (named 'step000000', ...)."
     p, folder = run.prof, run.out / "train" / "classifier"
     recs = train_classifier(ColorMNISTClassifier(seed=run.seed), data.xt, data.train.labels[TARGET], data.xv,
@@ -144,7 +151,11 @@ def classifier_stage(run: RunSpec, data: ColorMNISTData) -> dict[str, tuple[int,
             for r in recs}
 
 # %% ../nbs/12_colormnist.ipynb #3e661e15
-def factors_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict) -> FactorINN:
+def factors_stage(run: RunSpec,          # the run: its folder, profile, seed and device
+                  data: ColorMNISTData,  # stage 1's data: its labels make the pairs that share a factor
+                  codes: dict,           # the training images' codes {'mean', 'logvar'} (N_train, D), stage 2's
+                  codes_val: dict,       # the validation images' codes (N_val, D): the held-out pairs
+                 ) -> FactorINN:
     """Stage 4: e with the factors of `FACTORS` (+ a residual). Slice sizes from the canonical correlations of
     training pairs (saved as study/factor_sizes.json); trained on training pairs with the closed-form guide and a
     cosine learning rate; kept at its best pair loss on held-out pairs from the first half of the validation images."""
@@ -173,7 +184,9 @@ def _val_halves(data: ColorMNISTData, per_image: dict) -> list[tuple[dict, dict]
     return [(cut(per_image, s), cut(data.val.labels, s)) for s in (slice(0, h), slice(h, None))]
 
 # %% ../nbs/12_colormnist.ipynb #2cf899d9
-def invariance_jobs(prof: Profile, checkpoints: list[str]) -> list[tuple[str, str]]:
+def invariance_jobs(prof: Profile,            # the profile: its `layers` and `checkpoint_layer`
+                    checkpoints: list[str],   # the classifier's checkpoint names in training order, final last
+                   ) -> list[tuple[str, str]]:
     "(model, layer) of every t: all layers of the final checkpoint, then the checkpoint layer at the others."
     final = checkpoints[-1]
     jobs = [(final, l) for l in prof.layers] + [(c, prof.checkpoint_layer) for c in checkpoints[:-1]]
@@ -181,7 +194,9 @@ def invariance_jobs(prof: Profile, checkpoints: list[str]) -> list[tuple[str, st
     return jobs
 
 
-def t_fits(run: RunSpec, jobs: list[tuple[str, str]]) -> dict[str, tuple[str, str, str | int | None]]:
+def t_fits(run: RunSpec,                  # the run: its profile's `checkpoint_layer` and `t_seeds`
+           jobs: list[tuple[str, str]],   # (model, layer) of every t, final model first (`invariance_jobs`)
+          ) -> dict[str, tuple[str, str, str | int | None]]:
     """{file name: (model, layer, variant)} of the t's of stage 5 after the unconditional one: one per job, with the
     null control (variant 'shuffled') and the other seeds (variant k) right after the job they repeat."""
     final, layer = jobs[0][0], run.prof.checkpoint_layer
@@ -197,7 +212,9 @@ def t_fits(run: RunSpec, jobs: list[tuple[str, str]]) -> dict[str, tuple[str, st
 FEATURE_BUDGET_MB = 2048   # stage 5: features of one layer above this are computed on the fly (one t at a time)
 
 
-def t_stacks(run: RunSpec, fits: dict) -> dict[str, list[str]]:
+def t_stacks(run: RunSpec,  # the run: its profile's `t_stack`, the most t's trained together
+             fits: dict,    # {t file name: (model, layer, variant)} of stage 5 (`t_fits`), in training order
+            ) -> dict[str, list[str]]:
     """The jobs of stage 5: {job: [t file names]}. Every t of stage 5 has the profile's flow size, so they train
     together as stacks of at most `t_stack` (`invnb.stacked`; each t's embedder of its own layer's shape kept apart):
     the same results as one by one, faster. `t_stack = 1`: one job per t."""
@@ -253,7 +270,11 @@ def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple],
     run.drop_state(state)
 
 # %% ../nbs/12_colormnist.ipynb #c499a6c8
-def t_training_set(run: RunSpec, data: ColorMNISTData, ae: nn.Module, codes: dict) -> tuple[torch.Tensor, dict]:
+def t_training_set(run: RunSpec,          # the run: its profile's `t_colourings` K, seed, folder and device
+                   data: ColorMNISTData,  # stage 1's data: its training digits are coloured again
+                   ae: nn.Module,         # stage 2's autoencoder: encodes each new colouring
+                   codes: dict,           # the training images' codes {'mean', 'logvar'} (N_train, D) in the run's colouring
+                  ) -> tuple[torch.Tensor, dict]:
     """(images, codes) the t's train on: the training digits in the run's colouring and, with `t_colourings` K > 1,
     in K − 1 more. ColorMNIST draws colours independently of the digit, so every colouring is another sample of the
     same distribution: more (z̄, z) pairs against t's overfitting, at the cost of encoding and Φ for each. The codes
@@ -332,8 +353,13 @@ def _unconditional_t(run: RunSpec, codes: dict, codes_val: dict, n_train: int, n
     return load_model(t_dir / "unconditional.safetensors", InvarianceINN)
 
 # %% ../nbs/12_colormnist.ipynb #8452387a
-def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val: dict, models: dict[str, nn.Module],
-                      jobs: list[tuple[str, str]], train: tuple[torch.Tensor, dict] | None = None,
+def invariances_stage(run: RunSpec,                 # the run: its folder, profile, seed and device
+                      data: ColorMNISTData,         # stage 1's data: the validation images give the held-out NLL
+                      codes: dict,                  # the training images' codes {'mean', 'logvar'} (N_train, D)
+                      codes_val: dict,              # the validation images' codes (N_val, D)
+                      models: dict[str, nn.Module], # {checkpoint name: classifier}, in training order, final last
+                      jobs: list[tuple[str, str]],  # (model, layer) of every t (`invariance_jobs`)
+                      train: tuple[torch.Tensor, dict] | None = None,  # (images, codes) the t's train on (None: data.xt, codes)
                       ) -> tuple[dict[tuple[str, str], InvarianceINN], list[InvarianceINN]] | None:
     """Stage 5: first a t of the same size with a constant condition (it models p(z̄) alone); then one t per
     (model, layer) job, started at that flow (`fitting.warm_start`), kept at its best held-out NLL and saved as soon
@@ -385,8 +411,12 @@ def invariances_stage(run: RunSpec, data: ColorMNISTData, codes: dict, codes_val
 
 # %% ../nbs/12_colormnist.ipynb #399a4bac
 @torch.no_grad()
-def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[tuple[str, str]],
-                   seed_ts: list[InvarianceINN] = ()) -> dict[str, str]:
+def analysis_stage(run: RunSpec,                  # the run: its folder, profile, seed and device
+                   data: ColorMNISTData,          # stage 1's data: the validation images are evaluated, training ones probed
+                   study: Study,                  # the run's parts (ae, checkpoints, t's, e); its results are filled in
+                   jobs: list[tuple[str, str]],   # (model, layer) of every t (`invariance_jobs`)
+                   seed_ts: list[InvarianceINN] = (),  # t's of the other seeds at (final model, checkpoint layer)
+                  ) -> dict[str, str]:
     """Stage 6: every number of the report into `study.results` (Eq. 19 per layer; the identifiable share and Eq. 20
     per layer and per checkpoint; linear probes; t's diagnostics and seed spread; image-space variance; accuracies;
     the reconstruction), the sample grids as PNGs; saves the study. Returns {'<model>__<layer>': grid file name}."""
@@ -440,7 +470,10 @@ def analysis_stage(run: RunSpec, data: ColorMNISTData, study: Study, jobs: list[
     return grids
 
 
-def grid_caption(r, model: str, layer: str) -> str:
+def grid_caption(r,            # the run's `StudyResults` (so far: missing numbers are left out)
+                 model: str,   # the checkpoint's name, e.g. 'step000030'
+                 layer: str,   # the layer's name, e.g. 'features.11'
+                ) -> str:
     """The title of a sample grid, as Fig. S7 reads: what the rows and columns are, t's agreement beside its ceiling,
     and the identifiable share of each factor at (`model`, `layer`): a factor with a high share stays fixed along a
     row, the others vary."""

@@ -21,15 +21,22 @@ __all__ = ['TOY_SIGMA', 'toy_conditional', 'demo']
 TOY_SIGMA = (0.1, 0.2, 0.3, 0.5)
 
 
-def toy_conditional(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def toy_conditional(n: int,                      # number of pairs to draw
+                    generator: torch.Generator,  # the source of the draws (of z, then of the noise)
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     "(z̄, z): z ~ N(0, I_2), z̄ = (z1, z2, sin 2z1, z1 z2) + σ·noise."
     z = torch.randn(n, 2, generator=generator)
     mean = torch.stack([z[:, 0], z[:, 1], torch.sin(2 * z[:, 0]), z[:, 0] * z[:, 1]], 1)
     return mean + torch.tensor(TOY_SIGMA) * torch.randn(n, 4, generator=generator), z
 
 
-def demo(steps: int = 2500, batch: int = 256, out: str | Path = "runs/demo", seed: int = 0, log=say,
-         progress: bool = False) -> dict:
+def demo(steps: int = 2500,                # training steps of t (Adam, lr 2e-3)
+         batch: int = 256,                 # pairs (z̄, z) drawn afresh per step
+         out: str | Path = "runs/demo",    # folder for the checkpoint `t.safetensors` (created if missing)
+         seed: int = 0,                    # seeds t's weights and the draws (held-out data: seed + 1, samples: seed + 2)
+         log=say,                          # called with each line of the report (a str)
+         progress: bool = False,           # show a progress bar while training
+        ) -> dict:
     "Train t on the toy conditional density with the shared loop; return (and print) NLL vs entropy and sample spreads."
     t = InvarianceINN(in_dim=4, cond_shape=2, n_blocks=6, hidden=64, depth=1, embed_dim=32, seed=seed)
     def step_fn(model, g, step):

@@ -22,7 +22,13 @@ __all__ = ['nll_of', 'sample_fidelity', 'probe_accuracy', 'agreement_ceiling', '
 
 # %% ../nbs/07a_diagnostics.ipynb #df1f3e94
 @torch.no_grad()
-def nll_of(t, codes: dict, features, n: int | None = None, seed: int = 0, batch_size: int = 1024) -> float:
+def nll_of(t,                          # a fitted InvarianceINN: t.nll(z̄, z) is -log p(z̄|z) per example
+           codes: dict,                # {'mean', 'logvar'} (N, D) of the images' codes
+           features,                   # their representations z = Φ(x) (N, ...), row i of image i
+           n: int | None = None,       # score the first n examples (None: all)
+           seed: int = 0,              # seeds the one draw z̄ ~ N(mean, exp(logvar))
+           batch_size: int = 1024,     # examples per forward pass of t
+          ) -> float:
     "Mean -log p(z̄|z) in nats of z̄ ~ N(mean, exp(logvar)) (a fixed draw) for the first `n` examples."
     n = min(n or len(codes["mean"]), len(codes["mean"]))
     if n == 0: raise ValueError("nll_of needs at least one example.")
@@ -35,8 +41,14 @@ def nll_of(t, codes: dict, features, n: int | None = None, seed: int = 0, batch_
 
 
 @torch.no_grad()
-def sample_fidelity(ae, probe: Probe, t: InvarianceINN, f: Callable, x: torch.Tensor, n: int = 8,
-                    generator: torch.Generator | None = None) -> dict[str, float]:
+def sample_fidelity(ae,                                      # the autoencoder: encode(x) -> (mean, logvar), decode(z̄)
+                    probe: Probe,                            # Φ: the layer t conditions on
+                    t: InvarianceINN,                        # the fitted t of that layer
+                    f: Callable,                             # the model whose predictions are compared: images -> logits
+                    x: torch.Tensor,                         # held-out images (B, C, H, W) in [-1, 1], B ≥ 2
+                    n: int = 8,                              # decoded samples per image
+                    generator: torch.Generator | None = None,  # draws the samples' invariances v ~ N(0, I) (None: global RNG)
+                   ) -> dict[str, float]:
     """{'agreement': share of decoded samples on which f predicts what it predicts on D(E(x)), 'agreement_se': its
     standard error over the images, 'phi_distance': mean ‖Φ(D(z̄)) − Φ(x)‖ over the samples / mean ‖Φ(x) − Φ(x')‖ over other images x'}."""
     if len(x) < 2: raise ValueError("sample_fidelity needs at least 2 images (one is compared with the others).")
@@ -61,7 +73,8 @@ def probe_accuracy(train_features: torch.Tensor, # (N, ...) features of training
                    train_labels: dict[str, torch.Tensor], # {factor: (N,) integer labels}
                    val_features: torch.Tensor, # (M, ...) features of held-out images
                    val_labels: dict[str, torch.Tensor], # {factor: (M,) integer labels}
-                   ridge: float = 1.0) -> dict[str, float]:
+                   ridge: float = 1.0, # the ridge λ added to the kernel's diagonal (features standardised)
+                  ) -> dict[str, float]:
     """{factor: held-out accuracy} of a linear ridge-regression classifier (one-hot targets, standardised flattened
     features), solved in closed form in its dual (N × N) form: one solve for all factors, fast for any width."""
     xt, xv = train_features.flatten(1).float(), val_features.flatten(1).float()
@@ -90,7 +103,7 @@ def agreement_ceiling(ae,                             # the autoencoder: encode(
                       pool: torch.Tensor,             # training images (N, C, H, W) the neighbours come from
                       k: int = 4,                     # neighbours per image: the oracle's draws
                       generator: torch.Generator | None = None,  # the posterior draw of each neighbour's code
-                      batch_size: int = 500,
+                      batch_size: int = 500,          # images per forward pass (of Φ, the autoencoder and f)
                       pool_features: torch.Tensor | None = None,  # Φ(pool), if already computed (N, ...)
                      ) -> dict[str, float]:
     """{'ceiling': the sample agreement of an oracle t whose samples are the codes of the `k` images of `pool` nearest
@@ -111,7 +124,11 @@ def agreement_ceiling(ae,                             # the autoencoder: encode(
 
 # %% ../nbs/07a_diagnostics.ipynb #50069b79
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+def accuracy(model: nn.Module,       # a classifier: images -> logits (N, classes); it is put in eval mode
+             images: torch.Tensor,   # (N, C, H, W) in the model's input range
+             labels: torch.Tensor,   # (N,) integer class labels
+             batch_size: int = 500,  # images per forward pass
+            ) -> float:
     "Fraction of correct argmax predictions of `model` on `images` (N, C, H, W)."
     model.eval()
     dev = next(model.parameters()).device

@@ -18,7 +18,11 @@ __all__ = ['fgsm', 'attack_through_layers', 'encode_factors', 'decode_factors', 
            'factor_sensitivity']
 
 # %% ../nbs/07c_edits.ipynb #ee2ef786
-def fgsm(f: Callable, x: torch.Tensor, labels: torch.Tensor | None = None, eps: float = 0.02) -> torch.Tensor:
+def fgsm(f: Callable,                          # the model to attack: images -> logits (B, classes)
+         x: torch.Tensor,                      # images (B, C, H, W) in [-1, 1]
+         labels: torch.Tensor | None = None,   # the true classes (B,) whose loss is raised (None: f's predictions)
+         eps: float = 0.02,                    # the step's size per pixel, in [-1, 1] units (0.02 is 1% of the range)
+        ) -> torch.Tensor:
     "Untargeted FGSM in [-1, 1] units: x + eps * sign(grad of the cross-entropy), clamped to [-1, 1]."
     x = x.detach().clone().requires_grad_(True)
     logits = f(x)
@@ -28,8 +32,11 @@ def fgsm(f: Callable, x: torch.Tensor, labels: torch.Tensor | None = None, eps: 
 
 
 @torch.no_grad()
-def attack_through_layers(ae, layers: dict[str, tuple[Probe, InvarianceINN]], x: torch.Tensor,
-                          x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
+def attack_through_layers(ae,                                          # the autoencoder: encode(x) -> (μ, logvar), decode(z̄)
+                          layers: dict[str, tuple[Probe, InvarianceINN]],  # layer name -> (its Φ, its fitted t)
+                          x: torch.Tensor,                             # clean images (B, C, H, W) in [-1, 1]
+                          x_adv: torch.Tensor,                         # the attacked images (B, C, H, W), e.g. `fgsm(f, x)`
+                         ) -> dict[str, torch.Tensor]:
     "{layer: D(t⁻¹(t(μ(x)|Φ(x)) | Φ(x*)))} — the clean image's invariances decoded with the attacked representation."
     mu = ae.encode(x)[0]
     out = {}
@@ -40,19 +47,27 @@ def attack_through_layers(ae, layers: dict[str, tuple[Probe, InvarianceINN]], x:
 
 # %% ../nbs/07c_edits.ipynb #d39b0a8c
 @torch.no_grad()
-def encode_factors(ae, e: FactorINN, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def encode_factors(ae,              # the autoencoder: encode(x) -> (μ, logvar)
+                   e: FactorINN,    # the semantic INN that splits z̄ into factors
+                   x: torch.Tensor, # images (B, C, H, W) in [-1, 1]
+                  ) -> dict[str, torch.Tensor]:
     "e's factors {name: (B, size)} of the images' codes μ(x), the residual included."
     return e.split(e(ae.encode(x)[0])[0])
 
 
 @torch.no_grad()
-def decode_factors(ae, e: FactorINN, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+def decode_factors(ae,                              # the autoencoder: decode(z̄) -> images
+                   e: FactorINN,                    # the semantic INN the parts come from
+                   parts: dict[str, torch.Tensor],  # every factor {name: (B, size)}, 'residual' included
+                  ) -> torch.Tensor:
     "The images D(e⁻¹(parts)) of e's factors (as `encode_factors` gives them)."
     return ae.decode(e.inverse(e.merge(parts)))
 
 
-def mix_factors(own: dict[str, torch.Tensor], other: dict[str, torch.Tensor],
-                alphas: dict[str, float]) -> dict[str, torch.Tensor]:
+def mix_factors(own: dict[str, torch.Tensor],    # an image's factors {name: (B, size)} (from `encode_factors`)
+                other: dict[str, torch.Tensor],  # another image's factors, of the same names and shapes
+                alphas: dict[str, float],        # factor -> α: 0 keeps `own`, 1 takes `other` (others: interpolated)
+               ) -> dict[str, torch.Tensor]:
     "e's factors with each named factor moved from `own` (alpha 0) towards `other` (alpha 1): (1 − α)·own + α·other."
     unknown = set(alphas) - set(own)
     if unknown: raise KeyError(f"unknown factors {sorted(unknown)}; e has {list(own)}.")
@@ -60,15 +75,26 @@ def mix_factors(own: dict[str, torch.Tensor], other: dict[str, torch.Tensor],
 
 
 @torch.no_grad()
-def swap_factor(ae, e: FactorINN, x: torch.Tensor, x_other: torch.Tensor, factor: str, alpha: float = 1.0) -> torch.Tensor:
+def swap_factor(ae,                    # the autoencoder: encode(x) -> (μ, logvar), decode(z̄)
+                e: FactorINN,          # the semantic INN that splits z̄ into factors
+                x: torch.Tensor,       # images to edit (B, C, H, W) in [-1, 1]
+                x_other: torch.Tensor, # partners (B, C, H, W) whose factor is swapped in
+                factor: str,           # the factor's name in e (e.g. 'digit', 'bg')
+                alpha: float = 1.0,    # 0: x's own value, 1: x_other's, between: interpolated
+               ) -> torch.Tensor:
     "Decoded x with factor `factor` moved from its own value (alpha=0) to x_other's (alpha=1)."
     own, other = encode_factors(ae, e, x), encode_factors(ae, e, x_other)
     return decode_factors(ae, e, mix_factors(own, other, {factor: alpha}))
 
 
 @torch.no_grad()
-def factor_sensitivity(ae, e: FactorINN, f: Callable, x: torch.Tensor, x_other: torch.Tensor,
-                       factors: list[str] | None = None) -> dict[str, float]:
+def factor_sensitivity(ae,                             # the autoencoder: encode(x) -> (μ, logvar), decode(z̄)
+                       e: FactorINN,                   # the semantic INN that splits z̄ into factors
+                       f: Callable,                    # the model whose outputs are compared: images -> (B, k), e.g. logits
+                       x: torch.Tensor,                # images (B, C, H, W) in [-1, 1]
+                       x_other: torch.Tensor,          # partners (B, C, H, W) whose factor is swapped into x
+                       factors: list[str] | None = None,  # factors to swap (None: all of e's)
+                      ) -> dict[str, float]:
     "{factor: mean ‖f(x̄) − f(x*)‖} for swaps with x_other, plus 'reconstruction': mean ‖f(x) − f(x̄)‖."
     xr = ae.decode(ae.encode(x)[0])
     fr = f(xr)

@@ -103,7 +103,7 @@ class FactorSizes:
     correlations: dict[str, list[float]]  # name -> linear canonical correlations of its pairs, largest first
     n_values: dict[str, int]              # name -> number of distinct labels K (the cap is K - 1)
     rule: dict[str, str]                  # name -> how its size was decided
-    threshold: float
+    threshold: float                      # a canonical correlation above it counted a dimension
     nonlinear: dict[str, list[float]] = field(default_factory=dict)  # name -> held-out quadratic correlations
 
     def __repr__(self) -> str:
@@ -121,7 +121,8 @@ def estimate_factor_sizes(codes,                             # {'mean', 'logvar'
                           ridge: float = 1e-3,               # relative ridge on the code covariance
                           no_signal: str | int = "quadratic",  # without linear signal: 'quadratic', 'values' (K-1), int
                           quadratic_pcs: int = 32,           # principal components of the quadratic features
-                          seed: int = 0) -> FactorSizes:
+                          seed: int = 0,                     # seeds the held-out split and pairs of the quadratic check
+                         ) -> FactorSizes:
     "Slice sizes from canonical correlations of pairs sharing each factor (the rule above)."
     z = _means(codes)
     names, labels = _labels(labels, names, len(z))
@@ -150,7 +151,10 @@ def estimate_factor_sizes(codes,                             # {'mean', 'logvar'
     return FactorSizes(sizes, corrs, nvals, rule, threshold, quad)
 
 # %% ../nbs/06b_factors.ipynb #17a37064
-def check_factor_sizes(sizes: dict[str, int], estimated: FactorSizes, dim: int | None = None) -> list[str]:
+def check_factor_sizes(sizes: dict[str, int],      # factor -> dimensions of its slice, as given by hand
+                       estimated: FactorSizes,     # `estimate_factor_sizes` on the same factors' codes
+                       dim: int | None = None,     # the code's dimensions D (None: do not check that the sizes fit)
+                      ) -> list[str]:
     "Warn (and return the messages) where `sizes` disagree with `estimated`; raise if they exceed `dim`."
     if unknown := [f for f in sizes if f not in estimated.sizes]:
         raise ValueError(f"no estimate for the factors {unknown}; the estimate has {list(estimated.sizes)}.")
@@ -178,9 +182,9 @@ class FactorReport:
     columns: list[str]             # e's slices: 'residual' (if it has dimensions), then the factors
     correlation: torch.Tensor      # (rows, columns): mean over the slice's dimensions of corr(e(z̄ᵃ), e(z̄ᵇ))
     class_share: dict[str, float]  # factor -> share of its slice's variance explained by its label means
-    rho: float
-    n_pairs: int
-    warnings: list[str] = field(default_factory=list)
+    rho: float                     # e's target correlation ρ of a shared factor within a pair
+    n_pairs: int                   # pairs drawn per row
+    warnings: list[str] = field(default_factory=list)  # unlearned factors (own < ρ/2) and leaks (> `off_max` elsewhere)
 
     @property
     def own(self) -> dict[str, float]:
@@ -243,9 +247,10 @@ def factor_report(e,                                # a FactorINN
                   labels: dict,                     # factor name -> (N,) labels of the same images
                   names: list[str] | None = None,   # default: e's factors (they must be these, in e's order)
                   *, n_pairs: int = 5000,           # pairs per factor
-                  seed: int = 0,
+                  seed: int = 0,                    # seeds the held-out pairs drawn
                   own_min: float | None = None,     # warn below this own correlation (default ρ/2)
-                  off_max: float = 0.1) -> FactorReport:  # warn above this correlation in another slice
+                  off_max: float = 0.1,             # warn above this correlation in another slice
+                 ) -> FactorReport:
     "Held-out pair correlations of every slice of e, class-mean shares, and warnings (see above)."
     check_trained(e, "e", "fit it (`fit_factors`) before asking for its factor report")
     z = _means(codes)
@@ -270,8 +275,14 @@ def factor_report(e,                                # a FactorINN
     return rep
 
 # %% ../nbs/06b_factors.ipynb #39323f50
-def pair_val_fn(codes, labels: dict, names: list[str] | None = None, *, n: int = 2048, seed: int = 0,
-                sample: bool = False, batch_size: int = 1024) -> Callable:
+def pair_val_fn(codes,                            # held-out {'mean', 'logvar'} (N, D) or the means
+                labels: dict,                     # factor name -> (N,) labels of the same images
+                names: list[str] | None = None,   # e's factors, in e's order (default: all labels)
+                *, n: int = 2048,                 # held-out pairs, drawn once
+                seed: int = 0,                    # seeds the pairs (and the draw of z̄ with `sample`)
+                sample: bool = False,             # use one fixed draw z̄ ~ N(μ, σ²) per code instead of the means
+                batch_size: int = 1024,           # pairs per forward pass of e
+               ) -> Callable:
     "`val_fn(e) -> float`: e's mean pair loss on `n` held-out pairs drawn once (fixed generator)."
     z = _means(codes).float()
     names, labels = _labels(labels, names, len(z))
@@ -291,7 +302,11 @@ def pair_val_fn(codes, labels: dict, names: list[str] | None = None, *, n: int =
     return val_fn
 
 
-def pair_val_loss(e, codes, labels: dict, names: list[str] | None = None, **kwargs) -> float:
+def pair_val_loss(e,                               # a FactorINN
+                  codes,                           # held-out {'mean', 'logvar'} (N, D) or the means
+                  labels: dict,                    # factor name -> (N,) labels of the same images
+                  names: list[str] | None = None,  # e's factors, in e's order (default: all labels)
+                  **kwargs) -> float:
     "e's held-out pair loss (`pair_val_fn`'s arguments; build the function once to validate repeatedly)."
     return pair_val_fn(codes, labels, names, **kwargs)(e)
 
@@ -302,7 +317,8 @@ def pair_targets(codes,                           # training {'mean', 'logvar'} 
                  sizes: dict[str, int],           # factor -> slice size (e's factors, in its order)
                  *, threshold: float = 0.5,       # linear features if a canonical correlation passes it
                  ridge: float = 1.0,              # relative ridge of the quadratic CCA
-                 pcs: int = 64) -> Callable:      # principal components of the quadratic features
+                 pcs: int = 64,                   # principal components of the quadratic features
+                ) -> Callable:
     "`targets(z̄) -> {factor: (B, size)}`: each factor's first canonical variates on its pairs, unit variance."
     z = _means(codes)
     names, labels = _labels(labels, list(sizes), len(z))
@@ -322,8 +338,13 @@ def pair_targets(codes,                           # training {'mean', 'logvar'} 
     return lambda zbar: {f: (fe(zbar.float()) - m.to(zbar)) @ w.to(zbar) for f, (fe, m, w) in parts.items()}
 
 
-def guided_pair_loss(e, zbar_a: torch.Tensor, zbar_b: torch.Tensor, factor, targets: Callable | None = None,
-                     weight: float = 0.0) -> torch.Tensor:
+def guided_pair_loss(e,                                # the FactorINN being trained
+                     zbar_a: torch.Tensor,             # first codes of the pairs (B, D)
+                     zbar_b: torch.Tensor,             # second codes (B, D); pair i shares `factor` (or factor[i])
+                     factor,                           # the shared factor: a name, an int (0 = residual) or (B,) ints
+                     targets: Callable | None = None,  # `pair_targets(...)`: z̄ -> {factor: (B, size)} (None: Eq. 12 alone)
+                     weight: float = 0.0,              # w ≥ 0 of the targets' squared distance (0: Eq. 12 alone)
+                    ) -> torch.Tensor:
     "Eq. 12 (`e.pair_loss`) plus `weight` × Σᵢ ‖eᵢ(z̄ᵃ) − Tᵢ(z̄ᵃ)‖² (batch mean) for `targets` T."
     loss = e.pair_loss(zbar_a, zbar_b, factor)
     if targets is None or weight <= 0: return loss

@@ -40,7 +40,9 @@ def _on(device: torch.device, *modules: nn.Module):
         for m, d in zip(modules, homes): m.to(d)
 
 # %% ../nbs/08a_features.ipynb #68649b56
-def probes_of(model: nn.Module, layers) -> dict[str, Probe]:
+def probes_of(model: nn.Module,   # the model (an `Adapted` one makes its own probes, with its adapter)
+              layers,             # layer names: a list, or one comma-separated string; duplicates are dropped
+             ) -> dict[str, Probe]:
     """{layer: Probe} of `model` (its own `probe(layer)` for an `Adapted` model); `layers` is a list or a
     comma-separated string. An unknown layer raises `Probe`'s error, which names the closest layers."""
     if isinstance(layers, str): layers = [l.strip() for l in layers.split(",") if l.strip()]
@@ -104,7 +106,9 @@ def features_of_layers(model: nn.Module,       # the model (an `Adapted` one pro
 def features_of_probes(probes: dict[str, Probe],  # {layer: Probe} of one model
                        model: nn.Module,          # the module that holds them (moved to `device` and back)
                        images: torch.Tensor,      # (N, C, H, W) in [-1, 1]
-                       *, batch_size: int = 64, device="auto") -> dict[str, torch.Tensor]:
+                       *, batch_size: int = 64,   # images per forward pass
+                       device="auto",             # where the passes run ("auto": cuda, mps or cpu)
+                      ) -> dict[str, torch.Tensor]:
     "`features_of_layers` for probes made elsewhere (e.g. by a model's own `probe(layer)`)."
     check_images(images, channels=None)
     dev = pick_device(device)
@@ -113,7 +117,10 @@ def features_of_probes(probes: dict[str, Probe],  # {layer: Probe} of one model
     return {l: torch.cat([p[l].float().cpu() for p in parts]) for l in probes}
 
 # %% ../nbs/08a_features.ipynb #63e3fd21
-def image_batches(images, batch_size: int = 64, size: int | None = None) -> tuple[int, object, str]:
+def image_batches(images,                    # a tensor (N, C, H, W), a Dataset or DataLoader, or an image folder's path
+                  batch_size: int = 64,      # images per batch (a DataLoader keeps its own batch size)
+                  size: int | None = None,   # side in pixels to read a folder's images at (needed for a folder only)
+                 ) -> tuple[int, object, str]:
     """(number of images, an iterable of batches (B, C, H, W), a description) for `images`: a tensor (N, C, H, W),
     a `Dataset` or `DataLoader` yielding images or (image, label) pairs, or an image folder (read at `size` px)."""
     from torch.utils.data import DataLoader
@@ -175,9 +182,17 @@ _CODES = (("codes", "mean"), ("codes", "logvar"))
 
 
 @torch.no_grad()
-def encode_and_features(ae: Autoencoder, probes: dict[str, Probe], images, *, out: Path | None = None,
-                        budget_mb: float = 2048, batch_size: int = 64, device="auto", keep: int = 0, seed: int = 0,
-                        progress: bool = False) -> tuple[dict, dict, torch.Tensor, dict]:
+def encode_and_features(ae: Autoencoder,             # the autoencoder whose codes (μ, log σ²) are kept
+                        probes: dict[str, Probe],    # {layer: Probe}, e.g. from `probes_of`
+                        images,                      # what `image_batches` takes; images in [-1, 1] at the AE's size
+                        *, out: Path | None = None,  # run folder: tables above the budget go to `out/cache/`
+                        budget_mb: float = 2048,     # MB of tables kept in memory; above it, memory-mapped files
+                        batch_size: int = 64,        # images per pass
+                        device="auto",               # where the passes run ("auto": cuda, mps or cpu)
+                        keep: int = 0,               # how many images to keep, drawn at random (for a report)
+                        seed: int = 0,               # seeds the draw of the kept images
+                        progress: bool = False,      # show a progress bar
+                       ) -> tuple[dict, dict, torch.Tensor, dict]:
     """One pass over `images`: (codes {'mean', 'logvar'}, {layer: features}, `keep` images drawn at random, info).
     Above `budget_mb` the tables are memory-mapped .npy files under `out/cache/`."""
     n, batches, source = image_batches(images, batch_size, ae.size)

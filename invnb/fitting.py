@@ -31,7 +31,10 @@ __all__ = ['RANK_TIMEOUT', 'OnTheFly', 'layer_features', 'encode_codes', 'draw_z
 # %% ../nbs/06c_fitting.ipynb #18afeb73
 class OnTheFly:
     "Features Φ(images[idx]) computed when indexed (used when a full cache would be too large)."
-    def __init__(self, probe: Probe, images: torch.Tensor):
+    def __init__(self,
+                 probe: Probe,          # the layer whose features Φ(x) are computed
+                 images: torch.Tensor,  # the dataset's images (N, C, H, W); rows are indexed by example
+                ):
         self.probe, self.images = probe, images
         self.shape = (len(images), *probe.feature_shape(tuple(images.shape[1:])))
 
@@ -43,8 +46,12 @@ class OnTheFly:
 
 
 @torch.no_grad()
-def layer_features(probe: Probe, images: torch.Tensor, batch_size: int = 256, budget_mb: float = 2048,
-                   device: str | torch.device = "auto") -> torch.Tensor | OnTheFly:
+def layer_features(probe: Probe,                       # the layer whose features Φ(x) are computed
+                   images: torch.Tensor,               # the dataset's images (N, C, H, W), as the probed model takes them
+                   batch_size: int = 256,              # images per forward pass: bounds memory, not the result
+                   budget_mb: float = 2048,            # the most MB the float32 table may take; above it: `OnTheFly`
+                   device: str | torch.device = "auto",  # where Φ runs: auto (CUDA, then MPS, then CPU), cpu, cuda, mps
+                  ) -> torch.Tensor | OnTheFly:
     "Φ(x) for every image, as one CPU tensor (N, *feature_shape) — or `OnTheFly` above `budget_mb`."
     check_images(images, channels=None)
     shape = probe.feature_shape(tuple(images.shape[1:]))
@@ -70,18 +77,28 @@ def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
 
 
 @torch.no_grad()
-def encode_codes(ae, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def encode_codes(ae,              # the autoencoder: `ae.encode(x)` gives the moments (mean, logvar), each (B, D)
+                 x: torch.Tensor,  # images (B, C, H, W), in the autoencoder's input range
+                ) -> dict[str, torch.Tensor]:
     "The encoder moments {'mean', 'logvar'} (B, D) of images `x`, in one pass of `ae.encode`."
     return dict(zip(("mean", "logvar"), ae.encode(x)))
 
 
-def draw_zbar(codes: dict, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def draw_zbar(codes: dict,          # the cached encoder moments {'mean', 'logvar'}, each (N, D)
+              idx: torch.Tensor,     # the examples to draw for (B,) integer indices into the codes
+              g: torch.Generator,    # a CPU generator: the source of the noise ε
+             ) -> torch.Tensor:
     "z̄ ~ N(μ, σ²) for the cached encoder moments of the examples `idx`."
     return sample_gaussian(codes["mean"][idx], codes["logvar"][idx], g)
 
 
-def fit_invariances(codes: dict, features, t: InvarianceINN | None = None, steps: int = 2000, batch_size: int = 128,
-                    lr: float = 1e-3, **kwargs) -> tuple[InvarianceINN, History]:
+def fit_invariances(codes: dict,                   # the cached encoder moments {'mean', 'logvar'}, each (N, D)
+                    features,                       # Φ(x) of the same N images (N, ...): a tensor, a memory map or `OnTheFly`
+                    t: InvarianceINN | None = None, # the t to train further (None: a new one built from `kwargs`)
+                    steps: int = 2000,              # optimisation steps (one batch each)
+                    batch_size: int = 128,          # examples per step, drawn with replacement
+                    lr: float = 1e-3,               # the learning rate (of Adam, unless an `optimizer` is given)
+                    **kwargs) -> tuple[InvarianceINN, History]:
     """Train t(z̄|z) on cached `codes` {'mean','logvar'} (N, D) and `features` (N, ...) or `OnTheFly`.
 
     `kwargs` go to `InvarianceINN` when `t` is None (e.g. n_blocks, hidden) and otherwise to `invnb.train.fit`."""
@@ -125,15 +142,21 @@ def warm_start(t: InvarianceINN,           # the conditional t to start (changed
     return t
 
 # %% ../nbs/06c_fitting.ipynb #243b6e9c
-def safe_name(name) -> str:
+def safe_name(name, # a key: a str (or anything str() gives a name), or a tuple of them, e.g. (checkpoint, layer)
+             ) -> str:
     "A name (str, or a tuple of names joined by '__') made safe for one path component: no '.'/'..' parts, no separators."
     if isinstance(name, tuple): return "__".join(safe_name(p) for p in name)
     parts = [p for p in re.split(r"[/\\]", str(name)) if p not in ("", ".", "..")]
     return re.sub(r"[^A-Za-z0-9._-]", "_", "_".join(parts)).lstrip(".") or "_"
 
 
-def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict, budget_mb: float = 2048,
-                         ckpt_dir: str | Path | None = None, features: dict | None = None, **kwargs) -> dict:
+def fit_invariances_over(probes: dict,                   # {key: Probe}: one t per key (a layer name, a (checkpoint, layer) pair)
+                         images: torch.Tensor | None,     # the images (N, C, H, W) of `codes` (None: `features` covers every key)
+                         codes: dict,                     # the cached encoder moments {'mean', 'logvar'} (N, D) of those images
+                         budget_mb: float = 2048,         # the most MB one layer's cached features may take (`layer_features`)
+                         ckpt_dir: str | Path | None = None,  # a folder per key for training state and the finished t (None: none)
+                         features: dict | None = None,    # {key: precomputed Φ (N, ...)} used instead of the probe for those keys
+                         **kwargs) -> dict:
     """One t per probe: `probes` maps any key (a layer name, a (checkpoint, layer) pair) to a Probe; the features
     of each are computed once (`layer_features`) and t is trained with `fit_invariances(**kwargs)`. `features`
     ({key: a tensor (N, ...), in memory or over a memory-mapped .npy, one row per example of `codes`}) gives
@@ -212,7 +235,11 @@ def fit_invariances_over(probes: dict, images: torch.Tensor | None, codes: dict,
 RANK_TIMEOUT = 3600.0   # under torchrun, rank 0 gives up after this many seconds without another rank's t arriving
 
 
-def t_cost(zdim: int, feature_shape: tuple, t_size: dict, steps: int) -> float:
+def t_cost(zdim: int,              # the code's size D
+           feature_shape: tuple,   # the layer's representation shape (C, H, W) or (C,)
+           t_size: dict,           # InvarianceINN's size arguments (n_blocks, hidden, ...); a 'seed' is ignored
+           steps: int,             # optimisation steps
+          ) -> float:
     "A t's cost for sharing fits out across ranks: steps × parameters (counted on the meta device, nothing allocated)."
     with torch.device("meta"):
         t = InvarianceINN(zdim, tuple(feature_shape), **{k: v for k, v in t_size.items() if k != "seed"})
@@ -232,8 +259,14 @@ def _fit_record(kwargs: dict, codes: dict, images, probe, features=None) -> dict
                                   "codes": fingerprint(codes["mean"]), **data}, default=str))
 
 # %% ../nbs/06c_fitting.ipynb #3b73db1c
-def fit_factors(codes: dict, pairs: FactorPairs, factors: dict[str, int] | None = None, e: FactorINN | None = None,
-                steps: int = 2000, batch_size: int = 128, lr: float = 1e-3, guide: float = 0.0,
+def fit_factors(codes: dict,                        # the cached encoder moments {'mean', 'logvar'}, each (N, D)
+                pairs: FactorPairs,                 # draws index pairs (a, b) that share one factor, over the N examples
+                factors: dict[str, int] | None = None,  # {factor: its size in dims} of a new e; the rest of D is the residual
+                e: FactorINN | None = None,         # the e to train further (None: a new one of `factors`)
+                steps: int = 2000,                  # optimisation steps (one batch of pairs each)
+                batch_size: int = 128,              # pairs per step
+                lr: float = 1e-3,                   # the learning rate (of Adam, unless an `optimizer` is given)
+                guide: float = 0.0,                 # the guide term's weight at step 0, annealed to 0 (0: Eq. 12 alone; ≥ 0)
                 **kwargs) -> tuple[FactorINN, History]:
     """Train e on pairs from `pairs` (names must match e's factors, in order); z̄ drawn from cached `codes`.
 

@@ -34,9 +34,11 @@ def _mpl_figure(width=6.4, height=4.0):
     return Figure(figsize=(width, height), layout="constrained")
 
 # %% ../nbs/09_plots.ipynb #12bc41f5
-def invariance_curve(eq19: Mapping[str, Estimate], image_variance: Mapping[str, float] | None = None,
-                     backend: str = "plotly",
-                     title: str = "Invariances per layer (Eq. 19)"):
+def invariance_curve(eq19: Mapping[str, Estimate],   # {layer: Eq. 19 in [0, 1] ± SE}, in plot order
+                     image_variance: Mapping[str, float] | None = None,  # {layer: per-pixel variance of its samples}
+                     backend: str = "plotly",          # "plotly" (interactive) or "matplotlib" (static)
+                     title: str = "Invariances per layer (Eq. 19)",  # the figure's title
+                    ):
     """Eq. 19 per layer with ±1 SE error bars; with `image_variance` ({layer: mean per-pixel variance of the
     decoded samples}) a second panel shows it (Fig. 3 right)."""
     _check_backend(backend)
@@ -64,7 +66,7 @@ def invariance_curve(eq19: Mapping[str, Estimate], image_variance: Mapping[str, 
     fig = _mpl_figure(10 if var else 6, 3.6)
     axes = fig.subplots(1, 2 if var else 1, squeeze=False)[0]
     axes[0].errorbar(range(len(layers)), vals, yerr=ses, marker="o", capsize=3, color=COLORS[0])
-    axes[0].set(ylim=(0, 1.02), ylabel=ylab, xlabel="layer", title="Eq. 19")
+    axes[0].set(ylim=(0, 1.02), ylabel=ylab, xlabel="layer", title="Eq. 19" if var else "")   # one panel: the suptitle says it
     if var:
         axes[1].plot(range(len(layers)), var, marker="o", color=COLORS[1])
         axes[1].set(ylabel="mean per-pixel variance", xlabel="layer", title="image-space variance of samples")
@@ -74,10 +76,14 @@ def invariance_curve(eq19: Mapping[str, Estimate], image_variance: Mapping[str, 
     return fig
 
 # %% ../nbs/09_plots.ipynb #785df4ff
-def factor_curves(eq20: Mapping[str | int, Mapping[str, Estimate]], accuracy: Mapping | None = None,
-                  xlabel: str | None = None,
-                  factors: Sequence[str] | None = None, backend: str = "plotly",
-                  title: str = "Factors captured by the representation", ylabel: str = "share of factor variance explained by z"):
+def factor_curves(eq20: Mapping[str | int, Mapping[str, Estimate]],  # {layer (str) or step (int): {factor: Eq. 20}}
+                  accuracy: Mapping | None = None,     # {same keys: accuracy in [0, 1]}, dashed, right axis
+                  xlabel: str | None = None,           # x-axis label; None: "training step" for int keys, else "layer"
+                  factors: Sequence[str] | None = None,  # the factors to draw, in order; None: all of the first key's
+                  backend: str = "plotly",             # "plotly" (interactive) or "matplotlib" (static)
+                  title: str = "Factors captured by the representation",   # the figure's title
+                  ylabel: str = "share of factor variance explained by z", # y-axis label (e.g. the kind of share)
+                 ):
     """Eq. 20 per factor against layers (str keys) or training steps (int keys) with ±1 SE bands; `accuracy`
     ({same keys: accuracy}) is drawn dashed on a second axis (Fig. 4)."""
     _check_backend(backend)
@@ -137,7 +143,9 @@ def _as_rows(rows) -> list[list[torch.Tensor]]:
     return [list(r) for r in rows]
 
 
-def tile(rows, pad: int = 2) -> np.ndarray:
+def tile(rows,            # rows, each a list of images (C, H, W) of one size; or a tensor (rows, cols, C, H, W)
+         pad: int = 2,    # pixels of white around and between the images
+        ) -> np.ndarray:
     "One uint8 RGB picture (H, W, 3) of a table of images in [-1, 1] (3 channels) or maps (1 channel, any range)."
     rows = _as_rows(rows)
     if not rows or not rows[0]: raise ValueError("image_grid needs at least one image.")
@@ -163,9 +171,15 @@ def tile(rows, pad: int = 2) -> np.ndarray:
     return out
 
 # %% ../nbs/09_plots.ipynb #48fd4e90
-def image_grid(rows, row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
-               captions: Sequence[str] | None = None, title: str | None = None, backend: str = "plotly",
-               scale: float = 2.0, pad: int = 2):
+def image_grid(rows,                                     # a table of images, as `tile` takes it (RGB in [-1, 1] or maps)
+               row_labels: Sequence[str] | None = None,  # one label per row, at the left; None: none
+               col_labels: Sequence[str] | None = None,  # one label per column, on top; None: none
+               captions: Sequence[str] | None = None,    # one text per column, under the grid; None: none
+               title: str | None = None,                 # the figure's title; None: none
+               backend: str = "plotly",                  # "plotly" (interactive) or "matplotlib" (static)
+               scale: float = 2.0,                       # an image pixel's size: screen px (plotly), 1/100 inch (mpl)
+               pad: int = 2,                             # pixels of white between the images
+              ):
     "A labelled table of images (see `tile`); `captions` go under the columns."
     _check_backend(backend)
     pic = tile(rows, pad)
@@ -205,8 +219,13 @@ def image_grid(rows, row_labels: Sequence[str] | None = None, col_labels: Sequen
     return fig
 
 # %% ../nbs/09_plots.ipynb #75bcbaa0
-def samples_grid(x: torch.Tensor, samples: torch.Tensor, reconstruction: torch.Tensor | None = None,
-                 row_labels: Sequence[str] | None = None, mean_var: bool = True, **kw):
+def samples_grid(x: torch.Tensor,                             # the inputs (B, C, H, W) in [-1, 1], one per row
+                 samples: torch.Tensor,                       # their samples D(t⁻¹(v|z)), (B, n, C, H, W) in [-1, 1]
+                 reconstruction: torch.Tensor | None = None,  # D(μ(x)) (B, C, H, W): a column after x; None: none
+                 row_labels: Sequence[str] | None = None,     # one label per input; None: none
+                 mean_var: bool = True,                       # add the samples' per-pixel mean and variance columns
+                 **kw,                                        # passed on to `image_grid`: title, backend, scale, pad
+                ):
     """Rows = inputs; columns = x, D(μ(x)), the samples D(t⁻¹(v|z)) (B, n, C, H, W), then their per-pixel mean
     and variance (Fig. 2 / S7)."""
     cols, rows = ["x"] + (["D(E(x))"] if reconstruction is not None else []), []
@@ -218,8 +237,13 @@ def samples_grid(x: torch.Tensor, samples: torch.Tensor, reconstruction: torch.T
     return image_grid(rows, row_labels=row_labels, col_labels=cols, **kw)
 
 
-def fgsm_grid(x: torch.Tensor, x_adv: torch.Tensor, per_layer: Mapping[str, torch.Tensor],
-              shares: Mapping[str, Estimate | None] | None = None, index: int = 0, **kw):
+def fgsm_grid(x: torch.Tensor,                  # the clean inputs (B, C, H, W) in [-1, 1]
+              x_adv: torch.Tensor,              # their FGSM-attacked versions x*, (B, C, H, W)
+              per_layer: Mapping[str, torch.Tensor],  # {layer: clean invariances decoded with x*'s z, (B, C, H, W)}
+              shares: Mapping[str, Estimate | None] | None = None,  # {layer: its Eq. 19}, in the row labels; None: none
+              index: int = 0,                   # which input of the batch to show
+              **kw,                             # passed on to `image_grid`: title, backend, scale, pad
+             ):
     """Fig. 5: for one input, x and the attacked x*, then per layer (rows) the clean invariances decoded with the
     attacked representation. `shares` ({layer: Eq. 19}) are written into the row labels."""
     layers = list(per_layer)
@@ -229,8 +253,12 @@ def fgsm_grid(x: torch.Tensor, x_adv: torch.Tensor, per_layer: Mapping[str, torc
     return image_grid(rows, row_labels=lab, **kw)
 
 
-def swap_grid(x: torch.Tensor, x_other: torch.Tensor, swaps: Mapping[str, torch.Tensor],
-              sensitivity: Mapping[str, float] | None = None, **kw):
+def swap_grid(x: torch.Tensor,                  # the inputs (B, C, H, W) in [-1, 1], one per row
+              x_other: torch.Tensor,            # their partners x' (B, C, H, W), whose factors are swapped in
+              swaps: Mapping[str, torch.Tensor],  # {factor: x with it taken from x', (B, C, H, W)}, a column each
+              sensitivity: Mapping[str, float] | None = None,  # {factor: ‖f(x̄) − f(x*)‖}, under its column
+              **kw,                             # passed on to `image_grid`: title, backend, scale, pad
+             ):
     """Fig. 7: rows = inputs; columns = x, the partner x', and x with each factor swapped in from x'. `sensitivity`
     ({factor: ‖f(x̄) − f(x*)‖}) goes under the columns."""
     names = list(swaps)
@@ -241,7 +269,8 @@ def swap_grid(x: torch.Tensor, x_other: torch.Tensor, swaps: Mapping[str, torch.
     return image_grid(rows, col_labels=["x", "partner"] + [f"swap {n}" for n in names], captions=caps, **kw)
 
 # %% ../nbs/09_plots.ipynb #1717daae
-def to_html(fig) -> str:
+def to_html(fig,   # a plotly figure, or a matplotlib `Figure`
+           ) -> str:
     "An HTML fragment: plotly figures without plotly.js (add it once per page), matplotlib figures as an embedded PNG."
     if hasattr(fig, "to_html"):
         return fig.to_html(full_html=False, include_plotlyjs=False)
@@ -250,7 +279,8 @@ def to_html(fig) -> str:
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def to_png(fig) -> bytes:
+def to_png(fig,   # a matplotlib `Figure` (drawn at 110 dpi)
+          ) -> bytes:
     "PNG bytes of a matplotlib figure."
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -14,28 +14,28 @@ __all__ = ['PROFILES', 'TARGET', 'FACTORS', 'STAGES', 'Profile']
 @dataclass(frozen=True)
 class Profile:
     "Sizes, steps and learning rates of one `invnb colormnist` run."
-    name: str
+    name: str                            # the profile's name (smoke, quick, long, paper)
     n_train: int | None                      # training digits (None: all there are)
-    n_val: int | None
-    ae_steps: int
-    ae_width: int
-    clf_steps: int
-    n_checkpoints: int
-    e_steps: int
-    e_size: dict
-    t_steps: int
-    t_size: dict
+    n_val: int | None                    # held-out digits (None: all there are)
+    ae_steps: int                        # autoencoder training steps
+    ae_width: int                        # the SmallAE's base channel width
+    clf_steps: int                       # classifier training steps
+    n_checkpoints: int                   # classifier checkpoints kept over training (each gets a t at `checkpoint_layer`)
+    e_steps: int                         # steps of the semantic INN e
+    e_size: dict                         # FactorINN size (n_blocks, hidden, depth)
+    t_steps: int                         # steps of each invariance t
+    t_size: dict                         # InvarianceINN size (n_blocks, hidden, depth, embed_dim)
     layers: tuple                            # layers of the final classifier that get a t
     checkpoint_layer: str = "features.11"    # the penultimate Fire module (Sec. B.4, Tab. S15): t at every checkpoint
     batch_size: int = 128                    # e and t
-    ae_batch_size: int = 64
-    clf_batch_size: int = 64
-    ae_lr: float = 1e-3
+    ae_batch_size: int = 64              # autoencoder batch size
+    clf_batch_size: int = 64             # classifier batch size
+    ae_lr: float = 1e-3                  # Adam learning rate of the autoencoder
     clf_lr: float = 1e-4                     # Adam; SqueezeNet diverges at 1e-3 on this data
-    e_lr: float = 1e-3
+    e_lr: float = 1e-3                   # Adam learning rate of e
     e_guide: float = 300.0                   # weight of the closed-form guide of e (annealed to 0; 06b_factors)
     e_val_every: int = 100                   # steps between held-out pair-loss checks of e (the best is kept)
-    t_lr: float = 1e-3
+    t_lr: float = 1e-3                   # Adam learning rate of each t
     ckpt_every: int = 200                    # training-state checkpoints (for resuming), in steps
     t_val_every: int = 50                    # steps between held-out NLL checks of t (the best is kept)
     n_probe: int = 1000                      # training images for the linear probes (INN-free witness)

@@ -30,7 +30,8 @@ def adapter_recipe(adapter, # an `InputAdapter` (anything else: None)
     return {"size": adapter.size, "mean": adapter.mean.flatten().tolist(), "std": adapter.std.flatten().tolist()}
 
 
-def torchvision_recipe(model: nn.Module) -> dict | None:
+def torchvision_recipe(model: nn.Module,  # a torchvision model, or an `Adapted` one
+                       ) -> dict | None:
     """{'torchvision': name} (with 'adapter' for an `Adapted` model with an `InputAdapter`) when `model` has the
     class and tensor shapes of a torchvision builder's model (default keyword arguments); otherwise None."""
     inner, adapter = (model.model, model.adapter) if isinstance(model, Adapted) else (model, None)
@@ -60,7 +61,9 @@ def _settings(model: nn.Module) -> list:
             for n, m in model.named_modules()]
 
 
-def import_builder(spec: str, *, may_import: bool):
+def import_builder(spec: str,          # 'package.module:function'
+                   *, may_import: bool,  # may the module be imported (True: the user asked to run its code)
+                  ):
     "The function named 'module:function' (imported only with `may_import`, else only if already imported)."
     mod, sep, fn = spec.partition(":")
     if not sep or not mod or not fn: raise BuildError(f"a builder is named 'package.module:function'; got {spec!r}.")
@@ -126,7 +129,10 @@ def _recipe_on_meta(recipe: dict, expect: str | None, shapes: dict[str, tuple], 
     return model
 
 
-def model_from_recipe(recipe: dict, expect: str | None = None, weights: str | Path | None = None) -> nn.Module:
+def model_from_recipe(recipe: dict,                        # {'torchvision': name} or {'builder': 'module:function', 'kwargs': {...}}
+                      expect: str | None = None,            # the class ('module.QualName') the rebuilt model must have
+                      weights: str | Path | None = None,    # the saved weights the model must take exactly (None: no check)
+                     ) -> nn.Module:
     """A model built from `recipe` (see above), in eval mode, with the builder's initial weights; `expect`: the
     class ('module.QualName') the rebuilt model must have. With `weights`, the file of saved weights the model is
     rebuilt for, it is first built on the meta device and refused unless it takes exactly those tensors (names and

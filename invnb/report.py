@@ -27,8 +27,19 @@ __all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT
 FORMAT = 2
 
 
-def run_metrics(study, *, profile: str, seed: int, settings: dict, data: dict, environment: dict,
-                checkpoint_layer: str, layers: list[str], factors: list[str], figures: dict, seconds: dict) -> dict:
+def run_metrics(study,                  # the run's `Study`: its `models` (checkpoints in order, final last) and `results`
+                *,
+                profile: str,           # the profile's name ('smoke', 'paper', ...)
+                seed: int,              # the run's seed
+                settings: dict,         # the profile's settings, as run (sizes, steps, `n_checkpoints`, ...)
+                data: dict,             # what the data were: {'source', 'n_train', 'n_val', ...}
+                environment: dict,      # where it ran: {'device', 'threads', versions, ...}
+                checkpoint_layer: str,  # the layer studied at every checkpoint (Fig. 4)
+                layers: list[str],      # the final model's layers, in forward order (Eq. 19 per layer)
+                factors: list[str],     # e's factors, the residual last
+                figures: dict,          # {'<model>__<layer>': file name of its sample grid in the figures folder}
+                seconds: dict,          # {stage: seconds it took}, optionally with 'total'
+               ) -> dict:
     "The `metrics.json` of a run: its description and `study.results` (models in `study.models` order, final last)."
     return {"format": FORMAT, "run": {"profile": profile, "seed": seed, "settings": settings, "data": data,
                                       "environment": environment},
@@ -48,7 +59,8 @@ FACTOR_OFF_MAX = 0.1      # e: ... and at most this much in any other slice
 CLASS_SHARE_MIN = 0.5     # e: the factor's label means explain at least half of its slice's variance
 
 
-def checks(m: dict) -> list[tuple[str, str, bool]]:
+def checks(m: dict, # a run's metrics.json, as `run_metrics` writes it
+          ) -> list[tuple[str, str, bool]]:
     "(what, measured, passed) for every diagnostic of a run with a threshold."
     r, out = StudyResults.from_json(m["results"]), []
     ae, fac = r.diagnostics.autoencoder, r.diagnostics.factors
@@ -84,7 +96,9 @@ def checks(m: dict) -> list[tuple[str, str, bool]]:
     return out
 
 
-def agreement_text(c, ceiling=None) -> str:
+def agreement_text(c,            # a t's `TCheck`: its `agreement` (a share in [0, 1]) and `agreement_se` (or None)
+                   ceiling=None, # the layer's ceiling, an `Estimate` (None: not measured; left out)
+                  ) -> str:
     "A t's sample agreement with its SE and, if known, its layer's ceiling: '0.25 ± 0.02 of 0.76'."
     se = f" ± {c.agreement_se:.2f}" if c.agreement_se is not None else ""
     return f"{c.agreement:.2f}{se}" + (f" of {ceiling.value:.2f}" if ceiling is not None else "")
@@ -93,7 +107,11 @@ def agreement_text(c, ceiling=None) -> str:
 FIG4_RISING, FIG4_FALLING = "digit", "bg"   # the factors the paper's Fig. 4 sees gain and lose relevance
 
 
-def fig4_claim(m: dict, kind: str = "share", rising: str = FIG4_RISING, falling: str = FIG4_FALLING) -> dict:
+def fig4_claim(m: dict,                     # a run's metrics.json, as `run_metrics` writes it
+               kind: str = "share",        # what is tested: 'share' (identifiable share), 'eq20' or 'probes'
+               rising: str = FIG4_RISING,  # the factor that should gain relevance over training
+               falling: str = FIG4_FALLING,  # the factor that should lose it
+              ) -> dict:
     """The paper's Fig. 4 reading at the checkpoint layer, tested from the first to the last checkpoint: `rising`
     gains, `falling` loses, the two cross (falling above rising first, below it last), and every one of these
     comparisons holds beyond the standard errors (value ± SE intervals apart). `kind`: 'share', 'eq20' or 'probes'
@@ -111,7 +129,8 @@ def fig4_claim(m: dict, kind: str = "share", rising: str = FIG4_RISING, falling:
                                                 (u1, su1, d1, sd1)))}
 
 # %% ../nbs/09b_report.ipynb #9023d4a7
-def validate_metrics(m: dict) -> list[str]:
+def validate_metrics(m: dict, # a run's metrics.json (parsed), as `run_metrics` writes it
+                    ) -> list[str]:
     "Problems with a run's `metrics.json` (empty list: well-formed)."
     bad = []
     try:
@@ -185,7 +204,8 @@ def _curves(m: dict) -> dict:
                 **{f"{k}_layers": {l: r.factor_estimates(k)[final][l] for l in m["layers"]} for k in FACTOR_KINDS})
 
 
-def summary_png(m: dict) -> bytes:
+def summary_png(m: dict, # a run's metrics.json, as `run_metrics` writes it
+               ) -> bytes:
     "One static picture of a run: Eq. 19 per layer (left), Eq. 20 over training with accuracy (right)."
     from PIL import Image
     d = _curves(m)
@@ -343,7 +363,10 @@ def _samples_section(m: dict, r: StudyResults, path: Path, figures_dir) -> list[
     return parts
 
 
-def write_report(m: dict, path, figures_dir=None) -> Path:
+def write_report(m: dict,          # a run's metrics.json, as `run_metrics` writes it
+                 path,             # where the HTML page goes (str or Path; written atomically)
+                 figures_dir=None, # the folder of the PNG sample grids `m['figures']` names (None: figures/ beside `path`)
+                ) -> Path:
     "Write the self-contained HTML report of a run from its metrics (and the PNG sample grids in `figures_dir`)."
     from plotly.offline import get_plotlyjs
     path, d = Path(path), _curves(m)
@@ -355,7 +378,14 @@ def write_report(m: dict, path, figures_dir=None) -> Path:
     return write_text_atomic(path, doc)
 
 # %% ../nbs/09b_report.ipynb #e6330df8
-def study_metrics(study, *, layers: list[str], settings: dict, data: dict, figures: dict, seconds: dict) -> dict:
+def study_metrics(study,             # the `Study` that was run: its `meta` (name, recipe, environment) and `results`
+                  *,
+                  layers: list[str], # the layers studied, in forward order
+                  settings: dict,    # the run's settings (model, layers, sizes, steps, ...)
+                  data: dict,        # what the images were: {'n', 'source', 'size', 'mb', 'storage', 'reused'}
+                  figures: dict,     # {layer: file name of its sample grid in the figures folder}
+                  seconds: dict,     # {stage: seconds it took}, optionally with 'total'
+                 ) -> dict:
     "The `metrics.json` of an `invnb study` run: the model, its recipe, the layers, settings, data and `study.results`."
     return {"format": FORMAT, "kind": "study", "model": study.meta.get("name", study.default_model),
             "recipe": study.meta.get("recipe"), "layers": list(layers),
@@ -363,7 +393,8 @@ def study_metrics(study, *, layers: list[str], settings: dict, data: dict, figur
             "figures": figures, "seconds": seconds, "results": study.results.to_json()}
 
 
-def validate_study_metrics(m: dict) -> list[str]:
+def validate_study_metrics(m: dict, # an `invnb study` run's metrics.json (parsed), as `study_metrics` writes it
+                          ) -> list[str]:
     "Problems with the `metrics.json` of an `invnb study` run (empty list: well-formed); `check_run` uses it."
     bad = []
     try:
@@ -384,7 +415,10 @@ def validate_study_metrics(m: dict) -> list[str]:
     return list(dict.fromkeys(bad))
 
 
-def write_study_report(m: dict, path, figures_dir=None) -> Path:
+def write_study_report(m: dict,          # an `invnb study` run's metrics.json, as `study_metrics` writes it
+                       path,             # where the HTML page goes (str or Path; written atomically)
+                       figures_dir=None, # the folder of the PNG sample grids `m['figures']` names (None: figures/ beside `path`)
+                      ) -> Path:
     """The self-contained HTML report of an `invnb study` run from its `study_metrics` (and the PNG sample grids in
     `figures_dir`, default: figures/ beside `path`)."""
     path, esc = Path(path), html.escape

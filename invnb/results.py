@@ -16,8 +16,8 @@ __all__ = ['FACTOR_KINDS', 'Estimate', 'TCheck', 'AEDiagnostics', 'FactorTable',
 # %% ../nbs/06a_results.ipynb #fe03d9ef
 class Estimate(NamedTuple):
     "A number with its standard error."
-    value: float
-    se: float
+    value: float   # the estimate, in its quantity's units (a share in [0, 1] for Eq. 19 and Eq. 20)
+    se: float      # its standard error (jackknife over the outer samples); NaN where none can be computed
 
     def __str__(self) -> str: return f"{self.value:.3f} ± {self.se:.3f}"
 
@@ -93,7 +93,7 @@ class FactorTable:
     own: dict[str, float]                     # each factor's correlation in its own slice (the diagonal)
     max_off_diagonal: float                   # the largest correlation in a slice of another factor or the residual
     class_share: dict[str, float]             # factor -> share of its slice's variance that its label means explain
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # `factor_report`'s messages: unlearned factors, leaks between slices
 
     def to_json(self) -> dict:
         return {"correlation": _floats(self.correlation, 2), "own": _floats(self.own),
@@ -106,9 +106,9 @@ class FactorTable:
 # %% ../nbs/06a_results.ipynb #120c8398
 class TTraining(NamedTuple):
     "How one t was trained: the step whose weights it kept, its held-out NLL there, and its step budget."
-    best_step: int | None
-    best_val_nll: float | None
-    steps: int
+    best_step: int | None        # the training step whose weights t kept (None: no held-out validation)
+    best_val_nll: float | None   # t's held-out NLL in nats at that step (None: not validated)
+    steps: int                   # the number of training steps t was given
 
     def to_json(self) -> dict: return self._asdict()
 
@@ -116,7 +116,9 @@ class TTraining(NamedTuple):
     def from_json(cls, d: dict) -> "TTraining": return _record(cls, d)
 
 
-def t_key(model: str, layer: str) -> str:
+def t_key(model: str,  # the model's name in the study (e.g. a checkpoint, 'step001200')
+          layer: str,  # the layer of that model t conditions on (e.g. 'features.11')
+         ) -> str:
     "The name under which the training of the t of (`model`, `layer`) is recorded: '<model>__<layer>'."
     return f"{model}__{layer}"
 
@@ -133,8 +135,8 @@ def _sd(values: list[float]) -> float:
 class SeedSpread:
     """Eq. 19 and the identifiable shares of one (model, layer) from t's trained with different seeds, on the same
     images and draws: their spread over seeds next to the jackknife SE, which covers only the sampling of x and v."""
-    model: str
-    layer: str
+    model: str                                # the model's name in the study
+    layer: str                                # the layer the t's condition on
     eq19: list[Estimate]                      # one per seed; the first is the study's own t
     share: dict[str, list[Estimate]]          # factor -> one per seed
 
@@ -164,10 +166,10 @@ class SeedSpread:
 class Diagnostics:
     """How well a study's fitted parts work: the autoencoder, e, the training of each t, t's spread over seeds, and
     the ceiling of each t's sample agreement."""
-    autoencoder: AEDiagnostics | None = None
-    factors: FactorTable | None = None
+    autoencoder: AEDiagnostics | None = None                         # the autoencoder on held-out images (None: not computed)
+    factors: FactorTable | None = None                               # e on held-out pairs (None: no e, or not computed)
     t_training: dict[str, TTraining] = field(default_factory=dict)   # by `t_key(model, layer)` or a reference's name
-    seed_spread: SeedSpread | None = None
+    seed_spread: SeedSpread | None = None                            # t's retrained with other seeds at one layer (None: not run)
     ceiling: dict[str, Estimate] = field(default_factory=dict)       # by `t_key`: the agreement of an oracle t
 
     def training_of(self, model: str, layer: str) -> TTraining | None:
@@ -214,15 +216,15 @@ def _leaves(d: dict, depth: int, where: str = ""):
 @dataclass
 class StudyResults:
     "Every number a `Study` reports (see the table above)."
-    eq19: dict[str, dict[str, Estimate]] = field(default_factory=dict)
-    eq20: dict[str, dict[str, dict[str, Estimate]]] = field(default_factory=dict)
-    share: dict[str, dict[str, dict[str, Estimate]]] = field(default_factory=dict)
-    probes: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    t_checks: dict[str, dict[str, TCheck]] = field(default_factory=dict)
-    image_variance: dict[str, dict[str, float]] = field(default_factory=dict)
-    accuracy: dict[str, float] = field(default_factory=dict)
-    steps: dict[str, int] = field(default_factory=dict)
-    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    eq19: dict[str, dict[str, Estimate]] = field(default_factory=dict)              # model -> layer -> Eq. 19, a share in [0, 1]
+    eq20: dict[str, dict[str, dict[str, Estimate]]] = field(default_factory=dict)   # model -> layer -> factor -> Eq. 20 (paper)
+    share: dict[str, dict[str, dict[str, Estimate]]] = field(default_factory=dict)  # model -> layer -> factor -> identifiable share
+    probes: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)    # model -> layer -> factor -> probe accuracy in [0, 1]
+    t_checks: dict[str, dict[str, TCheck]] = field(default_factory=dict)            # model -> layer -> t's held-out diagnostics
+    image_variance: dict[str, dict[str, float]] = field(default_factory=dict)       # model -> layer -> mean per-pixel variance of samples
+    accuracy: dict[str, float] = field(default_factory=dict)                        # model -> validation accuracy in [0, 1]
+    steps: dict[str, int] = field(default_factory=dict)                             # model -> training step of that checkpoint
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)                   # the study-wide records (autoencoder, e, t's training)
 
     # -- views -------------------------------------------------------------------------------------
     def factors_over_steps(self, layer: str, models: list[str] | None = None,

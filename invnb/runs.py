@@ -36,7 +36,8 @@ LOCK = ".invnb.lock"
 
 
 @contextmanager
-def run_lock(out: Path):
+def run_lock(out: Path,  # the run folder (made if missing)
+            ):
     """Hold an exclusive lock on the run folder `out` (created if needed) while the block runs. A run that leaves
     nothing but the lock (it failed before writing anything) takes the lock file away, and the folder if it made it."""
     try:
@@ -67,7 +68,8 @@ def run_lock(out: Path):
         f.close()   # closing releases the lock
 
 
-def artifacts(out: Path) -> dict[str, str]:
+def artifacts(out: Path,  # the run folder
+             ) -> dict[str, str]:
     """{path relative to `out`: SHA-256} of a run's finished files: everything in study/ (weights and JSON: the index,
     e's factor sizes, t's training records), figures/*.png, metrics.json and report.html."""
     files = sorted(p for p in (out / "study").rglob("*") if p.suffix in (".safetensors", ".json"))
@@ -85,7 +87,9 @@ def _inside(out: Path, key: str) -> Path:
     return path
 
 
-def damaged_artifacts(out: Path, recorded: dict[str, str]) -> list[str]:
+def damaged_artifacts(out: Path,                 # the run folder
+                      recorded: dict[str, str],  # {file: sha256} from its state (`artifacts` at the end of the run)
+                     ) -> list[str]:
     "The recorded artifacts that are missing or whose content changed (`RunError` for a path outside `out`)."
     if not isinstance(recorded, dict):
         raise RunError(f"{out / 'state.json'} is damaged (its 'artifacts' are not a JSON object); run again with "
@@ -147,7 +151,7 @@ def _differences(saved: dict, now: dict) -> str:
 
 def prepare_run(out: Path, # the run folder (locked by the caller)
                 profile: str, # the profile's name
-                seed: int,
+                seed: int, # the run's seed (a resume must match it)
                 settings: dict, # every setting the results depend on (a resume must match them)
                 data_info: dict, # the data's source and fingerprint (a resume must match them)
                 force: bool, # delete an earlier run first

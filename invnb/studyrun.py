@@ -41,7 +41,8 @@ MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained
               "OUT/ae.safetensors and reused).")
 
 
-def load_state_dict_file(path) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path,  # a .safetensors file or a torch.save file of tensors (.pt, .pth)
+                        ) -> dict[str, torch.Tensor]:
     """A state dict from `path`: a `.safetensors` file, or a `torch.save` file read with `weights_only=True` (a
     dict of tensors, or one under 'state_dict' / 'model'; a 'module.' prefix of DataParallel is dropped)."""
     path = Path(path)
@@ -87,7 +88,11 @@ def _load_weights(model: nn.Module, state: dict, what: str):
         raise BuildError(f"the checkpoint does not fit {what} ({detail}); was it saved from this architecture?") from None
 
 
-def model_from_spec(spec: str, weights: str | None = None, checkpoint=None, seed: int = 0) -> tuple[nn.Module, dict]:
+def model_from_spec(spec: str,                   # torchvision:NAME or package.module:function
+                    weights: str | None = None,   # torchvision's weights name (e.g. DEFAULT); None: the builder's own
+                    checkpoint=None,              # a file of the user's trained weights (a state dict), loaded into it
+                    seed: int = 0,                # fixes the initial weights when neither weights nor checkpoint is given
+                   ) -> tuple[nn.Module, dict]:
     """(model in eval mode, recipe) for `torchvision:NAME` (wrapped with ImageNet's input normalisation) or
     `package.module:function` (a builder; imported, as the user named it), with torchvision's `weights` or the
     state dict in `checkpoint`; the initial weights are drawn with `seed` (so a rerun builds the same model)."""

@@ -35,7 +35,10 @@ PICKER_ROWS = dict(layers=6, checkpoints=6, factors=4)   # `CurveExplorer`: visi
 EQ19_SAMPLES, EQ19_SEED = 100, 0   # `CurveExplorer`'s "Compute Eq. 19": n_outer = n_inner, and the seed
 
 # %% ../nbs/10_widgets.ipynb #d99bdca0
-def png(rows, scale: int = SCALE, pad: int = 2) -> bytes:
+def png(rows,                 # rows of images (C, H, W) as `invnb.plots.tile` takes them: RGB in [-1, 1] or maps
+        scale: int = SCALE,   # screen pixels per image pixel (nearest-neighbour enlargement); 1: as is
+        pad: int = 2,         # image pixels of white around and between the images
+       ) -> bytes:
     "PNG bytes of a table of images (see `invnb.plots.tile`), each pixel drawn as scale×scale."
     from PIL import Image
     pic = plots.tile(rows, pad)
@@ -95,8 +98,15 @@ class LayerExplorer(W.VBox):
     The invariances v are drawn by "Resample v" (or when the number of samples changes) and kept otherwise, so a
     layer switch decodes the *same* v with another layer's t; temperature scales v."""
     COLUMNS = 8   # samples per row of the picture
-    def __init__(self, study: Study, images: torch.Tensor, model: str | None = None, n: int = 8,
-                 temperature: float = 1.0, seed: int = 0, scale: int = SCALE):
+    def __init__(self,
+                 study: Study,               # a study with at least one t for `model`
+                 images: torch.Tensor,       # the inputs to pick from, (N, C, H, W) in [-1, 1] with N ≥ 1
+                 model: str | None = None,   # which of the study's models; None: its default model
+                 n: int = 8,                 # samples per draw of v (1 to MAX_SAMPLES)
+                 temperature: float = 1.0,   # multiplies v ~ N(0, I) before decoding (0: v = 0 for every sample)
+                 seed: int = 0,              # seeds the generator that draws v
+                 scale: int = SCALE,         # screen pixels per image pixel in the picture
+                ):
         self.study, self.images, self.model = study, _some_images(images), model or study.default_model
         layers = study.layers(self.model)
         if not layers: raise ValueError(f"the study has no t for model {self.model!r}; train one first.")
@@ -158,8 +168,15 @@ class LayerExplorer(W.VBox):
 class FactorEditor(W.VBox):
     """One slider per semantic factor of e: 0 keeps the image's own e_i, 1 takes the partner's. Shows x, the partner,
     the edit x*, the model's prediction for x* and ‖f(x) − f(x*)‖, live."""
-    def __init__(self, study: Study, image: torch.Tensor, partners: torch.Tensor, model: str | None = None,
-                 class_names=None, seed: int = 0, scale: int = EDIT_SCALE):
+    def __init__(self,
+                 study: Study,               # a study with a semantic INN e (`study.e`)
+                 image: torch.Tensor,        # the image x to edit, (C, H, W) or the first of (N, C, H, W), in [-1, 1]
+                 partners: torch.Tensor,     # the images whose factors can be taken, (N, C, H, W) shaped like x
+                 model: str | None = None,   # the model f whose prediction is shown; None: the default model
+                 class_names=None,           # a name per class index, for the prediction; None: the index
+                 seed: int = 0,              # seeds the "random partner" draws
+                 scale: int = EDIT_SCALE,    # screen pixels per image pixel in the picture
+                ):
         if study.e is None: raise ValueError("the study has no semantic INN e; train one with invnb.analysis.fit_factors.")
         self.study, self.e, self.f = study, study.e, study._model(model)
         self.x, self.partners = _one_image(image, "image"), _some_images(partners, "partners")
@@ -233,7 +250,11 @@ class CurveExplorer(W.VBox):
 
     BACKENDS = ("image", "plotly", "matplotlib")   # image: a PNG widget (works everywhere); the others: an Output
 
-    def __init__(self, study: Study, images: torch.Tensor | None = None, backend: str = "image"):
+    def __init__(self,
+                 study: Study,                       # the study whose `results` are drawn
+                 images: torch.Tensor | None = None, # (N, C, H, W) in [-1, 1] for "Compute Eq. 19"; None: button off
+                 backend: str = "image",             # "image" (a PNG, works everywhere), "plotly" or "matplotlib"
+                ):
         if backend not in self.BACKENDS: raise ValueError(f"backend must be one of {self.BACKENDS}; got {backend!r}.")
         if images is not None: _some_images(images)
         self.study, self.images, self.backend, self.error, self.last_ms = study, images, backend, None, None
