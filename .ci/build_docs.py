@@ -1,9 +1,9 @@
-"""Offline HTML documentation: execute every notebook (skipping cells flagged `slow`, `online`, `notest` or
-`eval: false`, as nbdev_test does) and export it with nbconvert to _docs/html/ (index.html is the home page, contents.html lists all), with working plotly figures
+"""Offline HTML documentation: every notebook with its stored outputs (as Quarto renders them; with `--execute`,
+executed again first, skipping cells flagged `slow`, `online`, `notest` or `eval: false`, as nbdev_test does), exported with nbconvert to _docs/html/ (index.html is the home page, contents.html lists all), with working plotly figures
 (plotly.js embedded once per page). `nbdev_docs` needs Quarto, which cannot be installed offline; this is the
 offline build, and CI runs it so that broken docs are caught.
 
-    python .ci/build_docs.py [notebooks ...]     # default: every notebook under nbs/
+    python .ci/build_docs.py [--execute] [notebooks ...]     # default: every notebook under nbs/, as stored
 Exits 1 when a notebook fails, an error shows in an output, or a page with figures lacks plotly.js.
 """
 import os
@@ -50,14 +50,15 @@ def plotly_to_html(nb: dict) -> int:
     return n
 
 
-def build(path: Path) -> list[str]:
+def build(path: Path, execute: bool = False) -> list[str]:
     problems = []
     nb = NBProcessor(path, procs=FrontmatterProc, process=True).nb
-    shell = CaptureShell(path)
     t0 = time.perf_counter()
-    with working_directory(path.parent):
-        shell.run_all(nb, exc_stop=True, preproc=skip)
-    if shell.exc: problems.append(f"{path}: {type(shell.exc).__name__}: {shell.exc}")
+    if execute:                      # CI does not: nbdev_test has just executed every notebook
+        shell = CaptureShell(path)
+        with working_directory(path.parent):
+            shell.run_all(nb, exc_stop=True, preproc=skip)
+        if shell.exc: problems.append(f"{path}: {type(shell.exc).__name__}: {shell.exc}")
     d = nb2dict(nb)
     for c in d["cells"]:
         c.pop("directives_", None)
@@ -78,9 +79,10 @@ def build(path: Path) -> list[str]:
 
 
 def main(args):
-    paths = [Path(a).resolve() for a in args] or sorted((ROOT / "nbs").rglob("*.ipynb"))
+    execute = "--execute" in args
+    paths = [Path(a).resolve() for a in args if a != "--execute"] or sorted((ROOT / "nbs").rglob("*.ipynb"))
     paths = [p for p in paths if ".ipynb_checkpoints" not in p.parts]
-    problems = [p for path in paths for p in build(path)]
+    problems = [p for path in paths for p in build(path, execute)]
     if (ROOT / "nbs" / "images").is_dir():                 # pictures the notebooks link to
         shutil.copytree(ROOT / "nbs" / "images", OUT / "images", dirs_exist_ok=True)
     index = "".join(f"<li><a href='{p.relative_to(ROOT / 'nbs').with_suffix('.html')}'>{p.stem}</a></li>" for p in paths)
