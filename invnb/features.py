@@ -14,13 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .analysis import safe_name
+from .fitting import safe_name
 from .autoencoder import Autoencoder
 from .data import check_dtype, check_images, load_image_folder
 from .probe import Probe
 from .utils import mixed_precision, pick_device, progress_bar
 from .recipes import BuildError   # its home since the recipes have their own module; imported from here before
-
 
 # %% auto #0
 __all__ = ['probes_of', 'features_of_layers', 'features_of_probes', 'image_batches', 'encode_and_features']

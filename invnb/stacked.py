@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .analysis import draw_zbar
+from .fitting import draw_zbar
 from .autoencoder import sample_gaussian
 from .flows import stack_layers
 from .inn import InvarianceINN

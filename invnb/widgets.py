@@ -177,7 +177,7 @@ class FactorEditor(W.VBox):
                  seed: int = 0,              # seeds the "random partner" draws
                  scale: int = EDIT_SCALE,    # screen pixels per image pixel in the picture
                 ):
-        if study.e is None: raise ValueError("the study has no semantic INN e; train one with invnb.analysis.fit_factors.")
+        if study.e is None: raise ValueError("the study has no semantic INN e; train one with invnb.fitting.fit_factors.")
         self.study, self.e, self.f = study, study.e, study._model(model)
         self.x, self.partners = _one_image(image, "image"), _some_images(partners, "partners")
         if self.partners.shape[1:] != self.x.shape[1:]:
