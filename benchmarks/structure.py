@@ -24,7 +24,7 @@ def cycle():
     def visit(u, path):
         state[u] = 1
         for v in graph[u]:
-            if state.get(v) == 1: return path + [u, v]
+            if state.get(v) == 1: return (path + [u])[(path + [u]).index(v):] + [v]   # the cycle alone, v to v
             if not state.get(v) and (c := visit(v, path + [u])): return c
         state[u] = 2
     for u in graph:

@@ -22,11 +22,14 @@ column.
 
     python benchmarks/t_quality.py runs/colormnist --layer softmax --colourings 8 --steps 1500
     python benchmarks/t_quality.py runs/colormnist --grid
+    python benchmarks/t_quality.py runs/colormnist --grid --layer features.11 --lr 2e-3 --grid-colourings 4 \
+        --grid-widths 128,256 --grid-steps 250,500,1000,2000,4000 --out benchmarks/measured/t_quality_grid.json
     python benchmarks/t_quality.py runs/colormnist --data --seconds 60 --lr 3e-3
 """
 import argparse
 import json
 import math
+import sys
 import time
 import warnings
 
@@ -164,7 +167,7 @@ def context(run: str, layer: str, colourings: int) -> dict:
     data = load_data(prof, seed)
     ae = load_model(f"{run}/study/ae.safetensors").eval()
     f = load_model(f"{run}/study/models/{m['final_model']}.safetensors").eval()
-    probe = Probe(f, layer)
+    probe = f.probe(layer) if hasattr(f, "probe") else Probe(f, layer)   # the classifier names its layers as the run does
     xs = [data.xt] + [ColorMNIST(data.train.ink, data.train.labels[TARGET], seed=seed + SEED_OFFSETS["t_colourings"] + k).images()
                       for k in range(1, colourings)]
     x = torch.cat(xs)
@@ -178,7 +181,8 @@ def context(run: str, layer: str, colourings: int) -> dict:
             "check_zbar": draw({k: v[:500] for k, v in codes.items()}, g), "check_feats": phi(data.xt[:500]),
             "x": xe, "x_feats": phi(xe), "target": f(ae.decode(ae.encode(xe)[0])).argmax(1),
             "ceiling": agreement_ceiling(ae, probe, f, xe, data.xt, k=4, generator=torch.Generator().manual_seed(1)),
-            "cond_shape": tuple(phi(xe[:1]).shape[1:]), "colourings": colourings, "layer": layer}
+            "cond_shape": tuple(phi(xe[:1]).shape[1:]), "colourings": colourings, "layer": layer,
+            "run": {"profile": prof.name, "seed": seed, "final_model": m["final_model"]}}
 
 
 def compare(ctx, steps, flows):
@@ -202,7 +206,7 @@ def compare(ctx, steps, flows):
     return out
 
 
-def grid(ctx_of, steps_list, colourings_list, widths):
+def grid(ctx_of, steps_list, colourings_list, widths, lr=1e-3):
     rows = []
     for K in colourings_list:
         ctx = ctx_of(K)
@@ -210,10 +214,11 @@ def grid(ctx_of, steps_list, colourings_list, widths):
             size = {**ctx["prof"].t_size, "hidden": w}
             model, done, secs = Invnb(ctx["dim"], ctx["cond_shape"], seed=0, **size), 0, 0.0
             for s in sorted(steps_list):                         # one run per (K, width), evaluated on the way
-                n, dt = train(model, ctx, steps=s - done, seed=done); done, secs = s, secs + dt
+                n, dt = train(model, ctx, steps=s - done, seed=done, lr=lr); done, secs = s, secs + dt
                 rows.append({"colourings": K, "hidden": w, "steps": s, **evaluate(model, ctx), "seconds": round(secs, 1)})
                 print(rows[-1], flush=True)
-    return {"layer": ctx["layer"], "ceiling": {k: round(v, 3) for k, v in ctx["ceiling"].items()}, "grid": rows}
+    return {"layer": ctx["layer"], "lr": lr, "size": dict(ctx["prof"].t_size), "run": ctx["run"],
+            "ceiling": {k: round(v, 3) for k, v in ctx["ceiling"].items()}, "grid": rows}
 
 
 def data_sources(ctx_of, seconds, lr):
@@ -243,6 +248,10 @@ def main():
     ap.add_argument("--grid", action="store_true", help="invnb's t: agreement over steps × colourings × width")
     ap.add_argument("--data", action="store_true", help="invnb's t at equal seconds (--seconds) on one colouring, "
                     "a pool of 8 colourings, and fresh colourings at every step")
+    ap.add_argument("--grid-steps", default="500,1500,3000", help="--grid: the steps at which t is evaluated")
+    ap.add_argument("--grid-colourings", default="1,8", help="--grid: the pools' colourings K")
+    ap.add_argument("--grid-widths", default="128,256", help="--grid: the coupling networks' hidden widths")
+    ap.add_argument("--out", default=None, help="also write the JSON to this file")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--lr", type=float, default=1e-3)
     a = ap.parse_args()
@@ -250,10 +259,15 @@ def main():
     if a.data:
         res = data_sources(lambda K: context(a.run, a.layer, K), a.seconds, a.lr)
     elif a.grid:
-        res = grid(lambda K: context(a.run, a.layer, K), [500, 1500, 3000], [1, 8], [128, 256])
+        ints = lambda t: [int(x) for x in t.split(",")]
+        res = grid(lambda K: context(a.run, a.layer, K), ints(a.grid_steps), ints(a.grid_colourings),
+                   ints(a.grid_widths), a.lr)
     else:
         res = compare(context(a.run, a.layer, a.colourings), a.steps, a.flows.split(","))
     print(json.dumps(res))
+    if a.out:                                    # the command, with the run folder as RUN (it names a local path)
+        res["command"] = " ".join(["python", "benchmarks/t_quality.py", "RUN", *sys.argv[2:]])
+        open(a.out, "w").write(json.dumps(res, indent=1) + "\n")
 
 
 if __name__ == "__main__":

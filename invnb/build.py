@@ -5,6 +5,8 @@
 # %% ../nbs/08b_build.ipynb #4b1176e7
 from __future__ import annotations
 
+import difflib
+import inspect
 import time
 from pathlib import Path
 
@@ -151,6 +153,12 @@ def build_study(model: nn.Module, # your model, f; an `Adapted` model probes its
     first, with the closest names. Under torchrun the t's are shared out across the ranks (`out` is then required,
     on a file system every rank sees); rank 0 returns the study, the other ranks None."""
     if "keep" in kwargs: raise TypeError("build_study returns the study alone; use assemble_study for kept images.")
+    known = [k for k in inspect.signature(assemble_study).parameters if k not in ("model", "layers", "images", "keep")]
+    if bad := [k for k in kwargs if k not in known]:
+        near = {k: difflib.get_close_matches(k, known, n=1) for k in bad}
+        raise TypeError("build_study got unknown keyword(s): " + ", ".join(f"{k!r}" + (f" (did you mean {m[0]!r}?)" if m else "")
+                                                                          for k, m in near.items())
+                        + f"; it takes {', '.join(known)}.")
     built = assemble_study(model, layers, images, **kwargs)
     return None if built is None else built[0]
 

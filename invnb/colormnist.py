@@ -223,6 +223,17 @@ def t_stacks(run: RunSpec,  # the run: its profile's `t_stack`, the most t's tra
     return {f"stack{i // n}": names[i:i + n] for i in range(0, len(names), n)}
 
 # %% ../nbs/12_colormnist.ipynb #fde7f856
+def _restart_if_stale(run: RunSpec, state: str, train: Callable):
+    """`train()`, which builds its model(s) and fits them resuming from the training state `state`. A state that this
+    invnb cannot resume (written by an earlier version: `CheckpointError`) only saved time: it is deleted, with a line
+    in the log, and `train()` starts again from step 0. The run's finished files are untouched."""
+    try: return train()
+    except CheckpointError as e:
+        run.log(f"  {run.out / 'train' / state}: this invnb cannot resume it ({e}); deleted, training from step 0.")
+        run.drop_state(state)
+        return train()
+
+
 def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_feats, desc: str,
            base: InvarianceINN | None = None, seed: int | None = None) -> InvarianceINN:
     """One t (or, without `base`, the unconditional baseline), started at `base` (`fitting.warm_start`), kept at its
@@ -231,11 +242,14 @@ def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_fea
     t = _loads(path, InvarianceINN)
     if t is None:
         val_fn = lambda m: diagnostics.nll_of(m, codes_val, val_feats, seed=run.seed)   # the same held-out draw for all
-        t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=seed, **p.t_size)
-        if base is not None: fitting.warm_start(t, base)
-        t, hist = fitting.fit_invariances(codes, feats, t=t, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr,
+
+        def train():
+            t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=seed, **p.t_size)
+            if base is not None: fitting.warm_start(t, base)
+            return fitting.fit_invariances(codes, feats, t=t, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr,
                                            **{**run.fit_kwargs(f"t/{name}", seed), "desc": desc}, val_fn=val_fn,
                                            val_every=p.t_val_every)
+        t, hist = _restart_if_stale(run, f"t/{name}", train)
         write_json_atomic(path.with_suffix(".training.json"),   # which step's weights t kept, and why
                           {"best_step": hist.best_step, "best_val_nll": hist.best_val, "steps": p.t_steps,
                            "val_nll": hist["val"]})
@@ -251,15 +265,16 @@ def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple],
     rerun that lost some of a stack's files trains the same stack again, so the lost t's come back bit for bit and the
     others' files stay untouched)."""
     p, seeds = run.prof, [run.seed if s is None else s for s in seeds]
-    ts = []
-    for (feats, _), s in zip(data, seeds):
-        t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=s, **p.t_size)
-        ts.append(fitting.warm_start(t, base))
     state = "t/stack__" + hashlib.sha256("|".join(names).encode()).hexdigest()[:12]   # exactly this set of t's
     val_fn = lambda m: stacked_nll_of(m, codes_val, [v for _, v in data], seed=run.seed)   # nll_of's draw, per t
-    ts, hist = fit_invariances_stacked(codes, [f for f, _ in data], ts, steps=p.t_steps, batch_size=p.batch_size,
+
+    def train():
+        ts = [fitting.warm_start(InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=s, **p.t_size), base)
+              for (feats, _), s in zip(data, seeds)]
+        return fit_invariances_stacked(codes, [f for f, _ in data], ts, steps=p.t_steps, batch_size=p.batch_size,
                                        lr=p.t_lr, **{**run.fit_kwargs(state), "seed": seeds, "desc": desc},
                                        val_fn=val_fn, val_every=p.t_val_every)
+    ts, hist = _restart_if_stale(run, state, train)
     for i, (name, t) in enumerate(zip(names, ts)):
         if save is not None and name not in save: continue
         path = run.study_dir / "t" / f"{name}.safetensors"
@@ -541,7 +556,7 @@ def report_stage(run: RunSpec, # the run
                  stage_seconds: dict, # {stage: {'seconds': s}} of the finished stages (the engine's)
                  ) -> Path:
     "Stage 7: metrics.json, figures/summary.png and report.html; the report's path."
-    p, secs = run.prof, {s: v["seconds"] for s, v in stage_seconds.items()}
+    p, secs = run.prof, {s: v["seconds"] for s, v in stage_seconds.items() if s != "report"}
     m = run_metrics(study, profile=p.name, seed=run.seed, settings=asdict(p), data=data.info,
                     environment=environment(run.device), checkpoint_layer=p.checkpoint_layer, layers=list(p.layers),
                     factors=[*FACTORS, study.e.names[0]], figures=figures,

@@ -71,19 +71,19 @@ PROFILES = {
                      est_seconds=dict(data=1, autoencoder=3, classifier=6, factors=1, invariances=6, analysis=4, report=3)),
     "quick": Profile("quick", None, None, ae_steps=6000, ae_width=32, clf_steps=1000, n_checkpoints=7,
                      e_steps=700, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
-                     t_steps=250, t_val_every=25, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
-                     t_colourings=4,
+                     t_steps=1000, t_val_every=100, t_lr=2e-3,    # 250 steps: t ignored z (benchmarks/t_quality.py)
+                     t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64), t_colourings=4,
                      layers=tuple(l for l in _LAYERS if l not in ("features.12", "classifier")), n_probe=500, fidelity_draws=4,
                      ae_batch_size=32, ae_lr=3e-3, disk_mb=300,
-                     est_seconds=dict(data=1, autoencoder=159, classifier=214, factors=62, invariances=323, analysis=114,
-                                      report=1)),   # measured 2026-12-02 (seed 0, 2-core CPU)
+                     est_seconds=dict(data=1, autoencoder=50, classifier=74, factors=20, invariances=303, analysis=42,
+                                      report=1)),   # measured 2026-12-04 (seed 0, 2-core CPU: 490 s of stages)
     "long": Profile("long", None, None, ae_steps=6000, ae_width=32, clf_steps=4000, n_checkpoints=9,
                     e_steps=1500, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
                     t_steps=1500, t_val_every=100, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),
                     t_colourings=4, layers=tuple(l for l in _LAYERS if l != "classifier"), n_probe=1000,
                     ae_batch_size=32, ae_lr=3e-3, disk_mb=600,
-                    est_seconds=dict(data=1, autoencoder=130, classifier=600, factors=115, invariances=1100,
-                                     analysis=130, report=3)),
+                    est_seconds=dict(data=1, autoencoder=46, classifier=344, factors=41, invariances=489,
+                                     analysis=65, report=3)),   # measured 2026-12-04 (seed 0, 2-core CPU: 985 s of stages)
     "paper": Profile("paper", None, None, ae_steps=20000, ae_width=64, clf_steps=40000, n_checkpoints=20,
                      e_steps=20000, e_size=dict(n_blocks=20, hidden=1024, depth=2),
                      t_steps=20000, t_size=dict(n_blocks=20, hidden=1024, depth=2, embed_dim=128),

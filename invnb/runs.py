@@ -349,8 +349,8 @@ def run_recipe(recipe: Recipe,               # the stages
     """Run (or resume) `recipe` in `out`: the lock, the state file, one line and one timing per stage, resume (each
     stage reuses what an earlier run of it finished), `until`, the torchrun rank rules, and at the end the record of
     every finished file (`artifacts`) that `check_run_folder` verifies. Returns the values of all stages ({'report': its path} when
-    the run was finished already); None when stopped by `until`, or on a rank other than 0 (which stops before the
-    first stage that is rank 0's alone)."""
+    the run was finished already); None when stopped by `until`, or on a rank other than 0 that reaches a stage that
+    is rank 0's alone (it stops there). A recipe whose every stage runs on all ranks returns every rank's values."""
     recipe.check(inputs)
     recipe.index(until)
     out, main = Path(out), is_main()

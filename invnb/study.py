@@ -167,6 +167,9 @@ class Study:
     ts = property(lambda self: self.parts.ts, lambda self, v: setattr(self.parts, "ts", v), doc="t by (model, layer)")
     e = property(lambda self: self.parts.e, lambda self, v: setattr(self.parts, "e", v), doc="the semantic INN or None")
     default_model = property(lambda self: self.parts.default_model, doc="'final', or the last model")
+    FEATURE_CACHE = property(lambda self: self.parts.FEATURE_CACHE,
+                             lambda self, v: setattr(self.parts, "FEATURE_CACHE", v),
+                             doc="how many `features` results are remembered (0: none); the parts' setting")
 
     def layers(self, model: str | None = None) -> list[str]: return self.parts.layers(model)
     def probe(self, layer: str, model: str | None = None) -> Probe: return self.parts.probe(layer, model)

@@ -93,6 +93,18 @@ def test_bad_inputs_fail_before_training(folder, ae, tmp_path, monkeypatch):
         build(torch.rand(4, 3, 64, 64) * 2 - 1, ae[0])
     with pytest.raises(BuildError, match=r"must lie in \[-1, 1\]"):
         build(torch.rand(4, 3, 32, 32) * 255, ae[0])
+    with pytest.raises(TypeError, match=r"build_study got unknown keyword\(s\): 'step' \(did you mean 'steps'\?\)"):
+        Study.build(resnet18(), ["layer2"], folder, ae=ae[0], step=3)
+    with pytest.raises(TypeError, match=r"'bogus'; it takes ae, "):
+        Study.build(resnet18(), ["layer2"], folder, ae=ae[0], bogus=1)
+
+
+def test_study_feature_cache_is_the_parts_setting():
+    "Study.FEATURE_CACHE reads and sets the cache size of its parts (where `features` keeps its results)."
+    s = Study(nn.Identity(), {"final": nn.Identity()})
+    assert s.FEATURE_CACHE == s.parts.FEATURE_CACHE == 48
+    s.FEATURE_CACHE = 0
+    assert s.parts.FEATURE_CACHE == 0
 
 
 def test_a_folder_without_class_subfolders_is_one_class(folder, ae, tmp_path):

@@ -345,3 +345,28 @@ def test_t_colourings_differ_are_fixed_by_the_seed_and_resume_from_their_cache(s
     stamp = cache.stat().st_mtime_ns
     _, again = colormnist.t_training_set(spec("a"), data, study.ae, codes)            # a rerun reads its cache
     assert cache.stat().st_mtime_ns == stamp and torch.equal(again["mean"], c1["mean"])
+
+
+def test_a_training_state_this_invnb_cannot_resume_is_deleted_and_the_t_trained_from_step_0(smoke_run, tmp_path):
+    "A t's training state written for another t (as an earlier invnb's may be) is not a dead end for CLI users: "
+    "the stage says so, deletes it and trains the t from step 0 (the same t as a run without that state)."
+    from invnb import fitting
+    from invnb.inn import InvarianceINN
+    study = Study.load(smoke_run[0] / "study")
+    data = colormnist.load_data(PROFILES["smoke"], 0)
+    codes, codes_val = (colormnist.encode_dataset(study.ae.encode, x, device="cpu") for x in (data.xt, data.xv))
+    probe = study.probe("features.11")
+    feats, val_feats = (torch.cat([probe.phi(b) for b in x.split(200)]) for x in (data.xt, data.xv))
+    lines = []
+    spec = lambda d: colormnist.RunSpec(tmp_path / d, PROFILES["smoke"], 0, torch.device("cpu"), False, lines.append)
+    stale = spec("stale")
+    other = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), n_blocks=1, hidden=8, depth=1, embed_dim=4)
+    fitting.fit_invariances(codes, feats, t=other, steps=2, ckpt_dir=stale.out / "train" / "t" / "x", ckpt_every=1,
+                            progress=False)
+    assert list((stale.out / "train" / "t" / "x").iterdir())
+    (stale.study_dir / "t").mkdir(parents=True)
+    got = colormnist._fit_t(stale, "x", codes, feats, codes_val, val_feats, "t x")
+    assert any("cannot resume" in l and "deleted" in l for l in lines)
+    (spec("clean").study_dir / "t").mkdir(parents=True)
+    want = colormnist._fit_t(spec("clean"), "x", codes, feats, codes_val, val_feats, "t x")
+    assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), want.state_dict().values()))

@@ -101,3 +101,23 @@ def test_every_concept_notebook_and_tutorial_holds_a_figure():
         if not any("image/png" in o.get("data", {}) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])):
             without.append(p.relative_to(ROOT).as_posix())
     assert not without, f"{len(without)} notebooks hold no figure: {without}"
+
+
+def network_scripts(nb: dict) -> list[str]:
+    "The ids of the code cells whose stored outputs load a script from the network (a CDN): the docs must work offline."
+    found = []
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            text = json.dumps(o.get("data", {})) + json.dumps(o.get("text", ""))
+            if "<script" in text and any(s in text for s in ('src=\\"http', "import \\\"http", 'src="http', 'import "http')):
+                found.append(c.get("id")); break
+    return found
+
+
+def test_no_stored_output_loads_a_script_from_the_network():
+    "Stored outputs are the docs: a plotly figure stored as HTML that imports plotly.js from a CDN breaks offline (store "
+    "figures with PLOTLY_RENDERER=plotly_mimetype; .ci/build_docs.py embeds plotly.js once per page)."
+    assert network_scripts({"cells": [{"outputs": [{"data": {"text/html": ['<script type="module">import "https://cdn.plot.ly/p.js"']}}]}]})
+    assert not network_scripts({"cells": [{"outputs": [{"data": {"text/html": ["<div>no script</div>"]}}]}]})
+    bad = {p.relative_to(ROOT).as_posix(): ids for p in _notebooks() if (ids := network_scripts(json.loads(p.read_text(encoding="utf-8"))))}
+    assert not bad, f"outputs that load scripts from the network (store them again with PLOTLY_RENDERER=plotly_mimetype): {bad}"

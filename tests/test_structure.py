@@ -41,7 +41,7 @@ def _cycle(graph: dict[str, set]) -> list[str] | None:
     def visit(m, path):
         state[m] = "open"
         for d in graph.get(m, ()):
-            if state.get(d) == "open": return path + [m, d]
+            if state.get(d) == "open": return (path + [m])[(path + [m]).index(d):] + [d]   # the cycle alone, d to d
             if d not in state and (found := visit(d, path + [m])): return found
         state[m] = "done"
     for m in graph:
@@ -78,3 +78,4 @@ def test_the_checks_can_fail():
     assert fn.end_lineno - fn.lineno + 1 > MAX_LINES
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert _cycle({"s": {"a"}, "a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]          # the cycle, not the path to it
