@@ -553,10 +553,10 @@ def report_stage(run: RunSpec, # the run
                  data: ColorMNISTData, # its data
                  study: Study, # the analysed study
                  figures: dict, # the sample grids' files
-                 stage_seconds: dict, # {stage: {'seconds': s}} of the finished stages (the engine's)
+                 stage_seconds: dict, # {stage: {'seconds': s}} of the finished stages but this one (the engine's)
                  ) -> Path:
     "Stage 7: metrics.json, figures/summary.png and report.html; the report's path."
-    p, secs = run.prof, {s: v["seconds"] for s, v in stage_seconds.items() if s != "report"}
+    p, secs = run.prof, {s: v["seconds"] for s, v in stage_seconds.items()}
     m = run_metrics(study, profile=p.name, seed=run.seed, settings=asdict(p), data=data.info,
                     environment=environment(run.device), checkpoint_layer=p.checkpoint_layer, layers=list(p.layers),
                     factors=[*FACTORS, study.e.names[0]], figures=figures,

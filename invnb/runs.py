@@ -365,6 +365,7 @@ def run_recipe(recipe: Recipe,               # the stages
                 if not stage.all_ranks and not main: return None
                 log(_stage_line(recipe, stages, i))
                 current, t0 = stage.name, time.perf_counter()
+                values["stage_seconds"] = {k: v for k, v in stages.items() if k != stage.name}   # not a rerun's own earlier time
                 _run_stage(stage, values, out)
                 if main and stage.name not in stages:
                     stages[stage.name] = {"seconds": round(time.perf_counter() - t0 + (setup_seconds if i == 0 else 0), 2)}

@@ -279,11 +279,11 @@ def report_stage(spec: StudySpec, # the run
                  settings: dict, # the run's recorded settings
                  record: dict, # what identifies its images
                  files: dict, # the given files by name (ae, checkpoint), for the reader
-                 stage_seconds: dict, # {stage: {'seconds': s}} of the finished stages (the engine's: each the run that made its files)
+                 stage_seconds: dict, # {stage: {'seconds': s}} of the finished stages but this one (the engine's: each the run that made its files)
                  ) -> Path:
     "Stage 4: metrics.json and report.html; the report's path."
     study, _, info = built
-    secs = {k: v["seconds"] for k, v in stage_seconds.items() if k != "report"}   # a rerun's earlier report: not this one
+    secs = {k: v["seconds"] for k, v in stage_seconds.items()}
     m = study_metrics(study, layers=study.meta["layers"], settings=settings, data=info | {"record": record, **files},
                       figures=grids, seconds=secs | {"total": round(sum(secs.values()), 1)})
     write_json_atomic(spec.out / "metrics.json", m)

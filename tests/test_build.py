@@ -217,6 +217,8 @@ def test_cli_study_report_reload_and_rerun(folder, ae, tmp_path, monkeypatch, ca
     assert {p: p.stat().st_mtime_ns for p in (out / "t").glob("*/t.safetensors")} == stamp and len(stamp) == 2
     said = capsys.readouterr().out + caplog.text       # the `invnb` logger: stdout, or pytest's handler when it has one
     assert "loaded the finished t's of ['layer2', 'layer3']" in said
+    secs = json.loads((out / "metrics.json").read_text())["seconds"]         # the rerun's report: no earlier 'report' time
+    assert "report" not in secs and secs["total"] == round(sum(v for k, v in secs.items() if k != "total"), 1), secs
 
 
 def test_cli_bad_inputs_are_one_line_errors(folder, ae, tmp_path, capsys):
