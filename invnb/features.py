@@ -17,7 +17,7 @@ from torch import nn
 from .fitting import safe_name
 from .autoencoder import Autoencoder
 from .data import check_dtype, check_images, load_image_folder
-from .probe import Probe
+from .probe import Probe, run_channels_last
 from .utils import mixed_precision, pick_device, progress_bar
 from .recipes import BuildError   # its home since the recipes have their own module; imported from here before
 
@@ -75,11 +75,11 @@ def _batch_features(probes: dict[str, Probe], x: torch.Tensor) -> dict[str, torc
         def hook(layer):
             def keep(module, args, z):
                 if layer in seen: return                     # a module's first call is its output (as in Probe.phi)
-                seen[layer] = _tensor_of(layer, z).detach().clone()
+                seen[layer] = _tensor_of(layer, z).detach().clone(memory_format=torch.contiguous_format)
                 if len(seen) == len(ls): raise _Done()
             return keep
         handles = [probes[l].module.register_forward_hook(hook(l)) for l in ls]
-        try: first.model(first.transform(x))
+        try: run_channels_last(first.model, first.transform(x), seen.clear)
         except _Done: pass
         finally:
             for h in handles: h.remove()

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import difflib
+import weakref
 from contextlib import nullcontext
 from collections.abc import Callable
 
@@ -18,8 +19,8 @@ from .data import check_dtype, check_images
 from .utils import mixed_precision
 
 # %% auto #0
-__all__ = ['PSEUDO_LAYERS', 'IMAGENET', 'PRESETS', 'list_layers', 'node_names', 'InputAdapter', 'trace_model', 'graph_after',
-           'Probe', 'preset', 'preset_probes', 'Adapted']
+__all__ = ['PSEUDO_LAYERS', 'IMAGENET', 'PRESETS', 'list_layers', 'node_names', 'InputAdapter', 'run_channels_last',
+           'trace_model', 'graph_after', 'Probe', 'preset', 'preset_probes', 'Adapted']
 
 # %% ../nbs/06_probe.ipynb #6de29723
 PSEUDO_LAYERS = ("input", "softmax")
@@ -76,6 +77,25 @@ IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 class _Stop(Exception):
     pass
+
+
+_USUAL_LAYOUT_ONLY = weakref.WeakSet()   # models whose forward refused the channels-last layout
+
+
+def run_channels_last(model: nn.Module,              # any torch model
+                      x: torch.Tensor,               # its input; 4-d images go in the channels-last layout
+                      again: Callable | None = None, # called before a rerun in the usual layout (e.g. clear what hooks kept)
+                     ):
+    """model(x) with 4-d images in the channels-last layout, in which the CPU's convolutions run about 2.5× faster
+    (SqueezeNet at 64 px: 0.24 against 0.59 ms per image, `benchmarks/features.py`); the outputs agree to float
+    rounding. A model whose forward fails in that layout (e.g. it calls `.view` on an activation) is run again in the
+    usual layout, and from then on."""
+    if x.ndim != 4 or model in _USUAL_LAYOUT_ONLY: return model(x)
+    try: return model(x.contiguous(memory_format=torch.channels_last))
+    except RuntimeError:
+        _USUAL_LAYOUT_ONLY.add(model)
+        if again is not None: again()
+        return model(x)
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -203,7 +223,7 @@ class Probe(nn.Module):
     def _phi(self, x: torch.Tensor) -> torch.Tensor:
         h = self.transform(x)
         if self.layer == "input": return h
-        if self.layer == "softmax": return torch.softmax(self.model(h), dim=1)
+        if self.layer == "softmax": return torch.softmax(run_channels_last(self.model, h), dim=1)
         if self.module is None: return self._fx_phi(h)
         seen = []
 
@@ -212,9 +232,9 @@ class Probe(nn.Module):
             raise _Stop()
         handle = self.module.register_forward_hook(hook)
         try:
-            self.model(h)
+            run_channels_last(self.model, h, seen.clear)
         except _Stop:
-            return seen[0]
+            return seen[0].contiguous()       # in the usual layout, whichever the pass ran in
         finally:
             handle.remove()
         raise RuntimeError(f"layer {self.layer!r} was never called in the model's forward; it cannot be probed.")

@@ -26,7 +26,7 @@ class StackedINN(nn.Module):
     """M `InvarianceINN`s of one flow size as one module (model axis first); `fit` trains it as M independent fits.
     The flows must match (their seeds may differ) and become one `invnb.flows` flow with a model axis (`stack_layers`);
     the embedders may differ (t's of other layers: another `cond_shape`) and run group by group, each group's weights
-    kept apart with the model axis first (zero rows for the others)."""
+    kept apart with its own members' axis first (Mg rows: no weights, moments or products for the other t's)."""
     def __init__(self,
                  ts: Sequence[InvarianceINN],   # the M t's to stack: one flow size (seeds may differ), any cond_shape
                 ):
@@ -50,9 +50,8 @@ class StackedINN(nn.Module):
         self.embedder_weights, self._groups, self._eindex = nn.ParameterList(), [], {}
         for g, ((cond_shape, _), members) in enumerate(groups.items()):
             first = ts[members[0]]
-            for n, p in first.embedder.named_parameters():           # every model's row; zeros where not a member
-                w = torch.zeros(M, *p.shape, dtype=p.dtype)
-                for i in members: w[i] = ts[i].embedder.get_parameter(n).detach()
+            for n, p in first.embedder.named_parameters():           # one row per member, in the members' order
+                w = torch.stack([ts[i].embedder.get_parameter(n).detach() for i in members])
                 self._eindex[(g, n)] = len(self.embedder_weights)
                 self.embedder_weights.append(nn.Parameter(w))
             layout = []      # the embedder's layers: ('conv', index, stride, padding) / ('lrelu', slope) / ...
@@ -68,16 +67,22 @@ class StackedINN(nn.Module):
 
     def unstack(self) -> list[InvarianceINN]:
         "The M t's as `InvarianceINN`s with the stack's current weights (in eval mode, on the CPU)."
-        out, group_of = [], {int(i): g for g, (members, _, _) in enumerate(self._groups) for i in members}
+        out = []
+        group_of = {int(i): (g, r) for g, (members, _, _) in enumerate(self._groups) for r, i in enumerate(members)}
         flow = self.flow.state_dict()
         for i, cfg in enumerate(self.config["configs"]):
             t = InvarianceINN(**cfg)
             sd = {f"flow.{n}": v[i].cpu().clone() for n, v in flow.items()}
-            sd.update({f"embedder.{n}": self.embedder_weights[k][i].detach().cpu().clone()
-                       for (g, n), k in self._eindex.items() if g == group_of[i]})
+            g, row = group_of[i]
+            sd.update({f"embedder.{n}": self.embedder_weights[k][row].detach().cpu().clone()
+                       for (gk, n), k in self._eindex.items() if gk == g})
             t.load_state_dict(sd)
             out.append(t.eval())
         return out
+
+    def stack_rows(self) -> dict[str, list[int]]:
+        "{state name: the t of each row} of the embedder weights, each group's holding its members only (for `fit`)."
+        return {f"embedder_weights.{k}": self._groups[g][0].tolist() for (g, _), k in self._eindex.items()}
 
     def embed(self, z) -> torch.Tensor:
         """h = H(z) of each model -> (M, B, embed_dim): z (M, B, *cond_shape) when the t's share one shape, or a
@@ -90,12 +95,12 @@ class StackedINN(nn.Module):
         if isinstance(z, torch.Tensor):                                  # one group: every t, no gathering
             members, shape, layout = self._groups[0]
             self._check_z(z, shape)
-            return self._embed_group(z, 0, layout, None)
+            return self._embed_group(z, 0, layout)
         out = None
         for g, (members, shape, layout) in enumerate(self._groups):
             zg = torch.stack([z[int(i)] for i in members])
             self._check_z(zg, shape, [int(i) for i in members])
-            h = self._embed_group(zg, g, layout, members.to(zg.device))
+            h = self._embed_group(zg, g, layout)
             if out is None: out = h.new_zeros(M, *h.shape[1:])
             out = out.index_copy(0, members.to(h.device), h)
         return out
@@ -106,21 +111,20 @@ class StackedINN(nn.Module):
         if which is None: raise ValueError(f"z must have shape (M={self.n_stacked}, B, {dims}); got {tuple(z.shape)}.")
         raise ValueError(f"z of the stacked t's {which} must have shape (B, {dims}) each; got {tuple(z.shape[1:])}.")
 
-    def _ew(self, g: int, name: str, rows) -> torch.Tensor:
-        "Embedder group g's weight `name`, for the models `rows` (None: every model)."
-        w = self.embedder_weights[self._eindex[(g, name)]]
-        return w if rows is None else w.index_select(0, rows)
+    def _ew(self, g: int, name: str) -> torch.Tensor:
+        "Embedder group g's weight `name`, (Mg, ...): one row per member of the group."
+        return self.embedder_weights[self._eindex[(g, name)]]
 
-    def _embed_group(self, x: torch.Tensor, g: int, layout, rows) -> torch.Tensor:
+    def _embed_group(self, x: torch.Tensor, g: int, layout) -> torch.Tensor:
         "One embedder group's h for its members' z (Mg, B, *cond_shape) -> (Mg, B, embed_dim)."
         Mg, B = x.shape[:2]
         for kind, *a in layout:
             if kind == "conv":
-                x = self._conv(x, self._ew(g, f"net.{a[0]}.weight", rows), self._ew(g, f"net.{a[0]}.bias", rows), *a[1:])
+                x = self._conv(x, self._ew(g, f"net.{a[0]}.weight"), self._ew(g, f"net.{a[0]}.bias"), *a[1:])
             elif kind == "lrelu": x = F.leaky_relu(x, a[0])
             elif kind == "flatten": x = x.reshape(Mg, B, -1)
             else:
-                wt, bs = self._ew(g, f"net.{a[0]}.weight", rows), self._ew(g, f"net.{a[0]}.bias", rows)
+                wt, bs = self._ew(g, f"net.{a[0]}.weight"), self._ew(g, f"net.{a[0]}.bias")
                 x = torch.baddbmm(bs[:, None, :], x, wt.transpose(1, 2))
         return x
 

@@ -116,17 +116,31 @@ def _check_resume(path: Path, meta: dict, tensors: dict, model: nn.Module, steps
                               f"ask for steps >= {meta['step']} to go on, or {fix}.")
 
 
-def _check_stack(model: nn.Module, stack: int | None, seed, dp: bool) -> list[int]:
+def _stack_rows(model: nn.Module, stack: int | None) -> dict[str, torch.Tensor]:
+    """{state name: the model of each row} for a stack's tensors that hold rows of only some of its models, as its
+    `stack_rows()` names them (e.g. a `StackedINN`'s embedder of one layer: its t's rows only); {} for the rest."""
+    if not stack or not hasattr(model, "stack_rows"): return {}
+    return {k: torch.as_tensor(v, dtype=torch.long).reshape(-1) for k, v in model.stack_rows().items()}
+
+
+def _check_stack(model: nn.Module, stack: int | None, seed, dp: bool, rows: dict | None = None) -> list[int]:
     """The seeds of a fit: [seed], or for a stack of M models (a module with `n_stacked = M` whose every state
-    tensor has the model axis first) one seed per model. A stack trains M independent models at once: its step
-    function gets their M generators and returns their M losses (M,), clipping and validation are per model."""
+    tensor has the model axis first: M rows, or the rows its `stack_rows()` gives for that tensor) one seed per
+    model. A stack trains M independent models at once: its step function gets their M generators and returns their
+    M losses (M,), clipping and validation are per model."""
     if stack is None:
         if not isinstance(seed, int): raise ValueError(f"seed must be an int (a list of seeds is for a stack of models); got {seed!r}.")
         return [seed]
     seeds = [seed] * stack if isinstance(seed, int) else [int(s) for s in seed]
     if len(seeds) != stack: raise ValueError(f"a stack of {stack} models needs {stack} seeds; got {len(seeds)}.")
-    bad = {k: tuple(v.shape) for k, v in model.state_dict().items() if v.ndim == 0 or v.shape[0] != stack}
-    if bad: raise ValueError(f"every tensor of a stack of {stack} models must have the model axis first; not {bad}.")
+    rows, state = rows or {}, model.state_dict()
+    if unknown := sorted(set(rows) - set(state)):
+        raise ValueError(f"the stack's stack_rows() names tensors it does not have: {unknown}.")
+    if wrong := sorted(k for k, r in rows.items() if len(r) and (int(r.min()) < 0 or int(r.max()) >= stack)):
+        raise ValueError(f"the stack's stack_rows() gives models outside 0..{stack - 1} for {wrong}.")
+    bad = {k: tuple(v.shape) for k, v in state.items() if v.ndim == 0 or v.shape[0] != len(rows.get(k, range(stack)))}
+    if bad: raise ValueError(f"every tensor of a stack of {stack} models must have the model axis first (one row per "
+                             f"model, or per model its stack_rows() names); not {bad}.")
     if dp: raise ValueError("a stack of models trains in one process; under torchrun, train it inside a `run_sharded` "
                             "job (or pass data_parallel=False).")
     return seeds
@@ -140,13 +154,21 @@ def _loss_value(loss: torch.Tensor, stack: int | None):
     return loss.detach().tolist()
 
 
-def _clip_stack(params: list, clip: float | None, stack: int) -> torch.Tensor:
-    "Each stacked model's gradient norm (M,), each clipped to `clip` as `clip_grad_norm_` clips one model's."
-    gs = [p.grad for p in params if p.grad is not None]
-    norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x.reshape(stack, -1), dim=1) for x in gs], 1), dim=1)
+def _clip_stack(params: list, clip: float | None, stack: int, rows: list | None = None) -> torch.Tensor:
+    """Each stacked model's gradient norm (M,), each clipped to `clip` as `clip_grad_norm_` clips one model's.
+    `rows[i]`: the model of each row of `params[i]` (None: one row per model, in order)."""
+    gs = [(p.grad, r) for p, r in zip(params, rows or [None] * len(params)) if p.grad is not None]
+
+    def per_model(x, r):                 # the norm of each model's part of one gradient (M,)
+        n = torch.linalg.vector_norm(x.reshape(len(x), -1), dim=1)
+        if r is None: return n
+        return n.new_zeros(stack).index_add_(0, r.to(n.device), n.pow(2)).sqrt()
+    norms = torch.linalg.vector_norm(torch.stack([per_model(x, r) for x, r in gs], 1), dim=1)
     if clip is not None:
         coef = (clip / (norms + 1e-6)).clamp(max=1.0)
-        for x in gs: x.mul_(coef.view(-1, *[1] * (x.ndim - 1)))
+        for x, r in gs:
+            c = coef if r is None else coef.index_select(0, r.to(coef.device))
+            x.mul_(c.view(-1, *[1] * (x.ndim - 1)))
     return norms
 
 
@@ -209,9 +231,12 @@ def _batches_shared(streams: _Streams, dp: bool):
 # %% ../nbs/04_train.ipynb #95ff5d5d
 class _Best:
     """Validation with best-step keeping: the lowest finite held-out loss so far, its step and a copy of the
-    weights; for a stack of M models, each model's own (lists of M, the weights' model axis filled per model)."""
-    def __init__(self, stack: int | None):
+    weights; for a stack of M models, each model's own (lists of M, the weights' model axis filled per model; `rows`:
+    the model of each row of the tensors that hold only some models, see `_stack_rows`)."""
+    def __init__(self, stack: int | None, rows: dict | None = None):
         self.stack, self.loss, self.step, self.state = stack, None, None, None
+        self.rows = {k: [[j for j, m in enumerate(r.tolist()) if m == i] for i in range(stack)]
+                     for k, r in (rows or {}).items()}       # per tensor, per model: its rows
 
     def validate(self, model: nn.Module, val_fn: Callable, step: int, hist: History) -> None:
         "Run `val_fn` in eval mode, log [step, loss] in `hist['val']` and keep the weights when they are the best so far."
@@ -233,7 +258,8 @@ class _Best:
         for i, x in enumerate(loss):
             if math.isfinite(x) and (self.loss[i] is None or x < self.loss[i]):
                 self.loss[i], self.step[i] = x, step
-                for k, v in state.items(): self.state[k][i] = v[i]
+                for k, v in state.items():
+                    for j in (self.rows[k][i] if k in self.rows else (i,)): self.state[k][j] = v[j]
 
     def tensors(self) -> tuple[dict, dict]:
         "({'best/<name>': weights}, {'best': {loss, step}}) for the training state; empty before the first validation."
@@ -345,17 +371,18 @@ def _guard(what: str, values: list, step: int, desc: str, kept: str, stack, dp: 
                                f"{' (mean over ranks)' if dp else ''}; training stopped, {kept}. Try a lower lr or clip.")
 
 
-def _clip(params: list, clip: float | None, stack: int | None) -> torch.Tensor:
-    "Clip the group's gradient to norm `clip` (a stack's: each model's); its norm before clipping."
-    if stack: return _clip_stack(params, clip, stack)
+def _clip(params: list, clip: float | None, stack: int | None, rows: list | None = None) -> torch.Tensor:
+    "Clip the group's gradient to norm `clip` (a stack's: each model's; `rows` as `_clip_stack`); its norm before clipping."
+    if stack: return _clip_stack(params, clip, stack, rows)
     if clip is not None: return torch.nn.utils.clip_grad_norm_(params, clip)
     return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
 
 
 def _train_step(model: nn.Module, step_fn: Callable, g, step: int, opts: dict, params: dict, *, clip, stack, dp: bool,
-                dev: torch.device, desc: str, kept: Callable) -> dict:
+                dev: torch.device, desc: str, kept: Callable, rows: dict | None = None) -> dict:
     """One optimisation step of every group: the losses of `step_fn`, their gradients (averaged over ranks in a
-    data-parallel fit), clipping, the NaN guard, the optimizer steps. Returns the logged loss of each group."""
+    data-parallel fit), clipping, the NaN guard, the optimizer steps. Returns the logged loss of each group.
+    `rows`: {group: the rows of each of its parameters} of a stack (`_stack_rows`; None: one row per model)."""
     out = step_fn(model, g, step)
     losses = {k: v for k, v in out.items() if k in opts} if isinstance(out, dict) else {"model": out}
     if sorted(losses) != sorted(opts):
@@ -371,7 +398,7 @@ def _train_step(model: nn.Module, step_fn: Callable, g, step: int, opts: dict, p
     for k, opt in opts.items():
         for p, gr in zip(params[k], grads[k]):   # in p's layout: a fused Adam reads a strided grad as p's
             p.grad = gr if gr is None or gr.stride() == p.stride() else torch.empty_like(p).copy_(gr)
-        if not torch.isfinite(_clip(params[k], clip, stack)).all():
+        if not torch.isfinite(_clip(params[k], clip, stack, (rows or {}).get(k))).all():
             raise TrainingDiverged(f"{desc}: gradient of '{k}' became non-finite at step {step}; training stopped, "
                                    f"{kept()}. Try a lower lr or clip.")
         opt.step()
@@ -442,7 +469,8 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     the mean over ranks, and rank 0 alone writes the checkpoint (with every rank's RNG states) and shows the bar.
 
     A stack of M models (a module with `n_stacked = M`, every state tensor with the model axis first, e.g.
-    `invnb.stacked.StackedINN`) trains them as M independent fits at once: `seed` gives one seed per model,
+    `invnb.stacked.StackedINN`; a tensor that holds only some of the models has their rows, named by the module's
+    `stack_rows()` as {state name: the model of each row}) trains them as M independent fits at once: `seed` gives one seed per model,
     `step_fn(model, [M generators], step)` returns their M losses, each model's gradient is clipped on its own,
     `val_fn` returns M held-out losses and each model ends at its own best step (`hist.best_step` is then a list).
     With the same seeds and data, model i follows the loss curve its own fit would."""
@@ -452,9 +480,12 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     params, opts = _optimizers(model, groups, optimizer, lr, dev)
     dp = _data_parallel(data_parallel)
     stack = getattr(model, "n_stacked", None)   # a stack of M models trained at once (see `_check_stack`)
-    streams = _Streams(_check_stack(model, stack, seed, dp), stack, dp)
+    rows = _stack_rows(model, stack)           # tensors that hold only some of a stack's models: their rows' models
+    streams = _Streams(_check_stack(model, stack, seed, dp, rows), stack, dp)
     main = is_main() or not dp   # writes the checkpoint and shows the bar (every rank in a non-parallel fit)
-    hist, best = History(), _Best(stack)
+    hist, best = History(), _Best(stack, rows)
+    by_param = {id(p): rows[n] for n, p in model.named_parameters() if n in rows}
+    param_rows = {k: [by_param.get(id(p)) for p in ps] for k, ps in params.items()} if rows else None
     state = _TrainState(ckpt_dir, model, opts, streams, best, hist, lr, dp, main)
     start = hist.steps_done = state.restore(steps, schedule) if resume else 0
     replicated = _replicated(model) if dp else None
@@ -465,7 +496,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
         for step in bar:
             _lr_at(opts, lr, step, steps, schedule)
             values = _train_step(model, step_fn, streams.g, step, opts, params, clip=clip, stack=stack, dp=dp, dev=dev,
-                                 desc=desc, kept=state.kept)
+                                 desc=desc, kept=state.kept, rows=param_rows)
             if dp: broadcast_tensors(replicated)
             for k, v in values.items(): hist.setdefault(k, []).append(v)
             hist.steps_done = step + 1
