@@ -18,7 +18,7 @@ from .data import AUGMENTATIONS, DatasetNotFound
 from .colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist
 from .demo import demo
 from .inn import InvarianceINN
-from .report import check_run
+from .report import STUDY_CHECKS, check_run
 from .distributed import RankTimeout
 from .train import TrainingDiverged
 from .utils import say
@@ -67,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
         t_add(name, flag, type=int, default=T_SIZE[name], prefix="t: ")
     add("batch_size", type=int); add("n_eval", type=int); add("device"); add("seed", type=int); add("force")
     add("augment", extra=f": {', '.join(AUGMENTATIONS)}"); add("augment_copies", type=int)
+    add("val_fraction", type=float)
+    add("thresholds", "--threshold", dest="thresholds", action="append", metavar="NAME=VALUE", extra=f"; repeat it; names: {', '.join(STUDY_CHECKS)}")
     add("progress", "--no-progress", invert=True)
     v = sub.add_parser("check", help="check a run folder: metrics.json, report.html and the hashes of its files")
     v.add_argument("out", help="run folder of invnb colormnist or invnb study")
@@ -111,7 +113,8 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
                       train_ae=a.train_ae, size=a.size, steps=a.steps, batch_size=a.batch_size, device=a.device,
                       seed=a.seed, n_eval=a.n_eval, force=a.force, progress=a.progress, log=say,
                       t_size=dict(T_SIZE, n_blocks=a.t_blocks, hidden=a.t_hidden, embed_dim=a.t_embed),
-                      augment=a.augment, augment_copies=a.augment_copies)
+                      augment=a.augment, augment_copies=a.augment_copies, val_fraction=a.val_fraction,
+                      thresholds=a.thresholds)
         except KeyboardInterrupt:
             print(f"invnb study: interrupted; the finished t's are saved in {a.out}/t; run the same command to continue.",
                   file=sys.stderr)

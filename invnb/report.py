@@ -19,9 +19,10 @@ from .runs import check_run_folder
 
 # %% auto #0
 __all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'AGREEMENT_LAYER', 'CEILING_SHARE',
-           'FACTOR_OWN_MIN', 'FACTOR_OFF_MAX', 'CLASS_SHARE_MIN', 'FIG4_RISING', 'FIG4_FALLING', 'run_metrics',
-           'checks', 'agreement_text', 'fig4_claim', 'validate_metrics', 'check_run', 'html_page', 'summary_png',
-           'write_report', 'study_metrics', 'validate_study_metrics', 'write_study_report']
+           'FACTOR_OWN_MIN', 'FACTOR_OFF_MAX', 'CLASS_SHARE_MIN', 'FIG4_RISING', 'FIG4_FALLING', 'NULL_SHUFFLED',
+           'STUDY_CHECKS', 'run_metrics', 'checks', 'agreement_text', 'fig4_claim', 'validate_metrics', 'check_run',
+           'html_page', 'summary_png', 'write_report', 'study_metrics', 'check_thresholds', 'study_checks',
+           'validate_study_metrics', 'write_study_report']
 
 # %% ../nbs/09b_report.ipynb #5321cd05
 FORMAT = 2
@@ -305,8 +306,11 @@ def _fig4_section(m: dict, r: StudyResults) -> list[str]:
                    + [first_last(up), first_last(down)])]
 
 
-def _t_sections(r: StudyResults) -> list[str]:
-    "The linear probes, and each t's fit and sample fidelity (empty parts are left out)."
+NULL_SHUFFLED = "a t trained the same way on z shuffled across the training images"   # the null control of a run
+
+
+def _t_sections(r: StudyResults, null: str = NULL_SHUFFLED) -> list[str]:
+    "The linear probes, and each t's fit and sample fidelity (empty parts are left out); `null`: what the null control is."
     parts = []
     probe_rows = [[mm, l] + [_fmt(acc[f]) for f in sorted(acc)] for mm, ls in r.probes.items() for l, acc in ls.items()]
     if probe_rows:
@@ -319,9 +323,10 @@ def _t_sections(r: StudyResults) -> list[str]:
               + [agreement_text(c, r.diagnostics.ceiling_of(mm, l)), _fmt(c.phi_distance)]
               for mm, ls in r.t_checks.items() for l, c in ls.items()]
     if t_rows:
-        parts += ["<h2>t: fit and sample fidelity</h2><p class=note>Each t keeps the weights of its best held-out NLL "
-                  "(kept step). Nats from z: the held-out NLL of the null control (a t trained the same way on z shuffled "
-                  "across the training images) minus t's. "
+        kept_note = ("Each t keeps the weights of its best held-out NLL (kept step). "
+                     if any(row[2] != "" for row in t_rows) else "")
+        parts += ["<h2>t: fit and sample fidelity</h2><p class=note>" + kept_note +
+                  f"Nats from z: the held-out NLL of the null control ({html.escape(null)}) minus t's. "
                   "f agrees: how often f predicts on D(t⁻¹(v|Φ(x))) what it predicts on D(E(x)), ± its SE over the "
                   "images, of the layer's ceiling: the same count for an oracle t whose samples are the codes of the 4 "
                   "training images nearest to x in Φ-space. Φ distance: "
@@ -385,12 +390,83 @@ def study_metrics(study,             # the `Study` that was run: its `meta` (nam
                   data: dict,        # what the images were: {'n', 'source', 'size', 'mb', 'storage', 'reused'}
                   figures: dict,     # {layer: file name of its sample grid in the figures folder}
                   seconds: dict,     # {stage: seconds it took}, optionally with 'total'
+                  thresholds: dict | None = None,   # {check: value} the user set (`STUDY_CHECKS`); the others have none
                  ) -> dict:
     "The `metrics.json` of an `invnb study` run: the model, its recipe, the layers, settings, data and `study.results`."
     return {"format": FORMAT, "kind": "study", "model": study.meta.get("name", study.default_model),
             "recipe": study.meta.get("recipe"), "layers": list(layers),
             "run": {"settings": settings, "data": data, "environment": study.meta.get("environment", {})},
-            "figures": figures, "seconds": seconds, "results": study.results.to_json()}
+            "figures": figures, "seconds": seconds, "thresholds": dict(thresholds or {}),
+            "results": study.results.to_json()}
+
+
+STUDY_CHECKS = {   # the checks of an `invnb study` run a user may give a threshold (--threshold NAME=VALUE)
+    "psnr": "the autoencoder's PSNR on the held-out images, at least (dB)",
+    "ae_agreement": "the share of held-out images on which f predicts for D(E(x)) what it predicts for x, at least",
+    "gap": "each t's held-out − training NLL, at most (nats)",
+    "info": "each t's nats from z over the null control, at least",
+    "ceiling_share": "each t's sample agreement as a share of its layer's ceiling, at least",
+}
+
+
+def check_thresholds(thresholds,   # {name: value}, or 'name=value' strings (the CLI's --threshold), or None
+                    ) -> dict[str, float]:
+    "{check: float}; an unknown name (with the close matches) or a value that is not a finite number is refused."
+    import difflib
+    if not thresholds: return {}
+    if not isinstance(thresholds, dict):
+        pairs = {}
+        for item in thresholds:
+            name, eq, value = str(item).partition("=")
+            if not eq: raise ValueError(f"--threshold takes NAME=VALUE (e.g. psnr=24); got {item!r}.")
+            pairs[name.strip()] = value.strip()
+        thresholds = pairs
+    out = {}
+    for name, value in thresholds.items():
+        if name not in STUDY_CHECKS:
+            close = difflib.get_close_matches(name, list(STUDY_CHECKS), n=1)
+            raise ValueError(f"no study check {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; the checks: {', '.join(STUDY_CHECKS)}.")
+        try: v = float(value)
+        except (TypeError, ValueError): v = float("nan")
+        if isinstance(value, bool) or not math.isfinite(v):
+            raise ValueError(f"the threshold of {name!r} must be a finite number; got {value!r}.")
+        out[name] = v
+    return out
+
+
+def study_checks(m: dict, # an `invnb study` run's metrics.json, as `study_metrics` writes it
+                ) -> list[tuple[str, str, str, bool | None]]:
+    """(what, measured, how it compares with its reference, passed) for each held-out diagnostic of a study run.
+    On a user's data no threshold is universal: the reading compares each figure with its reference (held-out with
+    training, t with the null control and with its layer's ceiling); `passed` is None unless the user set a threshold."""
+    r, th, out = StudyResults.from_json(m["results"]), m.get("thresholds") or {}, []
+    judge = lambda name, ok: (ok if name in th else None)
+    bound = lambda name, sign: f" ({sign} {th[name]:g})" if name in th else ""
+    if (ae := r.diagnostics.autoencoder) is not None:
+        out.append(("autoencoder PSNR" + bound("psnr", "≥"), f"{ae.psnr:.1f} dB", f"MSE {ae.mse:.4f} on the [0, 1] scale",
+                    judge("psnr", ae.psnr >= th.get("psnr", 0))))
+        if ae.agreement is not None:
+            out.append(("f keeps its class on D(E(x))" + bound("ae_agreement", "≥"), f"{ae.agreement:.2f}",
+                        f"on {ae.agreement:.0%} of the held-out images, f predicts for the reconstruction what it predicts for x",
+                        judge("ae_agreement", ae.agreement >= th.get("ae_agreement", 0))))
+    for model, layers in r.t_checks.items():
+        for layer, c in layers.items():
+            out.append((f"t {layer}: held-out − training NLL" + bound("gap", "≤"), f"{c.nll_gap:.2f} nats",
+                        f"held-out {c.val_nll:.1f} against training {c.train_nll:.1f} nats: "
+                        + ("t fits its training images better than new ones" if c.nll_gap > 0 else "no worse on new images"),
+                        judge("gap", c.nll_gap <= th.get("gap", 0))))
+            if c.info_nats is not None:
+                out.append((f"t {layer}: nats from z" + bound("info", "≥"), f"{c.info_nats:+.2f} nats",
+                            "z tells t about z̄ beyond the null control" if c.info_nats > 0
+                            else "z adds nothing over the null control (t has not learnt to use it)",
+                            judge("info", c.info_nats >= th.get("info", 0))))
+            if (ceiling := r.diagnostics.ceiling_of(model, layer)) is not None and ceiling.value > 0:
+                share = c.agreement / ceiling.value
+                out.append((f"t {layer}: sample agreement, of the ceiling" + bound("ceiling_share", "≥"),
+                            agreement_text(c, ceiling), f"{share:.2f} of what an oracle t reaches at this layer",
+                            judge("ceiling_share", share >= th.get("ceiling_share", 0))))
+    return out
 
 
 def validate_study_metrics(m: dict, # an `invnb study` run's metrics.json (parsed), as `study_metrics` writes it
@@ -410,6 +486,10 @@ def validate_study_metrics(m: dict, # an `invnb study` run's metrics.json (parse
         if ae is None: bad.append("diagnostics lack the autoencoder's reconstruction (diagnostics['autoencoder'])")
         elif not (math.isfinite(ae.mse) and ae.mse >= 0 and math.isfinite(ae.psnr)):
             bad.append(f"autoencoder mse {ae.mse} / psnr {ae.psnr} are not finite and >= 0")
+        if m["run"]["data"].get("split"):      # a run with held-out images (all since the split): their diagnostics
+            if missing := [l for l in layers if l not in r.t_checks.get(name, {})]:
+                bad.append(f"t_checks[{name}] lacks layers {missing}")
+        check_thresholds(m.get("thresholds"))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         bad.append(f"missing or malformed entry: {type(e).__name__}: {e}")
     return list(dict.fromkeys(bad))
@@ -424,6 +504,10 @@ def write_study_report(m: dict,          # an `invnb study` run's metrics.json, 
     path, esc = Path(path), html.escape
     r, name, run = StudyResults.from_json(m["results"]), m["model"], m["run"]
     eq19, var, ae, data = r.eq19.get(name, {}), r.image_variance.get(name, {}), r.diagnostics.autoencoder, run["data"]
+    split = data.get("split")
+    where = (f"The numbers are computed on the {split['n_val']} held-out images (a seeded split of the folder: nothing "
+             f"was trained on them); each t's training NLL and the ceiling's neighbours on {split.get('n_kept', 'some')} of the "
+             f"{split['n_train']} training images." if split else "The numbers are computed on images t was trained on.")
     png = lambda b, alt: f"<img alt='{esc(alt)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
     small = lambda v: "nan" if v is None or v != v else f"{v:.4g}"
     settings = [[k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)] for k, v in run["settings"].items()]
@@ -431,14 +515,26 @@ def write_study_report(m: dict,          # an `invnb study` run's metrics.json, 
              "<p class=note>Rombach, Esser &amp; Ommer (ECCV 2020) on your model and images. Eq. 19: the share of the "
              "autoencoder code z̄'s variance explained by a layer's invariances v (1: the layer determines nothing of "
              "z̄; 0: it determines z̄ completely); ± is the jackknife standard error over the sampled representations. "
-             "The numbers are computed on images t was trained on.</p>",
+             f"{esc(where)}</p>",
              _table(["setting", "value"], settings + [
-                 ["images", f"{data['n']} from {data['source']}, at {data['size']} px"],
+                 ["images", f"{split['n_train']} trained on and {split['n_val']} held out, from {split.get('source', 'the images')}, "
+                  f"at {data['size']} px" if split else f"{data['n']} from {data['source']}, at {data['size']} px"],
                  ["codes and features", f"{data['mb']} MB in {data['storage']}"],
-                 ["autoencoder on these images", f"MSE {ae.mse:.4f}, PSNR {ae.psnr:.1f} dB" if ae else "not computed"],
+                 [f"autoencoder on {'the held-out' if split else 'these'} images",
+                  f"MSE {ae.mse:.4f}, PSNR {ae.psnr:.1f} dB" if ae else "not computed"],
                  ["t's loaded from an earlier run", ", ".join(data.get("reused", [])) or "none"],
                  ["total time", f"{m['seconds'].get('total', 0):.0f} s"]]),
-             "<h2>Eq. 19: what each layer discards</h2>"]
+             ]
+    if rows := study_checks(m):
+        verdict = lambda ok: "" if ok is None else ("pass" if ok else "FAIL")
+        parts += ["<h2>Held-out diagnostics</h2><p class=note>No threshold is universal on your images: each reading "
+                  "compares a figure with its reference (held-out with training, t with the null control and with its "
+                  "layer's ceiling). A check passes or fails only where you set a threshold (--threshold NAME=VALUE; "
+                  f"names: {esc(', '.join(STUDY_CHECKS))}).</p>",
+                  _table(["check", "measured", "reading", "verdict"], [[a, b, c, verdict(d)] for a, b, c, d in rows])]
+        parts += _t_sections(r, null="a t of the same size with a constant condition, trained the same way on the "
+                                     "training images' codes: it models p(z̄) alone")
+    parts += ["<h2>Eq. 19: what each layer discards</h2>"]
     if eq19:
         parts += [png(plots.to_png(plots.invariance_curve(eq19, var or None, backend="matplotlib",
                                                           title=f"What each layer of {name} discards")), "Eq. 19"),

@@ -79,6 +79,7 @@ class AEDiagnostics:
     gamma: float | None = None                      # the model's output variance γ, to compare with mse_sampled
     accuracy_x: float | None = None                 # the model's accuracy on x
     accuracy_reconstruction: float | None = None    # ... and on D(μ(x))
+    agreement: float | None = None                  # share of x on which the model predicts for D(μ(x)) what it does for x
 
     def to_json(self) -> dict: return {k: float(v) for k, v in vars(self).items() if v is not None}
 

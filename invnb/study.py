@@ -353,14 +353,21 @@ def compute_t_checks(self: Study, images, val_images, model=None, layers=None, *
 
 @patch
 @torch.no_grad()
-def compute_reconstruction(self: Study, images, labels=None, model=None) -> AEDiagnostics:
+def compute_reconstruction(self: Study, images, labels=None, model=None, *, agreement: bool = False) -> AEDiagnostics:
     """The autoencoder's MSE and PSNR on `images`; with `labels`, also `model`'s accuracy on x and on D(E(x))
-    (does reconstruction keep what the model needs?). Stored in `results.diagnostics.autoencoder`."""
+    (does reconstruction keep what the model needs?); with `agreement`, the share of images on which `model`
+    predicts for D(E(x)) the class it predicts for x (no labels needed: a model with other classes than the images'
+    folders). Stored in `results.diagnostics.autoencoder`."""
     res = AEDiagnostics(**reconstruction_metrics(self.ae, images))
+    if labels is not None or agreement:
+        f, recon = self.model(model), self.reconstruct(images)
     if labels is not None:
-        f = self.model(model)
         res.accuracy_x = diagnostics.accuracy(f, images, labels)
-        res.accuracy_reconstruction = diagnostics.accuracy(f, self.reconstruct(images), labels)
+        res.accuracy_reconstruction = diagnostics.accuracy(f, recon, labels)
+    if agreement:
+        dev = next(f.parameters()).device
+        own = torch.cat([f.eval()(x.to(dev)).argmax(1).cpu() for x in images.split(500)])
+        res.agreement = diagnostics.accuracy(f, recon, own)
     self.results.diagnostics.autoencoder = res
     return res
 

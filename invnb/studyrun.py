@@ -16,23 +16,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import fitting, plots
+from . import diagnostics, fitting, plots
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
 from .build import T_SIZE, BuildError, adapter_recipe, assemble_study, import_builder   # the build's own helpers, one package
 from .checkpoint import CheckpointError, load_model, write_bytes_atomic, write_json_atomic
 from .data import Augmented, load_image_folder
 from .utils import fingerprint
 from .features import image_batches, probes_of
+from .inn import InvarianceINN
 from .probe import IMAGENET, Adapted, InputAdapter
 from .distributed import barrier, is_main
-from .report import study_metrics, write_study_report
+from .report import check_thresholds, study_metrics, write_study_report
 from .runs import Recipe, Stage, run_recipe, start_device
 from .utils import sha256
 from .utils import say
 
 # %% auto #0
-__all__ = ['MISSING_AE', 'MIN_IMAGES', 'STUDY_RECIPE', 'load_state_dict_file', 'model_from_spec', 'StudySpec',
-           'autoencoder_stage', 'build_stage', 'analysis_stage', 'report_stage', 'run_study']
+__all__ = ['MISSING_AE', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'STUDY_RECIPE', 'load_state_dict_file',
+           'model_from_spec', 'split_images', 'StudySpec', 'autoencoder_stage', 'build_stage', 'analysis_stage',
+           'report_stage', 'run_study']
 
 # %% ../nbs/09c_studyrun.ipynb #a84696d7
 MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
@@ -175,9 +177,43 @@ def _images_record(images, size: int) -> dict:
     return record
 
 
+VAL_MAX = 1000       # held-out images at most: the report's numbers need hundreds, not a large folder's tenth
+_SPLIT_SEED = 7919   # the split's draw, apart from the run's other draws of the same seed
+
+
+def split_images(images,                # an image folder, a tensor (N, C, H, W), a Dataset or DataLoader of images
+                 size: int,             # the side a folder's images are read at
+                 fraction: float = 0.1, # the share held out: at least 2 images, at most `VAL_MAX`
+                 seed: int = 0,         # fixes the draw: the same seed and images give the same split
+                ) -> tuple:
+    """(training images, held-out images (N_val, C, H, W), their class labels (N_val,) or None, record): a seeded
+    split of `images`. Nothing trains on the held-out images, and a study run's report is computed on them. The
+    training images are a `Subset` of the folder or Dataset (a tensor's: a tensor)."""
+    from torch.utils.data import DataLoader, Subset
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise BuildError(f"--val-fraction must lie strictly between 0 and 1 (e.g. 0.1); got {fraction!r}.")
+    ds = load_image_folder(images, size=size) if isinstance(images, (str, Path)) else images
+    if isinstance(ds, DataLoader): ds = ds.dataset
+    n = len(ds)
+    n_val = min(VAL_MAX, max(2, round(fraction * n)))
+    if n - n_val < MIN_IMAGES:
+        raise BuildError(f"{n} images: holding out {n_val} (--val-fraction {fraction:g}, at least 2) leaves {n - n_val} to "
+                         f"train on, fewer than the {MIN_IMAGES} a study needs; add images or lower --val-fraction.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + _SPLIT_SEED)).tolist()
+    held, train = sorted(order[:n_val]), sorted(order[n_val:])
+    record = {"fraction": float(fraction), "n_train": len(train), "n_val": n_val,
+              "held_out": hashlib.sha256(",".join(map(str, held)).encode()).hexdigest()[:16]}
+    if isinstance(ds, torch.Tensor): return ds[train], ds[held], None, record
+    items = [ds[i] for i in held]
+    pair = isinstance(items[0], (tuple, list))
+    x = torch.stack([it[0] if pair else it for it in items])
+    y = torch.as_tensor([int(it[1]) for it in items]) if pair else None
+    return Subset(ds, train), x, y, record
+
+
 def _run_settings(model, weights, checkpoint, ae, auto, train_ae: int | None, size: int, layers: list, steps: int,
                   t_size: dict | None, batch_size: int, seed: int, n_eval: int, n_grid: int, n_draws: int,
-                  augment: dict | None = None) -> dict:
+                  augment: dict | None = None, val_fraction: float = 0.1) -> dict:
     """Every setting that shapes a result of `invnb study`, as used: a given autoencoder by its file's hash (its size
     is its own), a trained one by its architecture, steps and size; a rerun with any of them changed is refused."""
     file = lambda f: None if f is None else {"sha256": sha256(Path(f))[:16]}   # by content: its path may change
@@ -186,7 +222,7 @@ def _run_settings(model, weights, checkpoint, ae, auto, train_ae: int | None, si
     return {"model": model, "weights": weights, "checkpoint": file(checkpoint), "autoencoder": autoencoder,
             "layers": list(layers), "steps": steps, "t_size": dict(T_SIZE if t_size is None else t_size),
             "batch_size": batch_size, "seed": seed, "n_eval": n_eval, "n_grid": n_grid, "n_draws": n_draws,
-            **({"augment": augment} if augment else {})}     # absent without: runs from before have no such entry
+            "val_fraction": val_fraction, **({"augment": augment} if augment else {})}     # absent without: runs from before have no such entry
 
 
 def _augmented(images, augment, copies: int, size: int, seed: int):
@@ -200,12 +236,36 @@ def _augmented(images, augment, copies: int, size: int, seed: int):
     return aug, aug.record()
 
 # %% ../nbs/09c_studyrun.ipynb #97ccb091
-def _analyse(study, x: torch.Tensor, out: Path, seed: int, n_eval: int, n_grid: int, n_draws: int,
-             progress: bool) -> dict:
-    "The report's numbers and sample grids (figures/samples_<layer>.png); {layer: grid file}."
-    name, ls, figs, grids = study.meta["name"], study.meta["layers"], out / "figures", {}
+N_POOL = 500       # training images kept: each t's training NLL, and the pool of the agreement ceiling's neighbours
+N_FIDELITY = 100   # held-out images whose samples are scored (sample agreement, Φ distance, the ceiling)
+
+
+def _null_control(spec, ae: Autoencoder, images, x_val: torch.Tensor) -> float:
+    """The held-out NLL of the null control: a t of the same size with a constant condition (it models p(z̄) alone),
+    trained the same way on the training images' codes (resumable under OUT/null). A t's 'nats from z' is this minus
+    its own held-out NLL: what z tells t about z̄ beyond what t learns of z̄ alone."""
+    n, batches, _ = image_batches(images, spec.batch_size, ae.size)
     with torch.no_grad():
-        study.compute_reconstruction(x)
+        moments = [ae.eval().encode(x) for x in batches]
+    codes = {"mean": torch.cat([m for m, _ in moments]), "logvar": torch.cat([lv for _, lv in moments])}
+    t = InvarianceINN(codes["mean"].shape[1], 1, seed=spec.seed, **(T_SIZE if spec.t_size is None else spec.t_size))
+    fitting.fit_invariances(codes, torch.zeros(n, 1), t=t, steps=spec.steps, batch_size=spec.batch_size, lr=1e-3,
+                            seed=spec.seed, device=spec.device, progress=spec.progress, desc="t null control",
+                            ckpt_dir=spec.out / "null", resume=True)
+    with torch.no_grad():
+        return diagnostics.nll_of(t.cpu().eval(), fitting.encode_codes(ae, x_val), torch.zeros(len(x_val), 1),
+                                  seed=spec.seed + 5)
+
+
+def _analyse(study, kept: torch.Tensor, x: torch.Tensor, out: Path, seed: int, n_eval: int, n_grid: int,
+             n_draws: int, progress: bool, baseline_nll: float | None = None) -> dict:
+    """The report's numbers on the held-out images `x` (with `kept`, training images: each t's training NLL and the
+    ceiling's pool) and the sample grids (figures/samples_<layer>.png); {layer: grid file}."""
+    name, ls, figs, grids = study.meta["name"], study.meta["layers"], out / "figures", {}
+    study.compute_t_checks(kept, x, name, ls, n_samples=4, n_fidelity=min(len(x), N_FIDELITY), seed=seed + 5,
+                           baseline_nll=baseline_nll, pool=kept, k=4)
+    with torch.no_grad():
+        study.compute_reconstruction(x, model=name, agreement=True)
         study.compute_eq19(x, name, ls, n_outer=min(n_eval, len(x)), n_inner=n_eval, seed=seed + 1, progress=progress)
         v = torch.randn(n_draws, study.ae.zdim, generator=torch.Generator().manual_seed(seed + 4))
         study.compute_image_variance(x[:64], v, name, ls)
@@ -236,6 +296,7 @@ class StudySpec:
     n_draws: int                 # draws of v per input in the grids
     train_ae: int | None         # without a given autoencoder: SmallAE training steps
     size: int                    # ... at this image size
+    thresholds: dict | None = None   # {check: value} the user set: those checks pass or fail in the report
 
 
 def autoencoder_stage(spec: StudySpec, # the run
@@ -257,18 +318,25 @@ def build_stage(spec: StudySpec, # the run
     "Stage 2: codes, features and one t per layer (`assemble_study`); (study, kept images, info), None on other ranks."
     built = assemble_study(net, names, images, ae=ae, device=spec.device, out=spec.out, steps=spec.steps,
                            t_size=spec.t_size, batch_size=spec.batch_size, budget_mb=spec.budget_mb, recipe=model_recipe,
-                           progress=spec.progress, seed=spec.seed, keep=max(spec.n_eval, spec.n_grid))
+                           progress=spec.progress, seed=spec.seed, keep=N_POOL)
     if built is not None and built[2]["reused"]:
         spec.log(f"  loaded the finished t's of {built[2]['reused']} (delete {spec.out / 't'} to train them again)")
     return built
 
 
 def analysis_stage(spec: StudySpec, # the run
-                   built: tuple, # stage 2's (study, kept images, info)
+                   built: tuple, # stage 2's (study, kept training images, info)
+                   val: tuple, # the held-out (images, class labels or None) of `split_images`
+                   images, # the images the t's trained on (the null control trains on them too)
+                   ae: Autoencoder, # stage 1's autoencoder
                    ) -> dict:
-    "Stage 3: Eq. 19, image-space variance and the sample grids (`_analyse`); the study saved. {layer: grid file}."
-    study, x, _ = built
-    grids = _analyse(study, x, spec.out, spec.seed, spec.n_eval, spec.n_grid, spec.n_draws, spec.progress)
+    """Stage 3, on the held-out images: each t's diagnostics against its null control and its layer's ceiling, the
+    autoencoder's reconstruction, Eq. 19, image-space variance and the sample grids (`_analyse`); the study saved.
+    {layer: grid file}."""
+    study, kept, _ = built
+    baseline = _null_control(spec, ae, images, val[0])
+    grids = _analyse(study, kept, val[0], spec.out, spec.seed, spec.n_eval, spec.n_grid, spec.n_draws, spec.progress,
+                     baseline_nll=baseline)
     study.save(spec.out / "study")
     return grids
 
@@ -280,12 +348,14 @@ def report_stage(spec: StudySpec, # the run
                  record: dict, # what identifies its images
                  files: dict, # the given files by name (ae, checkpoint), for the reader
                  stage_seconds: dict, # {stage: {'seconds': s}} of the finished stages but this one (the engine's: each the run that made its files)
+                 split: dict, # the held-out split's record (`split_images`)
                  ) -> Path:
     "Stage 4: metrics.json and report.html; the report's path."
-    study, _, info = built
+    study, kept, info = built
     secs = {k: v["seconds"] for k, v in stage_seconds.items()}
-    m = study_metrics(study, layers=study.meta["layers"], settings=settings, data=info | {"record": record, **files},
-                      figures=grids, seconds=secs | {"total": round(sum(secs.values()), 1)})
+    m = study_metrics(study, layers=study.meta["layers"], settings=settings,
+                      data=info | {"record": record, "split": split | {"n_kept": len(kept)}, **files}, figures=grids,
+                      seconds=secs | {"total": round(sum(secs.values()), 1)}, thresholds=spec.thresholds)
     write_json_atomic(spec.out / "metrics.json", m)
     return write_study_report(m, spec.out / "report.html", spec.out / "figures")
 
@@ -295,10 +365,11 @@ STUDY_RECIPE = Recipe("study", (
           ("spec", "auto", "images"), ("ae",)),
     Stage("build", "codes, features and one t per layer", build_stage,
           ("spec", "net", "names", "images", "ae", "model_recipe"), ("built",)),
-    Stage("analysis", "Eq. 19, image-space variance, sample grids", analysis_stage, ("spec", "built"), ("grids",),
-          all_ranks=False),
+    Stage("analysis", "held-out diagnostics, Eq. 19, image-space variance, sample grids", analysis_stage,
+          ("spec", "built", "val", "images", "ae"), ("grids",), all_ranks=False),
     Stage("report", "write metrics.json and report.html", report_stage,
-          ("spec", "built", "grids", "settings", "record", "files", "stage_seconds"), ("report",), all_ranks=False)))
+          ("spec", "built", "grids", "settings", "record", "files", "stage_seconds", "split"), ("report",),
+          all_ranks=False)))
 
 
 def run_study(out,                      # run folder: study/, t/, figures/, report.html, metrics.json, state.json
@@ -321,6 +392,8 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
               budget_mb: float = 2048,  # features of a layer above this many MB are computed on the fly
               augment=None,             # label-preserving transforms for the autoencoder's and t's images (comma-separated)
               augment_copies: int = 4,  # with `augment`: the images in this many copies, the first as it is
+              val_fraction: float = 0.1,    # the share of the images held out (seeded; at most 1000): the report is computed on them
+              thresholds: dict | None = None,   # {check: value}, e.g. {'psnr': 24, 'gap': 2}: those checks pass or fail (`STUDY_CHECKS`)
               force: bool = False,      # delete an earlier run in `out` first (a rerun with other settings is refused)
               progress: bool = True,    # progress bars (the stage lines are printed either way)
               log=None,                 # where the stage lines go (default: the `invnb` logger; silent without progress)
@@ -344,19 +417,26 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
         try:
             with torch.device("meta"): SmallAE(size=size, width=32)
         except ValueError as e: raise BuildError(f"--size: {e}") from None
-    record = _images_record(images, auto.size if auto is not None else size)
+    px = auto.size if auto is not None else size
+    record = _images_record(images, px)
+    try: thresholds = check_thresholds(thresholds)
+    except ValueError as e: raise BuildError(str(e)) from None
     if isinstance(augment, str): augment = [a.strip() for a in augment.split(",") if a.strip()]
     source = images                                     # the images as given; augmented, the training images
-    images, aug = _augmented(images, augment, augment_copies, auto.size if auto is not None else size, seed)
+    images, x_val, y_val, split = split_images(images, px, val_fraction, seed)    # the held-out images: never trained on
+    split["source"] = str(source) if isinstance(source, (str, Path)) else f"a {type(source).__name__}"   # for the reader
+    images, aug = _augmented(images, augment, augment_copies, px, seed)
     settings = _run_settings(model, weights, checkpoint, ae, auto, train_ae, size, names, steps, t_size, batch_size,
-                             seed, n_eval, n_grid, n_draws, aug)
+                             seed, n_eval, n_grid, n_draws, aug, val_fraction)
     log(f"a study of {model} at {', '.join(names)} on {source}"
-        + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else ""))
+        + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else "")
+        + f"; {split['n_val']} images held out")
     spec = StudySpec(out, dev, seed, progress, log, steps, t_size, batch_size, budget_mb, n_eval, n_grid, n_draws,
-                     train_ae, size)
+                     train_ae, size, thresholds)
     files = {k: str(v) for k, v in (("ae", ae), ("checkpoint", checkpoint)) if v is not None}   # where, for the reader
     values = run_recipe(STUDY_RECIPE, out, dict(spec=spec, auto=auto, images=images, net=net, names=names,
-                                                model_recipe=model_recipe, settings=settings, record=record, files=files),
+                                                model_recipe=model_recipe, settings=settings, record=record, files=files,
+                                                val=(x_val, y_val), split=split),
                         profile="study", seed=seed, settings=settings, data=record, force=force, log=log,
                         rerun_finished=True, setup_seconds=time.perf_counter() - t0)
     return None if values is None else values["report"]

@@ -244,8 +244,10 @@ def test_augmentation_reaches_the_autoencoder_and_the_t_s_alike_and_is_recorded(
     base = study(folder, out, "--train-ae", "2", "--size", "32", "--augment", "flip,crop", "--augment-copies", "3")
     code, err = run(base, capsys)
     assert code == 0, err
-    assert len(seen["ae"]) == len(seen["t"]) == 3 * 24 and torch.equal(seen["ae"], seen["t"])     # the same images
-    assert not torch.equal(seen["ae"][24:48], seen["ae"][:24])                                   # copies are augmented
+    assert len(seen["ae"]) == len(seen["t"]) == 3 * 22 and torch.equal(seen["ae"], seen["t"])     # the same images
+    assert not torch.equal(seen["ae"][22:44], seen["ae"][:22])                                   # copies are augmented
+    _, held, _, _ = invnb.studyrun.split_images(folder, 32, 0.1, seed=0)       # the run's held-out 2: trained on by none
+    assert not any(torch.equal(h, x) for h in held for x in seen["ae"][:22])
     s = json.loads((out / "state.json").read_text())["settings"]
     assert s["augment"] == {"transforms": ["flip", "crop"], "copies": 3}
     code, err = run(study(folder, out, "--train-ae", "2", "--size", "32", "--augment", "flip", "--augment-copies", "3"), capsys)
@@ -257,3 +259,54 @@ def test_augmentation_reaches_the_autoencoder_and_the_t_s_alike_and_is_recorded(
     with pytest.raises(SystemExit):
         main(study(folder, tmp_path / "r3", "--train-ae", "2", "--augment", "flip", "--augment-copies", "0"))
     assert "--augment-copies must be at least 1" in capsys.readouterr().err
+
+
+def test_the_held_out_split_is_disjoint_seeded_and_refuses_what_cannot_split(folder):
+    from invnb.build import BuildError
+    from invnb.studyrun import split_images
+    train, x, y, rec = split_images(folder, 32, 0.25, seed=3)
+    n = len(train) + len(x)
+    assert (rec["n_train"], rec["n_val"], n) == (18, 6, 24) and x.shape == (6, 3, 32, 32) and y.shape == (6,)
+    held = set(range(n)) - set(train.indices)
+    assert len(held) == 6 and not held & set(train.indices)                     # disjoint, and together all images
+    full = train.dataset
+    assert all(torch.equal(full[i][0], xi) for i, xi in zip(sorted(held), x))  # the held-out images, in order
+    again = split_images(folder, 32, 0.25, seed=3)
+    assert again[0].indices == train.indices and torch.equal(again[1], x)      # the same seed, the same split
+    assert split_images(folder, 32, 0.25, seed=4)[0].indices != train.indices   # another seed, another split
+    t_train, t_val, t_y, _ = split_images(torch.rand(20, 3, 8, 8), 8, 0.2, seed=0)
+    assert t_train.shape == (16, 3, 8, 8) and t_val.shape == (4, 3, 8, 8) and t_y is None
+    for bad in (0, 1, 1.5, -0.1, True):
+        with pytest.raises(BuildError, match="--val-fraction must lie strictly between 0 and 1"):
+            split_images(folder, 32, bad)
+    with pytest.raises(BuildError, match=r"holding out 10 .* leaves 14 to train on, fewer than the 16"):
+        split_images(folder, 32, 0.4)
+
+
+def test_a_study_report_is_computed_on_held_out_images_with_relative_verdicts(finished):
+    m = json.loads((finished / "metrics.json").read_text())
+    split, r = m["run"]["data"]["split"], m["results"]
+    assert (split["n_val"], split["n_train"]) == (2, 22) and m["run"]["settings"]["val_fraction"] == 0.1
+    c = r["t_checks"]["model"]["layer2"]
+    assert {"train_nll", "val_nll", "nll_gap", "agreement", "agreement_se", "info_nats", "phi_distance"} <= set(c)
+    assert len(r["diagnostics"]["ceiling"]) == 1                        # the layer's ceiling, beside its agreement
+    assert 0 <= r["diagnostics"]["autoencoder"]["agreement"] <= 1
+    page = (finished / "report.html").read_text()
+    assert "Held-out diagnostics" in page and "computed on the 2 held-out images" in page
+    assert ">pass<" not in page and ">FAIL<" not in page                  # no threshold set: readings, no verdicts
+    assert "images t was trained on" not in page
+
+
+def test_thresholds_the_user_sets_pass_or_fail_and_bad_ones_are_named(finished, folder, ae, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    code, err = run(study(folder, out, "--ae", str(ae[1]), "--threshold", "psnr=1000",
+                          "--threshold", "gap=1e9"), capsys)
+    assert code == 0, err
+    page, m = (out / "report.html").read_text(), json.loads((out / "metrics.json").read_text())
+    assert m["thresholds"] == {"psnr": 1000.0, "gap": 1e9}
+    assert ">FAIL<" in page and ">pass<" in page                         # psnr fails, the gap passes
+    code, err = run(study(folder, out, "--ae", str(ae[1]), "--threshold", "psnrr=2"), capsys)
+    assert code != 0 and "no study check 'psnrr' (did you mean 'psnr'?)" in err, err
+    code, err = run(study(folder, out, "--ae", str(ae[1]), "--threshold", "gap=lots"), capsys)
+    assert code != 0 and "the threshold of 'gap' must be a finite number; got 'lots'" in err, err
