@@ -62,11 +62,12 @@ def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
         raise BuildError(f"factors must give one integer label per image ({n}); got lengths {bad}.")
     sizes = broadcast(estimate_factor_sizes(codes, labels, names, seed=kw["seed"]).sizes)   # rank 0's, for all
     size = {k: v for k, v in kw.pop("t_size").items() if k in ("n_blocks", "hidden", "depth")}
+    guide = kw.pop("guide", 0.0)
     ckpt = None
     if out is not None:                       # resumable; a finished e of other codes or labels is refused
         ckpt = Path(out) / "e"
         record = broadcast({"factors": names, "sizes": sizes, "size": size, "steps": kw["steps"],   # rank 0's, for all
-                            "data": fingerprint(codes["mean"], *labels.values())})
+                            "data": fingerprint(codes["mean"], *labels.values()), **({"guide": guide} if guide else {})})
         rec_path = ckpt / "record.json"
         if rec_path.is_file() and read_json(rec_path, fix=f"delete {ckpt} to train e again") != record:
             raise BuildError(f"{ckpt} holds an e trained from other images, labels or settings; delete it to train e again.")
@@ -74,7 +75,7 @@ def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
         ckpt.mkdir(parents=True, exist_ok=True)
         if is_main(): write_json_atomic(ckpt / "record.json", record)
     e, _ = fitting.fit_factors(codes, FactorPairs(labels, names), sizes, ckpt_dir=ckpt, resume=True, desc="e",
-                                **size, **kw)
+                                guide=guide, **size, **kw)
     return e.cpu().eval()
 
 
@@ -83,6 +84,7 @@ def assemble_study(model: nn.Module, # your model, f; an `Adapted` model probes 
                    images, # (N, C, H, W) in [-1, 1], a Dataset or DataLoader of images or (image, label), or an image folder
                    *, ae: Autoencoder | None = None, # a trained invnb autoencoder (SmallAE, BigAE): required
                    factors: dict | None = None, # {name: (N,) integer labels of the images}: also train e on those factors
+                   e_guide: float = 0.0, # e's closed-form guide at step 0, annealed to 0 (`fitting.fit_factors`; 0: the pair loss alone)
                    device="auto", # where features are computed and the INNs trained; the study's parts end on the CPU
                    out=None, # a folder for t's training state and finished t's (a rerun loads them), and the disk cache
                    steps: int = 2000, # training steps of each t (and of e)
@@ -125,7 +127,7 @@ def assemble_study(model: nn.Module, # your model, f; an `Adapted` model probes 
     e = None
     if factors is not None:   # first: under torchrun all ranks train e together (data-parallel), then their t's
         e = _fit_e(codes, factors, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                   progress=progress, t_size=t_size)
+                   progress=progress, t_size=t_size, guide=e_guide)
     fit = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, **t_size)
     fitted = fitting.fit_invariances_over(probes, None, codes, ckpt_dir=None if out is None else out / "t",
                                            features=feats, device=device, progress=progress, resume=True, **fit)

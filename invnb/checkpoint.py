@@ -216,7 +216,7 @@ class Checkpointable:
 # %% ../nbs/00_checkpoint.ipynb #35342a7d
 _INVNB_MODULE = re.compile(r"invnb(\.[A-Za-z_]\w*)*")
 # where invnb's models live (a module that does not exist in this version is skipped)
-_MODEL_MODULES = ("invnb.flows", "invnb.inn", "invnb.autoencoder", "invnb.classifier", "invnb.probe")
+_MODEL_MODULES = ("invnb.flows", "invnb.inn", "invnb.autoencoder", "invnb.classifier", "invnb.probe", "invnb.inversion")
 
 
 def _registered(name: str, module: str | None) -> type | None:

@@ -75,8 +75,8 @@ PROFILES = {
                      t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64), t_colourings=4,
                      layers=tuple(l for l in _LAYERS if l not in ("features.12", "classifier")), n_probe=500, fidelity_draws=4,
                      ae_batch_size=32, ae_lr=3e-3, disk_mb=300,
-                     est_seconds=dict(data=1, autoencoder=50, classifier=74, factors=20, invariances=303, analysis=42,
-                                      report=1)),   # measured 2026-12-04 (seed 0, 2-core CPU: 490 s of stages)
+                     est_seconds=dict(data=1, autoencoder=51, classifier=78, factors=23, invariances=244, analysis=31,
+                                      report=1)),   # measured 2026-12-04 (seed 0, 2-core CPU: 428 s of stages)
     "long": Profile("long", None, None, ae_steps=6000, ae_width=32, clf_steps=4000, n_checkpoints=9,
                     e_steps=1500, e_size=dict(n_blocks=6, hidden=128, depth=2), e_lr=2e-3,
                     t_steps=1500, t_val_every=100, t_size=dict(n_blocks=6, hidden=128, depth=2, embed_dim=64),

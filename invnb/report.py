@@ -534,6 +534,16 @@ def write_study_report(m: dict,          # an `invnb study` run's metrics.json, 
                   _table(["check", "measured", "reading", "verdict"], [[a, b, c, verdict(d)] for a, b, c, d in rows])]
         parts += _t_sections(r, null="a t of the same size with a constant condition, trained the same way on the "
                                      "training images' codes: it models p(z̄) alone")
+    parts += _e_section(r)
+    if share := r.share.get(name):           # --factors: how much of each named factor each layer determines
+        eq20, fs = r.eq20.get(name, {}), list(next(iter(share.values())))
+        cell = lambda e: "" if e is None else f"{e.value:.3f} ± {e.se:.3f}"
+        parts += ["<h2>Named factors: what each layer keeps of them</h2><p class=note>Identifiable share: "
+                  "Var_x(E_v e_F) / Var e_F, the share of factor F's slice of e that the layer's z determines; Eq. 20: "
+                  "the paper's normalised version over the factors. ± the jackknife SE, on the held-out images.</p>",
+                  _table(["layer"] + [f"{f}: share" for f in fs] + [f"{f}: Eq. 20" for f in fs],
+                         [[l] + [cell(share[l].get(f)) for f in fs] + [cell(eq20.get(l, {}).get(f)) for f in fs]
+                          for l in share])]
     parts += ["<h2>Eq. 19: what each layer discards</h2>"]
     if eq19:
         parts += [png(plots.to_png(plots.invariance_curve(eq19, var or None, backend="matplotlib",

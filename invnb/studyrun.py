@@ -32,9 +32,9 @@ from .utils import sha256
 from .utils import say
 
 # %% auto #0
-__all__ = ['MISSING_AE', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'STUDY_RECIPE', 'load_state_dict_file',
-           'model_from_spec', 'split_images', 'StudySpec', 'autoencoder_stage', 'build_stage', 'analysis_stage',
-           'report_stage', 'run_study']
+__all__ = ['MISSING_AE', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'E_GUIDE', 'STUDY_RECIPE', 'load_state_dict_file',
+           'model_from_spec', 'split_images', 'read_factors', 'StudySpec', 'autoencoder_stage', 'build_stage',
+           'analysis_stage', 'report_stage', 'run_study']
 
 # %% ../nbs/09c_studyrun.ipynb #a84696d7
 MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
@@ -235,6 +235,65 @@ def _augmented(images, augment, copies: int, size: int, seed: int):
     except ValueError as e: raise BuildError(f"--augment: {e}") from None
     return aug, aug.record()
 
+# %% ../nbs/09c_studyrun.ipynb #67abf77a
+def _factor_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a factor table: a CSV with a header row, its first column the image's path relative to
+    --images; or CelebA's `list_attr_celeba.txt` layout (a line with the count, a line of attribute names, then a file
+    name and one value per attribute on each line), whitespace-separated."""
+    import csv
+    if not path.is_file(): raise BuildError(f"--factors {path}: no such file.")
+    lines = [l for l in path.read_text(encoding="utf-8-sig").splitlines() if l.strip()]
+    if len(lines) >= 2 and lines[0].strip().isdigit():                      # CelebA: count, names, rows
+        names = lines[1].split()
+        return ["file", *names], [l.split() for l in lines[2:]]
+    delimiter = "," if "," in lines[0] else ("\t" if "\t" in lines[0] else None)
+    rows = list(csv.reader(lines, delimiter=delimiter)) if delimiter else [l.split() for l in lines]
+    return [h.strip() for h in rows[0]], [[v.strip() for v in r] for r in rows[1:]]
+
+
+def read_factors(spec: str,     # 'class' (the class folders), or 'TABLE[:col1,col2,...]' (a CSV or CelebA's attribute list)
+                 dataset,       # the `load_image_folder` dataset of --images: its `samples` (path, class) and `root`
+                ) -> dict[str, torch.Tensor]:
+    """{factor: (N,) integer labels} of the dataset's images, in its order. 'class': one factor, the class folders.
+    A table: the chosen columns (default: all but the first), each row matched to its image by the path relative
+    to --images (CelebA's list: by the file name); CelebA's ±1 become 0/1 and any other labels are numbered 0..K-1 in
+    sorted order. Refused, by name: an image the table lacks, an unknown column (with the closest), a label that is
+    not an integer, a factor with one value."""
+    root, samples = Path(dataset.root), list(dataset.samples)
+    if spec == "class":
+        labels = torch.tensor([c for _, c in samples])
+        if labels.unique().numel() < 2: raise BuildError("--factors class: the images are in one class folder; a factor needs two values or more.")
+        return {"class": labels}
+    file, _, cols = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
+    header, rows = _factor_table(Path(file))
+    names = [c.strip() for c in cols.split(",") if c.strip()] or header[1:]
+    if unknown := [c for c in names if c not in header[1:]]:
+        near = {c: difflib.get_close_matches(c, header[1:], n=1) for c in unknown}
+        raise BuildError(f"--factors {file}: no column " + ", ".join(f"{c!r}" + (f" (did you mean {m[0]!r}?)" if m else "")
+                                                                    for c, m in near.items())
+                         + f"; its columns: {', '.join(header[1:])}.")
+    clean = lambda k: (k := k.replace("\\", "/"))[2:] if k.startswith("./") else k
+    by_file = {clean(r[0]): r for r in rows if r}
+    rel = [os.path.relpath(p, root).replace(os.sep, "/") for p, _ in samples]
+    key = (lambda r: Path(r).name) if all("/" not in k for k in by_file) and any("/" in r for r in rel) else (lambda r: r)
+    if missing := [r for r in rel if key(r) not in by_file]:
+        raise BuildError(f"--factors {file} has no row for {len(missing)} of the {len(rel)} images, e.g. {missing[:3]}; "
+                         "its first column must name each image by its path relative to --images.")
+    out = {}
+    for c in names:
+        j = header.index(c)
+        raw = [by_file[key(r)][j] if j < len(by_file[key(r)]) else "" for r in rel]
+        try: values = [int(v) for v in raw]
+        except ValueError:
+            bad = next(v for v in raw if not v.lstrip("-").isdigit())
+            raise BuildError(f"--factors {file}: column {c!r} holds {bad!r}, not an integer label; give each factor's "
+                             "values as integers (0, 1, 2, ...).") from None
+        kinds = sorted(set(values))
+        if len(kinds) < 2: raise BuildError(f"--factors {file}: column {c!r} has the one value {kinds[0]} for every image; a factor needs two values or more.")
+        index = {v: i for i, v in enumerate(kinds)}                       # CelebA's -1/1 -> 0/1, any labels -> 0..K-1
+        out[c] = torch.tensor([index[v] for v in values])
+    return out
+
 # %% ../nbs/09c_studyrun.ipynb #97ccb091
 N_POOL = 500       # training images kept: each t's training NLL, and the pool of the agreement ceiling's neighbours
 N_FIDELITY = 100   # held-out images whose samples are scored (sample agreement, Φ distance, the ceiling)
@@ -242,16 +301,20 @@ N_FIDELITY = 100   # held-out images whose samples are scored (sample agreement,
 
 def _null_control(spec, ae: Autoencoder, images, x_val: torch.Tensor) -> float:
     """The held-out NLL of the null control: a t of the same size with a constant condition (it models p(z̄) alone),
-    trained the same way on the training images' codes (resumable under OUT/null). A t's 'nats from z' is this minus
-    its own held-out NLL: what z tells t about z̄ beyond what t learns of z̄ alone."""
-    n, batches, _ = image_batches(images, spec.batch_size, ae.size)
-    with torch.no_grad():
-        moments = [ae.eval().encode(x) for x in batches]
-    codes = {"mean": torch.cat([m for m, _ in moments]), "logvar": torch.cat([lv for _, lv in moments])}
-    t = InvarianceINN(codes["mean"].shape[1], 1, seed=spec.seed, **(T_SIZE if spec.t_size is None else spec.t_size))
-    fitting.fit_invariances(codes, torch.zeros(n, 1), t=t, steps=spec.steps, batch_size=spec.batch_size, lr=1e-3,
-                            seed=spec.seed, device=spec.device, progress=spec.progress, desc="t null control",
-                            ckpt_dir=spec.out / "null", resume=True)
+    trained the same way on the training images' codes (resumable under OUT/null, and kept there: a rerun loads it).
+    A t's 'nats from z' is this minus its own held-out NLL: what z tells t about z̄ beyond what t learns of z̄ alone."""
+    saved = spec.out / "null" / "t.safetensors"
+    if saved.is_file(): t = load_model(saved, InvarianceINN)
+    else:
+        n, batches, _ = image_batches(images, spec.batch_size, ae.size)
+        with torch.no_grad():
+            moments = [ae.eval().encode(x) for x in batches]
+        codes = {"mean": torch.cat([m for m, _ in moments]), "logvar": torch.cat([lv for _, lv in moments])}
+        t = InvarianceINN(codes["mean"].shape[1], 1, seed=spec.seed, **(T_SIZE if spec.t_size is None else spec.t_size))
+        fitting.fit_invariances(codes, torch.zeros(n, 1), t=t, steps=spec.steps, batch_size=spec.batch_size, lr=1e-3,
+                                seed=spec.seed, device=spec.device, progress=spec.progress, desc="t null control",
+                                ckpt_dir=spec.out / "null", resume=True, data_parallel=False)   # rank 0's alone
+        t.cpu().save(saved)
     with torch.no_grad():
         return diagnostics.nll_of(t.cpu().eval(), fitting.encode_codes(ae, x_val), torch.zeros(len(x_val), 1),
                                   seed=spec.seed + 5)
@@ -279,6 +342,9 @@ def _analyse(study, kept: torch.Tensor, x: torch.Tensor, out: Path, seed: int, n
     return grids
 
 
+E_GUIDE = 300.0   # with --factors: the weight of e's closed-form guide, annealed to 0 (the ColorMNIST study's)
+
+
 @dataclass(frozen=True)
 class StudySpec:
     "How an `invnb study` run works: its folder, device, seed, bars, log and the sizes its stages use."
@@ -297,6 +363,7 @@ class StudySpec:
     train_ae: int | None         # without a given autoencoder: SmallAE training steps
     size: int                    # ... at this image size
     thresholds: dict | None = None   # {check: value} the user set: those checks pass or fail in the report
+    e_guide: float = E_GUIDE     # with factors: the weight of e's closed-form guide (annealed to 0)
 
 
 def autoencoder_stage(spec: StudySpec, # the run
@@ -314,9 +381,12 @@ def build_stage(spec: StudySpec, # the run
                 images, # the images the t's train on
                 ae: Autoencoder, # stage 1's autoencoder
                 model_recipe: dict, # how the model was made (saved with the study)
+                factors: dict | None = None, # {factor: labels of `images`} (--factors): e is trained on them first
                 ) -> tuple | None:
-    "Stage 2: codes, features and one t per layer (`assemble_study`); (study, kept images, info), None on other ranks."
-    built = assemble_study(net, names, images, ae=ae, device=spec.device, out=spec.out, steps=spec.steps,
+    """Stage 2: codes, features, e (with `factors`) and one t per layer (`assemble_study`); (study, kept images,
+    info), None on other ranks."""
+    built = assemble_study(net, names, images, ae=ae, factors=factors, e_guide=spec.e_guide, device=spec.device,
+                           out=spec.out, steps=spec.steps,
                            t_size=spec.t_size, batch_size=spec.batch_size, budget_mb=spec.budget_mb, recipe=model_recipe,
                            progress=spec.progress, seed=spec.seed, keep=N_POOL)
     if built is not None and built[2]["reused"]:
@@ -329,6 +399,7 @@ def analysis_stage(spec: StudySpec, # the run
                    val: tuple, # the held-out (images, class labels or None) of `split_images`
                    images, # the images the t's trained on (the null control trains on them too)
                    ae: Autoencoder, # stage 1's autoencoder
+                   val_factors: dict | None = None, # {factor: labels of the held-out images} (--factors)
                    ) -> dict:
     """Stage 3, on the held-out images: each t's diagnostics against its null control and its layer's ceiling, the
     autoencoder's reconstruction, Eq. 19, image-space variance and the sample grids (`_analyse`); the study saved.
@@ -337,6 +408,13 @@ def analysis_stage(spec: StudySpec, # the run
     baseline = _null_control(spec, ae, images, val[0])
     grids = _analyse(study, kept, val[0], spec.out, spec.seed, spec.n_eval, spec.n_grid, spec.n_draws, spec.progress,
                      baseline_nll=baseline)
+    if study.e is not None and val_factors:      # the named factors: e's held-out table, the share and Eq. 20 per layer
+        x, name, ls = val[0], study.meta["name"], study.meta["layers"]
+        kw = dict(n_outer=min(spec.n_eval, len(x)), n_inner=spec.n_eval, progress=spec.progress)
+        with torch.no_grad():
+            study.compute_factor_report(x, val_factors, seed=spec.seed)
+            study.compute_share(x, name, ls, seed=spec.seed + 2, **kw)
+            study.compute_eq20(x, name, ls, seed=spec.seed + 3, **kw)
     study.save(spec.out / "study")
     return grids
 
@@ -363,13 +441,26 @@ def report_stage(spec: StudySpec, # the run
 STUDY_RECIPE = Recipe("study", (
     Stage("autoencoder", "the autoencoder (given, or trained on the folder)", autoencoder_stage,
           ("spec", "auto", "images"), ("ae",)),
-    Stage("build", "codes, features and one t per layer", build_stage,
-          ("spec", "net", "names", "images", "ae", "model_recipe"), ("built",)),
-    Stage("analysis", "held-out diagnostics, Eq. 19, image-space variance, sample grids", analysis_stage,
-          ("spec", "built", "val", "images", "ae"), ("grids",), all_ranks=False),
+    Stage("build", "codes, features, e (with factors) and one t per layer", build_stage,
+          ("spec", "net", "names", "images", "ae", "model_recipe", "factors"), ("built",)),
+    Stage("analysis", "held-out diagnostics, Eq. 19 (and 20), image-space variance, sample grids", analysis_stage,
+          ("spec", "built", "val", "images", "ae", "val_factors"), ("grids",), all_ranks=False),
     Stage("report", "write metrics.json and report.html", report_stage,
           ("spec", "built", "grids", "settings", "record", "files", "stage_seconds", "split"), ("report",),
           all_ranks=False)))
+
+
+def _split_factors(factors: str | None, source, train) -> tuple:
+    """(training labels, held-out labels, the run's setting) of --factors (`read_factors`) for the images of the
+    folder `source`, split as `split_images` split them (`train`: its Subset); (None, None, None) without."""
+    if factors is None: return None, None, None
+    if not isinstance(source, (str, Path)):
+        raise BuildError("--factors reads the labels of an image folder's files: give --images a folder.")
+    full = read_factors(factors, train.dataset)
+    held = sorted(set(range(len(train.dataset))) - set(train.indices))
+    table = None if factors == "class" else Path(factors.partition(":")[0] if not Path(factors).is_file() else factors)
+    setting = ({"source": "class"} if table is None else {"table": sha256(table)[:16], "columns": list(full)})
+    return {k: v[train.indices] for k, v in full.items()}, {k: v[held] for k, v in full.items()}, setting | {"guide": E_GUIDE}
 
 
 def run_study(out,                      # run folder: study/, t/, figures/, report.html, metrics.json, state.json
@@ -392,6 +483,7 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
               budget_mb: float = 2048,  # features of a layer above this many MB are computed on the fly
               augment=None,             # label-preserving transforms for the autoencoder's and t's images (comma-separated)
               augment_copies: int = 4,  # with `augment`: the images in this many copies, the first as it is
+              factors: str | None = None,   # named factors for e: 'class' (the class folders) or 'TABLE[:col1,col2]' (a CSV, or CelebA's attribute list)
               val_fraction: float = 0.1,    # the share of the images held out (seeded; at most 1000): the report is computed on them
               thresholds: dict | None = None,   # {check: value}, e.g. {'psnr': 24, 'gap': 2}: those checks pass or fail (`STUDY_CHECKS`)
               force: bool = False,      # delete an earlier run in `out` first (a rerun with other settings is refused)
@@ -425,9 +517,12 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     source = images                                     # the images as given; augmented, the training images
     images, x_val, y_val, split = split_images(images, px, val_fraction, seed)    # the held-out images: never trained on
     split["source"] = str(source) if isinstance(source, (str, Path)) else f"a {type(source).__name__}"   # for the reader
+    labels, val_labels, factor_setting = _split_factors(factors, source, images)
     images, aug = _augmented(images, augment, augment_copies, px, seed)
+    if aug and labels: labels = {k: v.repeat(aug["copies"]) for k, v in labels.items()}   # copy k of image j: k·N + j
     settings = _run_settings(model, weights, checkpoint, ae, auto, train_ae, size, names, steps, t_size, batch_size,
                              seed, n_eval, n_grid, n_draws, aug, val_fraction)
+    if factor_setting: settings["factors"] = factor_setting                # absent without: runs from before
     log(f"a study of {model} at {', '.join(names)} on {source}"
         + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else "")
         + f"; {split['n_val']} images held out")
@@ -436,7 +531,7 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     files = {k: str(v) for k, v in (("ae", ae), ("checkpoint", checkpoint)) if v is not None}   # where, for the reader
     values = run_recipe(STUDY_RECIPE, out, dict(spec=spec, auto=auto, images=images, net=net, names=names,
                                                 model_recipe=model_recipe, settings=settings, record=record, files=files,
-                                                val=(x_val, y_val), split=split),
+                                                val=(x_val, y_val), split=split, factors=labels, val_factors=val_labels),
                         profile="study", seed=seed, settings=settings, data=record, force=force, log=log,
                         rerun_finished=True, setup_seconds=time.perf_counter() - t0)
     return None if values is None else values["report"]

@@ -123,6 +123,13 @@ def _stack_rows(model: nn.Module, stack: int | None) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v, dtype=torch.long).reshape(-1) for k, v in model.stack_rows().items()}
 
 
+def _param_rows(model: nn.Module, params: dict, rows: dict) -> dict | None:
+    "{group: the `rows` entry of each of its parameters (None: one row per model)}; None without such tensors."
+    if not rows: return None
+    by_param = {id(p): rows[n] for n, p in model.named_parameters() if n in rows}
+    return {k: [by_param.get(id(p)) for p in ps] for k, ps in params.items()}
+
+
 def _check_stack(model: nn.Module, stack: int | None, seed, dp: bool, rows: dict | None = None) -> list[int]:
     """The seeds of a fit: [seed], or for a stack of M models (a module with `n_stacked = M` whose every state
     tensor has the model axis first: M rows, or the rows its `stack_rows()` gives for that tensor) one seed per
@@ -484,8 +491,7 @@ def fit(model: nn.Module,  # trained in place, moved to `device`, left in eval m
     streams = _Streams(_check_stack(model, stack, seed, dp, rows), stack, dp)
     main = is_main() or not dp   # writes the checkpoint and shows the bar (every rank in a non-parallel fit)
     hist, best = History(), _Best(stack, rows)
-    by_param = {id(p): rows[n] for n, p in model.named_parameters() if n in rows}
-    param_rows = {k: [by_param.get(id(p)) for p in ps] for k, ps in params.items()} if rows else None
+    param_rows = _param_rows(model, params, rows)
     state = _TrainState(ckpt_dir, model, opts, streams, best, hist, lr, dp, main)
     start = hist.steps_done = state.restore(steps, schedule) if resume else 0
     replicated = _replicated(model) if dp else None

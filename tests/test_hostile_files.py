@@ -57,6 +57,9 @@ FORGED = {
               ({"size": 16, "zdim": 8, "layers": [10 ** 9, 1, 1, 1], "width_per_group": 8, "ch": 2, "n_classes": 4,
                 "embed_dim": 4}, None)],
     "ColorMNISTClassifier": [({"size": BIG}, None)],    # its tensors do not depend on size: refused as not matching
+    "FeatureDecoder": [({"cond_shape": [10 ** 9, 10 ** 9, 10 ** 9], "size": 28, "width": 10 ** 9, "zdim": 10 ** 12}, None),
+                       ({"cond_shape": [BIG], "size": 28, "width": 8, "zdim": 8},
+                        {"cond_shape": [4], "size": 28, "width": 8, "zdim": 8})],
 }
 
 # per class, a config with huge widths but few tensors: building it on the meta device must allocate nothing real
@@ -74,6 +77,7 @@ WIDE = {
     "BigAE": {"size": 2 ** 20, "zdim": 10 ** 9, "layers": [1, 1, 1, 1], "width_per_group": 10 ** 5, "ch": 10 ** 4,
               "n_classes": 10 ** 9, "embed_dim": 10 ** 5},
     "ColorMNISTClassifier": {"size": BIG},
+    "FeatureDecoder": {"cond_shape": [3 * 10 ** 9], "size": 28, "width": 2 ** 16, "zdim": 10 ** 9},
 }
 
 

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,3 +311,79 @@ def test_thresholds_the_user_sets_pass_or_fail_and_bad_ones_are_named(finished, 
     assert code != 0 and "no study check 'psnrr' (did you mean 'psnr'?)" in err, err
     code, err = run(study(folder, out, "--ae", str(ae[1]), "--threshold", "gap=lots"), capsys)
     assert code != 0 and "the threshold of 'gap' must be a finite number; got 'lots'" in err, err
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory):
+    "(a flat folder of 400 bundled MNIST digits in ColorMNIST colours, its attrs.csv (file, digit, fg, bg), labels)."
+    from PIL import Image
+    from invnb.data import ColorMNIST, load_mnist
+    root = tmp_path_factory.mktemp("colour")
+    with pytest.warns(UserWarning, match="bundled"): x, y = load_mnist()["train"]
+    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:400]     # the bundled digits are in order
+    cm = ColorMNIST(torch.as_tensor(x)[pick], torch.as_tensor(y)[pick], seed=0)
+    images, rows = cm.images(), ["file,digit,fg,bg"]
+    (root / "images").mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(((im.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()).save(root / "images" / f"{i:04d}.png")
+        rows.append(f"{i:04d}.png," + ",".join(str(int(cm.labels[k][i])) for k in ("digit", "fg", "bg")))
+    (root / "attrs.csv").write_text("\n".join(rows) + "\n")
+    return root / "images", root / "attrs.csv", cm.labels
+
+
+def test_factors_are_read_from_a_table_or_the_class_folders_and_bad_tables_are_named(colour_folder, folder, tmp_path):
+    from invnb.build import BuildError
+    from invnb.data import load_image_folder
+    from invnb.studyrun import read_factors
+    images, table, labels = colour_folder
+    ds = load_image_folder(images, size=28)
+    got = read_factors(f"{table}:bg,fg", ds)
+    order = [int(Path(p).stem) for p, _ in ds.samples]                  # the dataset's order, by file name
+    assert list(got) == ["bg", "fg"] and all(torch.equal(got[k], labels[k][order]) for k in got)
+    assert list(read_factors(str(table), ds)) == ["digit", "fg", "bg"]   # no columns named: all of them
+    assert torch.equal(read_factors("class", load_image_folder(folder, size=32))["class"], torch.tensor([0, 1] * 12).sort().values)
+    celeba = tmp_path / "list_attr_celeba.txt"                          # CelebA's layout: count, names, rows of ±1
+    celeba.write_text(f"{len(ds)}\nSmiling Young\n" + "".join(f"{Path(p).name} {1 if i % 2 else -1} 1\n"
+                                                             if i else f"{Path(p).name} 1 -1\n" for i, (p, _) in enumerate(ds.samples)))
+    smile = read_factors(f"{celeba}:Smiling", ds)["Smiling"]
+    assert smile[0] == 1 and smile[1] == 1 and smile[2] == 0 and set(smile.tolist()) == {0, 1}
+    lines = table.read_text().splitlines()
+    cases = {"missing": (lines[:-1], "has no row for 1 of the 400 images, e.g. ['0399.png']"),
+             "one value": ([lines[0]] + [l.rsplit(",", 1)[0] + ",3" for l in lines[1:]], "column 'bg' has the one value 3"),
+             "text": ([lines[0], lines[1].rsplit(",", 1)[0] + ",red"] + lines[2:], "column 'bg' holds 'red', not an integer")}
+    for name, (rows, message) in cases.items():
+        bad = tmp_path / f"{name.replace(' ', '_')}.csv"
+        bad.write_text("\n".join(rows) + "\n")
+        with pytest.raises(BuildError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            read_factors(f"{bad}:bg", ds)
+    with pytest.raises(BuildError, match=r"no column 'colour'; its columns: digit, fg, bg"):
+        read_factors(f"{table}:colour", ds)
+    with pytest.raises(BuildError, match=r"no column 'bgg' \(did you mean 'bg'\?\)"):
+        read_factors(f"{table}:bgg", ds)
+    with pytest.raises(BuildError, match="no such file"):
+        read_factors(str(tmp_path / "none.csv"), ds)
+
+
+def test_a_table_of_known_factors_is_recovered_by_e_and_shuffled_labels_are_not(colour_folder, tmp_path, capsys):
+    "--factors attrs.csv:fg,bg: e's held-out pairs sharing a colour correlate in its slice; the same with the labels shuffled do not."
+    images, table, _ = colour_folder
+    lines = table.read_text().splitlines()
+    g = torch.Generator().manual_seed(0)
+    shuffled = tmp_path / "shuffled.csv"        # every row keeps its file, the labels come from another row
+    perm = torch.randperm(len(lines) - 1, generator=g).tolist()
+    shuffled.write_text("\n".join([lines[0]] + [lines[1 + i].split(",", 1)[0] + "," + lines[1 + j].split(",", 1)[1]
+                                                for i, j in enumerate(perm)]) + "\n")
+    own = {}
+    for name, t in (("known", table), ("shuffled", shuffled)):
+        out = tmp_path / name
+        args = ["study", "--model", "torchvision:resnet18", "--images", str(images), "--layers", "layer1", "--out", str(out),
+                "--train-ae", "300", "--size", "28", "--steps", "150", "--t-blocks", "2", "--t-hidden", "32", "--t-embed",
+                "16", "--n-eval", "10", "--device", "cpu", "--no-progress", "--factors", f"{t}:fg,bg"]
+        code, err = run(args, capsys)
+        assert code == 0, err
+        m = json.loads((out / "metrics.json").read_text())
+        own[name] = m["results"]["diagnostics"]["factors"]["own"]
+        assert set(m["results"]["share"]["model"]["layer1"]) == {"residual", "fg", "bg"} and m["results"]["eq20"]["model"]
+        assert "Named factors: what each layer keeps of them" in (out / "report.html").read_text()
+    assert own["known"]["fg"] > 0.6 and own["known"]["bg"] > 0.6, own          # measured: 0.75 and 0.86
+    assert abs(own["shuffled"]["fg"]) < 0.3 and abs(own["shuffled"]["bg"]) < 0.3, own   # measured: −0.05, −0.01
