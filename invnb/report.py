@@ -556,6 +556,22 @@ def write_study_report(m: dict,          # an `invnb study` run's metrics.json, 
     for layer, file in m["figures"].items():
         f = Path(figures_dir or path.parent / "figures") / file
         if f.is_file(): parts += [f"<h3>{esc(layer)}</h3>", png(f.read_bytes(), layer)]
+    if base := m.get("baselines"):          # --baselines: the inversions of Fig. 2 / Tab. 1 beside t's samples
+        rows = [[l, b["t"], b["decoder"], b["optimisation"], b["optimisation_feature_loss"], b["images"]]
+                for l, b in base.items() if "skipped" not in b]
+        parts += ["<h2>Baselines on the same layer and images</h2><p class=note>Beside t's samples D(t⁻¹(v|Φ(x))), "
+                  "two inversions of the same features of the same held-out images: Dosovitskiy &amp; Brox's decoder "
+                  "(the autoencoder's decoder architecture mapping z straight to x, trained with the image loss and no "
+                  "KL term on the kept training images: one answer per z) and Mahendran &amp; Vedaldi's optimisation "
+                  "(x* minimising ‖Φ(x*) − Φ(x)‖² / ‖Φ(x)‖² with α-norm and TV priors, from several random starts). "
+                  "Each column: the share of images on which f predicts for the method's image what it predicts for "
+                  "D(E(x)) (t's first draw of v, the decoder's image, M&amp;V's first start). No FID here: its "
+                  "Inception weights are online-only.</p>",
+                  _table(["layer", "t", "D&B decoder", "M&V optimisation", "M&V feature loss", "images"], rows)]
+        parts += [f"<p class=note>{esc(l)}: {esc(b['skipped'])}</p>" for l, b in base.items() if "skipped" in b]
+        for l, b in base.items():
+            f = Path(figures_dir or path.parent / "figures") / b.get("grid", "")
+            if "grid" in b and f.is_file(): parts += [f"<h3>{esc(l)}</h3>", png(f.read_bytes(), f"baselines {l}")]
     parts += ["<h2>Stage times</h2>", _table(["stage", "seconds"], [[k, float(v)] for k, v in m["seconds"].items()]),
               "<h2>Environment</h2>", _table(["", "value"], [[k, v] for k, v in run["environment"].items()])]
     doc = html_page("invnb study report", parts)

@@ -32,9 +32,9 @@ from .utils import sha256
 from .utils import say
 
 # %% auto #0
-__all__ = ['MISSING_AE', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'E_GUIDE', 'STUDY_RECIPE', 'load_state_dict_file',
-           'model_from_spec', 'split_images', 'read_factors', 'StudySpec', 'autoencoder_stage', 'build_stage',
-           'analysis_stage', 'report_stage', 'run_study']
+__all__ = ['MISSING_AE', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'MV_STARTS', 'E_GUIDE', 'STUDY_RECIPE',
+           'load_state_dict_file', 'model_from_spec', 'split_images', 'read_factors', 'StudySpec', 'autoencoder_stage',
+           'build_stage', 'analysis_stage', 'report_stage', 'run_study']
 
 # %% ../nbs/09c_studyrun.ipynb #a84696d7
 MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
@@ -320,6 +320,49 @@ def _null_control(spec, ae: Autoencoder, images, x_val: torch.Tensor) -> float:
                                   seed=spec.seed + 5)
 
 
+MV_STARTS = 3     # starts of the optimisation inversion per image
+
+
+def _agreement(f: nn.Module, images: torch.Tensor, reference: torch.Tensor) -> float:
+    "The share of `images` on which f predicts what it predicts for `reference` (one per image, the same order)."
+    with torch.no_grad():
+        return float((f.eval()(images).argmax(1) == f(reference).argmax(1)).float().mean())
+
+
+def _baselines(spec, study, kept: torch.Tensor, x: torch.Tensor, out: Path) -> dict:
+    """--baselines: per layer, beside t's samples on the same held-out images, Dosovitskiy & Brox's decoder (trained
+    `steps` steps on the kept training images' features) and Mahendran & Vedaldi's optimisation inversion
+    (`MV_STARTS` starts); the share of images on which f keeps its prediction on D(E(x)) for each, as t's samples are
+    scored; a grid per layer (figures/baselines_<layer>.png). {layer: {...}}."""
+    from invnb.inversion import FeatureDecoder, fit_feature_decoder, invert_features
+    name, res = study.meta["name"], {}
+    f, xs = study.model(name), x[:N_FIDELITY]
+    recon = study.reconstruct(xs)
+    for l in study.meta["layers"]:
+        p = study.probe(l, name)
+        with torch.no_grad(): zk, zx = study.features(kept, l, name), study.features(xs, l, name)
+        try: dec = FeatureDecoder(tuple(zk.shape[1:]), size=study.ae.size, width=32, channels=kept.shape[1], seed=spec.seed)
+        except ValueError as e:
+            res[l] = {"skipped": f"no decoder at {study.ae.size} px ({e})"}; continue
+        dec, _ = fit_feature_decoder(zk, kept, dec, steps=spec.steps, batch_size=min(64, len(kept)), seed=spec.seed,
+                                     device=spec.device, progress=spec.progress, desc=f"D&B decoder {l}")
+        dec = dec.cpu().eval()
+        with torch.no_grad(): db = dec(zx)
+        mv, mv_loss = invert_features(p, xs, n_starts=MV_STARTS, generator=torch.Generator().manual_seed(spec.seed + 7))
+        v = torch.randn(MV_STARTS, study.ae.zdim, generator=torch.Generator().manual_seed(spec.seed + 4))
+        with torch.no_grad(): ts = study.sample(xs, l, v=v)
+        res[l] = {"images": len(xs), "t": _agreement(f, ts[:, 0], recon), "decoder": _agreement(f, db, recon),
+                  "optimisation": _agreement(f, mv[:, 0], recon), "optimisation_feature_loss": float(mv_loss.mean())}
+        g = min(spec.n_grid, len(xs))
+        rows = [[xs[i], recon[i], *ts[i], db[i], *mv[i]] for i in range(g)]
+        cols = ["x", "D(E(x))", *[f"t: v{k + 1}" for k in range(MV_STARTS)], "D&B", *[f"M&V {k + 1}" for k in range(MV_STARTS)]]
+        fig = plots.image_grid(rows, col_labels=cols, backend="matplotlib",
+                               title=f"{l}: t's samples, the D&B decoder, M&V's starts (rows: held-out inputs)")
+        res[l]["grid"] = f"baselines_{fitting.safe_name(l)}.png"
+        write_bytes_atomic(out / "figures" / res[l]["grid"], plots.to_png(fig))
+    return res
+
+
 def _analyse(study, kept: torch.Tensor, x: torch.Tensor, out: Path, seed: int, n_eval: int, n_grid: int,
              n_draws: int, progress: bool, baseline_nll: float | None = None) -> dict:
     """The report's numbers on the held-out images `x` (with `kept`, training images: each t's training NLL and the
@@ -364,6 +407,7 @@ class StudySpec:
     size: int                    # ... at this image size
     thresholds: dict | None = None   # {check: value} the user set: those checks pass or fail in the report
     e_guide: float = E_GUIDE     # with factors: the weight of e's closed-form guide (annealed to 0)
+    baselines: bool = False      # also the inversion baselines (D&B decoder, M&V optimisation) per layer
 
 
 def autoencoder_stage(spec: StudySpec, # the run
@@ -400,10 +444,10 @@ def analysis_stage(spec: StudySpec, # the run
                    images, # the images the t's trained on (the null control trains on them too)
                    ae: Autoencoder, # stage 1's autoencoder
                    val_factors: dict | None = None, # {factor: labels of the held-out images} (--factors)
-                   ) -> dict:
+                   ) -> tuple[dict, dict]:
     """Stage 3, on the held-out images: each t's diagnostics against its null control and its layer's ceiling, the
-    autoencoder's reconstruction, Eq. 19, image-space variance and the sample grids (`_analyse`); the study saved.
-    {layer: grid file}."""
+    autoencoder's reconstruction, Eq. 19, image-space variance and the sample grids (`_analyse`), with --baselines the
+    inversion baselines (`_baselines`); the study saved. ({layer: grid file}, {layer: baselines' figures})."""
     study, kept, _ = built
     baseline = _null_control(spec, ae, images, val[0])
     grids = _analyse(study, kept, val[0], spec.out, spec.seed, spec.n_eval, spec.n_grid, spec.n_draws, spec.progress,
@@ -415,8 +459,9 @@ def analysis_stage(spec: StudySpec, # the run
             study.compute_factor_report(x, val_factors, seed=spec.seed)
             study.compute_share(x, name, ls, seed=spec.seed + 2, **kw)
             study.compute_eq20(x, name, ls, seed=spec.seed + 3, **kw)
+    baselines = _baselines(spec, study, kept, val[0], spec.out) if spec.baselines else {}
     study.save(spec.out / "study")
-    return grids
+    return grids, baselines
 
 
 def report_stage(spec: StudySpec, # the run
@@ -427,6 +472,7 @@ def report_stage(spec: StudySpec, # the run
                  files: dict, # the given files by name (ae, checkpoint), for the reader
                  stage_seconds: dict, # {stage: {'seconds': s}} of the finished stages but this one (the engine's: each the run that made its files)
                  split: dict, # the held-out split's record (`split_images`)
+                 baselines: dict | None = None, # stage 3's inversion baselines per layer (--baselines), or {}
                  ) -> Path:
     "Stage 4: metrics.json and report.html; the report's path."
     study, kept, info = built
@@ -434,6 +480,7 @@ def report_stage(spec: StudySpec, # the run
     m = study_metrics(study, layers=study.meta["layers"], settings=settings,
                       data=info | {"record": record, "split": split | {"n_kept": len(kept)}, **files}, figures=grids,
                       seconds=secs | {"total": round(sum(secs.values()), 1)}, thresholds=spec.thresholds)
+    if baselines: m["baselines"] = baselines
     write_json_atomic(spec.out / "metrics.json", m)
     return write_study_report(m, spec.out / "report.html", spec.out / "figures")
 
@@ -444,9 +491,9 @@ STUDY_RECIPE = Recipe("study", (
     Stage("build", "codes, features, e (with factors) and one t per layer", build_stage,
           ("spec", "net", "names", "images", "ae", "model_recipe", "factors"), ("built",)),
     Stage("analysis", "held-out diagnostics, Eq. 19 (and 20), image-space variance, sample grids", analysis_stage,
-          ("spec", "built", "val", "images", "ae", "val_factors"), ("grids",), all_ranks=False),
+          ("spec", "built", "val", "images", "ae", "val_factors"), ("grids", "baselines"), all_ranks=False),
     Stage("report", "write metrics.json and report.html", report_stage,
-          ("spec", "built", "grids", "settings", "record", "files", "stage_seconds", "split"), ("report",),
+          ("spec", "built", "grids", "settings", "record", "files", "stage_seconds", "split", "baselines"), ("report",),
           all_ranks=False)))
 
 
@@ -484,6 +531,7 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
               augment=None,             # label-preserving transforms for the autoencoder's and t's images (comma-separated)
               augment_copies: int = 4,  # with `augment`: the images in this many copies, the first as it is
               factors: str | None = None,   # named factors for e: 'class' (the class folders) or 'TABLE[:col1,col2]' (a CSV, or CelebA's attribute list)
+              baselines: bool = False,      # also the inversion baselines per layer: a D&B decoder and M&V optimisation (`07f_inversion`)
               val_fraction: float = 0.1,    # the share of the images held out (seeded; at most 1000): the report is computed on them
               thresholds: dict | None = None,   # {check: value}, e.g. {'psnr': 24, 'gap': 2}: those checks pass or fail (`STUDY_CHECKS`)
               force: bool = False,      # delete an earlier run in `out` first (a rerun with other settings is refused)
@@ -527,7 +575,7 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
         + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else "")
         + f"; {split['n_val']} images held out")
     spec = StudySpec(out, dev, seed, progress, log, steps, t_size, batch_size, budget_mb, n_eval, n_grid, n_draws,
-                     train_ae, size, thresholds)
+                     train_ae, size, thresholds, baselines=baselines)
     files = {k: str(v) for k, v in (("ae", ae), ("checkpoint", checkpoint)) if v is not None}   # where, for the reader
     values = run_recipe(STUDY_RECIPE, out, dict(spec=spec, auto=auto, images=images, net=net, names=names,
                                                 model_recipe=model_recipe, settings=settings, record=record, files=files,

@@ -387,3 +387,16 @@ def test_a_table_of_known_factors_is_recovered_by_e_and_shuffled_labels_are_not(
         assert "Named factors: what each layer keeps of them" in (out / "report.html").read_text()
     assert own["known"]["fg"] > 0.6 and own["known"]["bg"] > 0.6, own          # measured: 0.75 and 0.86
     assert abs(own["shuffled"]["fg"]) < 0.3 and abs(own["shuffled"]["bg"]) < 0.3, own   # measured: −0.05, −0.01
+
+
+def test_baselines_put_the_decoder_and_the_optimisation_beside_t_on_the_same_images(folder, ae, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = run(study(folder, out, "--ae", str(ae[1]), "--baselines"), capsys)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    b = m["baselines"]["layer2"]
+    assert b["images"] == 2 and all(0 <= b[k] <= 1 for k in ("t", "decoder", "optimisation"))
+    assert b["optimisation_feature_loss"] < 0.5              # M&V matched the features (from random starts: ~1)
+    assert (out / "figures" / b["grid"]).is_file()
+    page = (out / "report.html").read_text()
+    assert "Baselines on the same layer and images" in page and "M&amp;V optimisation" in page
