@@ -68,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     add("batch_size", type=int); add("n_eval", type=int); add("device"); add("seed", type=int); add("force")
     add("augment", extra=f": {', '.join(AUGMENTATIONS)}"); add("augment_copies", type=int)
     add("val_fraction", type=float); add("factors", metavar="class|TABLE[:COLS]"); add("baselines")
+    add("fid", metavar="torchvision:NAME[:WEIGHTS]|inception:FILE")
     add("thresholds", "--threshold", dest="thresholds", action="append", metavar="NAME=VALUE", extra=f"; repeat it; names: {', '.join(STUDY_CHECKS)}")
     add("progress", "--no-progress", invert=True)
     v = sub.add_parser("check", help="check a run folder: metrics.json, report.html and the hashes of its files")
@@ -114,7 +115,7 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
                       seed=a.seed, n_eval=a.n_eval, force=a.force, progress=a.progress, log=say,
                       t_size=dict(T_SIZE, n_blocks=a.t_blocks, hidden=a.t_hidden, embed_dim=a.t_embed),
                       augment=a.augment, augment_copies=a.augment_copies, val_fraction=a.val_fraction,
-                      thresholds=a.thresholds, factors=a.factors, baselines=a.baselines)
+                      thresholds=a.thresholds, factors=a.factors, baselines=a.baselines, fid=a.fid)
         except KeyboardInterrupt:
             print(f"invnb study: interrupted; the finished t's are saved in {a.out}/t; run the same command to continue.",
                   file=sys.stderr)

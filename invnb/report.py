@@ -495,6 +495,52 @@ def validate_study_metrics(m: dict, # an `invnb study` run's metrics.json (parse
     return list(dict.fromkeys(bad))
 
 
+def _study_factor_sections(r: StudyResults, name: str) -> list[str]:
+    "--factors: e's held-out table, and the identifiable share and Eq. 20 per layer (empty without factors)."
+    parts = _e_section(r)
+    if share := r.share.get(name):           # --factors: how much of each named factor each layer determines
+        eq20, fs = r.eq20.get(name, {}), list(next(iter(share.values())))
+        cell = lambda e: "" if e is None else f"{e.value:.3f} ± {e.se:.3f}"
+        parts += ["<h2>Named factors: what each layer keeps of them</h2><p class=note>Identifiable share: "
+                  "Var_x(E_v e_F) / Var e_F, the share of factor F's slice of e that the layer's z determines; Eq. 20: "
+                  "the paper's normalised version over the factors. ± the jackknife SE, on the held-out images.</p>",
+                  _table(["layer"] + [f"{f}: share" for f in fs] + [f"{f}: Eq. 20" for f in fs],
+                         [[l] + [cell(share[l].get(f)) for f in fs] + [cell(eq20.get(l, {}).get(f)) for f in fs]
+                          for l in share])]
+    return parts
+
+
+def _study_baselines_section(m: dict, path: Path, figures_dir) -> list[str]:
+    "--baselines: the inversions of Fig. 2 / Tab. 1 beside t's samples, with their grids and FID/KID (empty without)."
+    esc, parts, base = html.escape, [], m.get("baselines")
+    if not base: return parts
+    png = lambda b, alt: f"<img alt='{esc(alt)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
+    rows = [[l, b["t"], b["decoder"], b["optimisation"], b["optimisation_feature_loss"], b["images"]]
+            for l, b in base.items() if "skipped" not in b]
+    parts += ["<h2>Baselines on the same layer and images</h2><p class=note>Beside t's samples D(t⁻¹(v|Φ(x))), "
+              "two inversions of the same features of the same held-out images: Dosovitskiy &amp; Brox's decoder "
+              "(the autoencoder's decoder architecture mapping z straight to x, trained with the image loss and no "
+              "KL term on the kept training images: one answer per z) and Mahendran &amp; Vedaldi's optimisation "
+              "(x* minimising ‖Φ(x*) − Φ(x)‖² / ‖Φ(x)‖² with α-norm and TV priors, from several random starts). "
+              "Each column: the share of images on which f predicts for the method's image what it predicts for "
+              "D(E(x)) (t's first draw of v, the decoder's image, M&amp;V's first start); with --fid, FID and KID "
+              "follow.</p>",
+              _table(["layer", "t", "D&B decoder", "M&V optimisation", "M&V feature loss", "images"], rows)]
+    parts += [f"<p class=note>{esc(l)}: {esc(b['skipped'])}</p>" for l, b in base.items() if "skipped" in b]
+    fid_rows = [[l, k, q["fid"], "" if q["fid_se"] is None else q["fid_se"], q["kid"], q["kid_se"]]
+                for l, b in base.items() if "fid" in b for k, q in b["fid"].items() if k != "network"]
+    if fid_rows:
+        net = next(b["fid"]["network"] for b in base.values() if "fid" in b)
+        parts += [f"<p class=note>FID and KID against the same held-out images, in the features of {esc(net)} "
+                  "(torchmetrics); ± the SE over t's draws of v and M&amp;V's starts (KID for the decoder: over its "
+                  "subsets). Few images give large, biased FIDs: compare the rows, not with other reports.</p>",
+                  _table(["layer", "method", "FID", "± SE", "KID", "± SE"], fid_rows)]
+    for l, b in base.items():
+        f = Path(figures_dir or path.parent / "figures") / b.get("grid", "")
+        if "grid" in b and f.is_file(): parts += [f"<h3>{esc(l)}</h3>", png(f.read_bytes(), f"baselines {l}")]
+    return parts
+
+
 def write_study_report(m: dict,          # an `invnb study` run's metrics.json, as `study_metrics` writes it
                        path,             # where the HTML page goes (str or Path; written atomically)
                        figures_dir=None, # the folder of the PNG sample grids `m['figures']` names (None: figures/ beside `path`)
@@ -534,16 +580,7 @@ def write_study_report(m: dict,          # an `invnb study` run's metrics.json, 
                   _table(["check", "measured", "reading", "verdict"], [[a, b, c, verdict(d)] for a, b, c, d in rows])]
         parts += _t_sections(r, null="a t of the same size with a constant condition, trained the same way on the "
                                      "training images' codes: it models p(z̄) alone")
-    parts += _e_section(r)
-    if share := r.share.get(name):           # --factors: how much of each named factor each layer determines
-        eq20, fs = r.eq20.get(name, {}), list(next(iter(share.values())))
-        cell = lambda e: "" if e is None else f"{e.value:.3f} ± {e.se:.3f}"
-        parts += ["<h2>Named factors: what each layer keeps of them</h2><p class=note>Identifiable share: "
-                  "Var_x(E_v e_F) / Var e_F, the share of factor F's slice of e that the layer's z determines; Eq. 20: "
-                  "the paper's normalised version over the factors. ± the jackknife SE, on the held-out images.</p>",
-                  _table(["layer"] + [f"{f}: share" for f in fs] + [f"{f}: Eq. 20" for f in fs],
-                         [[l] + [cell(share[l].get(f)) for f in fs] + [cell(eq20.get(l, {}).get(f)) for f in fs]
-                          for l in share])]
+    parts += _study_factor_sections(r, name)
     parts += ["<h2>Eq. 19: what each layer discards</h2>"]
     if eq19:
         parts += [png(plots.to_png(plots.invariance_curve(eq19, var or None, backend="matplotlib",
@@ -556,22 +593,7 @@ def write_study_report(m: dict,          # an `invnb study` run's metrics.json, 
     for layer, file in m["figures"].items():
         f = Path(figures_dir or path.parent / "figures") / file
         if f.is_file(): parts += [f"<h3>{esc(layer)}</h3>", png(f.read_bytes(), layer)]
-    if base := m.get("baselines"):          # --baselines: the inversions of Fig. 2 / Tab. 1 beside t's samples
-        rows = [[l, b["t"], b["decoder"], b["optimisation"], b["optimisation_feature_loss"], b["images"]]
-                for l, b in base.items() if "skipped" not in b]
-        parts += ["<h2>Baselines on the same layer and images</h2><p class=note>Beside t's samples D(t⁻¹(v|Φ(x))), "
-                  "two inversions of the same features of the same held-out images: Dosovitskiy &amp; Brox's decoder "
-                  "(the autoencoder's decoder architecture mapping z straight to x, trained with the image loss and no "
-                  "KL term on the kept training images: one answer per z) and Mahendran &amp; Vedaldi's optimisation "
-                  "(x* minimising ‖Φ(x*) − Φ(x)‖² / ‖Φ(x)‖² with α-norm and TV priors, from several random starts). "
-                  "Each column: the share of images on which f predicts for the method's image what it predicts for "
-                  "D(E(x)) (t's first draw of v, the decoder's image, M&amp;V's first start). No FID here: its "
-                  "Inception weights are online-only.</p>",
-                  _table(["layer", "t", "D&B decoder", "M&V optimisation", "M&V feature loss", "images"], rows)]
-        parts += [f"<p class=note>{esc(l)}: {esc(b['skipped'])}</p>" for l, b in base.items() if "skipped" in b]
-        for l, b in base.items():
-            f = Path(figures_dir or path.parent / "figures") / b.get("grid", "")
-            if "grid" in b and f.is_file(): parts += [f"<h3>{esc(l)}</h3>", png(f.read_bytes(), f"baselines {l}")]
+    parts += _study_baselines_section(m, path, figures_dir)
     parts += ["<h2>Stage times</h2>", _table(["stage", "seconds"], [[k, float(v)] for k, v in m["seconds"].items()]),
               "<h2>Environment</h2>", _table(["", "value"], [[k, v] for k, v in run["environment"].items()])]
     doc = html_page("invnb study report", parts)

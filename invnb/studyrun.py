@@ -32,9 +32,9 @@ from .utils import sha256
 from .utils import say
 
 # %% auto #0
-__all__ = ['MISSING_AE', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'MV_STARTS', 'E_GUIDE', 'STUDY_RECIPE',
-           'load_state_dict_file', 'model_from_spec', 'split_images', 'read_factors', 'StudySpec', 'autoencoder_stage',
-           'build_stage', 'analysis_stage', 'report_stage', 'run_study']
+__all__ = ['MISSING_AE', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'MV_STARTS', 'FID_SIZE', 'E_GUIDE', 'STUDY_RECIPE',
+           'load_state_dict_file', 'model_from_spec', 'split_images', 'read_factors', 'fid_network', 'StudySpec',
+           'autoencoder_stage', 'build_stage', 'analysis_stage', 'report_stage', 'run_study']
 
 # %% ../nbs/09c_studyrun.ipynb #a84696d7
 MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
@@ -329,6 +329,46 @@ def _agreement(f: nn.Module, images: torch.Tensor, reference: torch.Tensor) -> f
         return float((f.eval()(images).argmax(1) == f(reference).argmax(1)).float().mean())
 
 
+FID_SIZE = 128   # the side images are resized to for a torchvision feature network (AlexNet needs ≥ 63)
+
+
+def fid_network(spec: str,       # 'torchvision:NAME' (random weights), 'torchvision:NAME:WEIGHTS', or 'inception:FILE'
+                model: str,      # the --model under study: the feature network must be another
+                seed: int = 0,   # fixes a random network's weights
+               ) -> dict:
+    """The feature network of --fid, as `quality.sample_quality` takes it: {'net': FeatureNet} or {'inception': file},
+    and its label for the report. Refused: the model under study itself (the inversions optimise or condition on its
+    features and would score well there whatever they look like)."""
+    from invnb.quality import FeatureNet
+    if spec.startswith("inception:"):
+        path = Path(spec.split(":", 1)[1])
+        if not path.is_file():
+            raise BuildError(f"--fid {spec}: no file {path}; place torch-fidelity's pt_inception-2015-12-05 weights there "
+                             "(downloaded once online), or name a feature network (--fid torchvision:NAME).")
+        return {"inception": path, "label": "Inception-v3 (torch-fidelity's weights): comparable to published FIDs"}
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] != "torchvision":
+        raise BuildError(f"--fid takes torchvision:NAME[:WEIGHTS] or inception:FILE; got {spec!r}.")
+    if ":".join(parts[:2]) == model:
+        raise BuildError(f"--fid {spec} is the model under study; name another network (its features would favour the "
+                         "inversions, which optimise or condition on them).")
+    net, _ = model_from_spec(":".join(parts[:2]), weights=parts[2] if len(parts) == 3 else None, seed=seed + 11)
+    weights = f"{parts[2]} weights" if len(parts) == 3 else "random weights"
+    try: net = FeatureNet(net, size=FID_SIZE)
+    except ValueError as e: raise BuildError(f"--fid {spec}: {e}") from None
+    return {"net": net, "label": f"{parts[1]} ({weights}, at {FID_SIZE} px): comparable only within this report, not to Tab. 1"}
+
+
+def _fid_row(real: torch.Tensor, sets: list, fid) -> dict:
+    "FID and KID of each image set in `sets` against `real`: their mean, with the SE over the sets (draws or starts)."
+    from invnb.quality import sample_quality
+    kw = {k: v for k, v in fid.items() if k in ("net", "inception")}
+    got = [sample_quality(real, s, **kw) for s in sets]
+    mean = lambda k: sum(g[k] for g in got) / len(got)
+    se = lambda k: (sum((g[k] - mean(k)) ** 2 for g in got) / (len(got) - 1) / len(got)) ** 0.5 if len(got) > 1 else None
+    return {"fid": mean("fid"), "fid_se": se("fid"), "kid": mean("kid"), "kid_se": se("kid") if len(got) > 1 else got[0]["kid_se"]}
+
+
 def _baselines(spec, study, kept: torch.Tensor, x: torch.Tensor, out: Path) -> dict:
     """--baselines: per layer, beside t's samples on the same held-out images, Dosovitskiy & Brox's decoder (trained
     `steps` steps on the kept training images' features) and Mahendran & Vedaldi's optimisation inversion
@@ -353,6 +393,9 @@ def _baselines(spec, study, kept: torch.Tensor, x: torch.Tensor, out: Path) -> d
         with torch.no_grad(): ts = study.sample(xs, l, v=v)
         res[l] = {"images": len(xs), "t": _agreement(f, ts[:, 0], recon), "decoder": _agreement(f, db, recon),
                   "optimisation": _agreement(f, mv[:, 0], recon), "optimisation_feature_loss": float(mv_loss.mean())}
+        if spec.fid is not None and len(xs) >= 4:     # the same images for every method; SE over draws / starts
+            res[l]["fid"] = {"t": _fid_row(xs, list(ts.unbind(1)), spec.fid), "decoder": _fid_row(xs, [db], spec.fid),
+                             "optimisation": _fid_row(xs, list(mv.unbind(1)), spec.fid), "network": spec.fid["label"]}
         g = min(spec.n_grid, len(xs))
         rows = [[xs[i], recon[i], *ts[i], db[i], *mv[i]] for i in range(g)]
         cols = ["x", "D(E(x))", *[f"t: v{k + 1}" for k in range(MV_STARTS)], "D&B", *[f"M&V {k + 1}" for k in range(MV_STARTS)]]
@@ -408,6 +451,7 @@ class StudySpec:
     thresholds: dict | None = None   # {check: value} the user set: those checks pass or fail in the report
     e_guide: float = E_GUIDE     # with factors: the weight of e's closed-form guide (annealed to 0)
     baselines: bool = False      # also the inversion baselines (D&B decoder, M&V optimisation) per layer
+    fid: dict | None = None      # with baselines: the FID/KID feature network (`fid_network`), or None
 
 
 def autoencoder_stage(spec: StudySpec, # the run
@@ -532,6 +576,7 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
               augment_copies: int = 4,  # with `augment`: the images in this many copies, the first as it is
               factors: str | None = None,   # named factors for e: 'class' (the class folders) or 'TABLE[:col1,col2]' (a CSV, or CelebA's attribute list)
               baselines: bool = False,      # also the inversion baselines per layer: a D&B decoder and M&V optimisation (`07f_inversion`)
+              fid: str | None = None,       # with baselines: FID and KID of every method in torchvision:NAME[:WEIGHTS] or inception:FILE features
               val_fraction: float = 0.1,    # the share of the images held out (seeded; at most 1000): the report is computed on them
               thresholds: dict | None = None,   # {check: value}, e.g. {'psnr': 24, 'gap': 2}: those checks pass or fail (`STUDY_CHECKS`)
               force: bool = False,      # delete an earlier run in `out` first (a rerun with other settings is refused)
@@ -574,8 +619,9 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     log(f"a study of {model} at {', '.join(names)} on {source}"
         + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else "")
         + f"; {split['n_val']} images held out")
+    if fid is not None and not baselines: raise BuildError("--fid scores t beside the inversion baselines: add --baselines.")
     spec = StudySpec(out, dev, seed, progress, log, steps, t_size, batch_size, budget_mb, n_eval, n_grid, n_draws,
-                     train_ae, size, thresholds, baselines=baselines)
+                     train_ae, size, thresholds, baselines=baselines, fid=fid_network(fid, model, seed) if fid else None)
     files = {k: str(v) for k, v in (("ae", ae), ("checkpoint", checkpoint)) if v is not None}   # where, for the reader
     values = run_recipe(STUDY_RECIPE, out, dict(spec=spec, auto=auto, images=images, net=net, names=names,
                                                 model_recipe=model_recipe, settings=settings, record=record, files=files,

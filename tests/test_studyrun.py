@@ -400,3 +400,21 @@ def test_baselines_put_the_decoder_and_the_optimisation_beside_t_on_the_same_ima
     assert (out / "figures" / b["grid"]).is_file()
     page = (out / "report.html").read_text()
     assert "Baselines on the same layer and images" in page and "M&amp;V optimisation" in page
+
+
+def test_fid_scores_every_method_on_the_same_images_in_another_network(folder, ae, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = run(study(folder, out, "--ae", str(ae[1]), "--baselines", "--fid", "torchvision:alexnet",
+                          "--val-fraction", "0.2"), capsys)
+    assert code == 0, err
+    q = json.loads((out / "metrics.json").read_text())["baselines"]["layer2"]["fid"]
+    assert set(q) == {"t", "decoder", "optimisation", "network"} and "random weights" in q["network"]
+    assert q["t"]["fid_se"] is not None and q["decoder"]["fid_se"] is None      # SE over draws of v; one decoder image
+    assert "FID and KID against the same held-out images" in (out / "report.html").read_text()
+    for extra, message in ((["--fid", "torchvision:alexnet"], "add --baselines"),
+                           (["--baselines", "--fid", "torchvision:resnet18"], "is the model under study"),
+                           (["--baselines", "--fid", "torchvision:squeezenet1_1"], "no nn.Linear layer"),
+                           (["--baselines", "--fid", "inception:/no/such.pth"], "no file /no/such.pth"),
+                           (["--baselines", "--fid", "alexnet"], "takes torchvision:NAME")):
+        code, err = run(study(folder, tmp_path / "bad", "--ae", str(ae[1]), *extra), capsys)
+        assert code != 0 and message in err, (extra, err)

@@ -1,0 +1,44 @@
+"""FID and KID (`invnb.quality`, through torchmetrics) against answers known in advance: a set against itself gives
+0, pixels shuffled within each image are far above two halves of the same data; bad input is named."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from invnb.data import ColorMNIST, load_mnist
+from invnb.probe import IMAGENET, Adapted, InputAdapter
+from invnb.quality import FeatureNet, sample_quality
+
+
+@pytest.fixture(scope="module")
+def digits():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore"); xs, ys = load_mnist()["train"]
+    pick = torch.randperm(len(ys), generator=torch.Generator().manual_seed(0))[:400]
+    return ColorMNIST(torch.as_tensor(xs)[pick], torch.as_tensor(ys)[pick], seed=0).images()
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return FeatureNet(Adapted(resnet18().eval(), InputAdapter(64, **IMAGENET)))
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_shuffled_pixels_are_far(digits, net):
+    perm = torch.randperm(28 * 28, generator=torch.Generator().manual_seed(1))
+    shuffled = digits.flatten(2)[:, :, perm].view_as(digits)
+    same, half, noise = (sample_quality(digits[:200], b, net) for b in (digits[:200], digits[200:], shuffled[:200]))
+    assert abs(same["fid"]) < 1e-3 and same["images"] == 200
+    assert noise["fid"] > 2 * half["fid"] > 0 and noise["kid"] > 10 * half["kid"]      # measured: 25.6 / 9.9; 2.5 / 0.10
+    assert noise["kid"] - 3 * noise["kid_se"] > half["kid"] + 3 * half["kid_se"]        # beyond both SEs
+
+
+def test_bad_input_is_named(digits, net, tmp_path):
+    with pytest.raises(ValueError, match="the same number of the same shape"): sample_quality(digits[:10], digits[:9], net)
+    with pytest.raises(ValueError, match="at least 4 images"): sample_quality(digits[:3], digits[:3], net)
+    with pytest.raises(ValueError, match="one of net="): sample_quality(digits[:8], digits[:8])
+    with pytest.raises(FileNotFoundError, match="no Inception weights at .*pt_inception"):
+        sample_quality(digits[:8], digits[:8], inception=tmp_path / "none.pth")
+    with pytest.raises(ValueError, match="no nn.Linear layer"): FeatureNet(nn.Sequential(nn.Conv2d(3, 4, 3)))
