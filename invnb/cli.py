@@ -60,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
     w = _adder(s.add_mutually_exclusive_group(), run_study)
     w("weights"); w("checkpoint")
     add("images", required=True); add("layers", required=True); add("ae")
-    add("train_ae", type=int, metavar="STEPS"); add("size", type=int); add("out", default="runs/study")
+    add("train_ae", type=int, metavar="STEPS"); add("size", type=int)
+    add("ae_arch", choices=("small", "big")); add("lpips", choices=("pretrained", "random")); add("out", default="runs/study")
     add("steps", type=int)
     t_add = _adder(s, InvarianceINN)                      # t's size: InvarianceINN's own parameters, T_SIZE's defaults
     for name, flag in (("n_blocks", "--t-blocks"), ("hidden", "--t-hidden"), ("embed_dim", "--t-embed")):
@@ -115,7 +116,8 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
                       seed=a.seed, n_eval=a.n_eval, force=a.force, progress=a.progress, log=say,
                       t_size=dict(T_SIZE, n_blocks=a.t_blocks, hidden=a.t_hidden, embed_dim=a.t_embed),
                       augment=a.augment, augment_copies=a.augment_copies, val_fraction=a.val_fraction,
-                      thresholds=a.thresholds, factors=a.factors, baselines=a.baselines, fid=a.fid)
+                      thresholds=a.thresholds, factors=a.factors, baselines=a.baselines, fid=a.fid,
+                      ae_arch=a.ae_arch, lpips=a.lpips)
         except KeyboardInterrupt:
             print(f"invnb study: interrupted; the finished t's are saved in {a.out}/t; run the same command to continue.",
                   file=sys.stderr)

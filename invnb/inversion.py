@@ -17,7 +17,7 @@ from .probe import Probe
 from .train import History, batch_indices, fit
 
 # %% auto #0
-__all__ = ['total_variation', 'invert_features', 'FeatureDecoder', 'fit_feature_decoder']
+__all__ = ['total_variation', 'invert_features', 'FeatureDecoder', 'fit_feature_decoder', 'baseline_rows']
 
 # %% ../nbs/07f_inversion.ipynb #0d75ed32
 def total_variation(x: torch.Tensor, # images (N, C, H, W)
@@ -126,3 +126,30 @@ def fit_feature_decoder(features: torch.Tensor,   # Φ(x) of the training images
     fit_kw.setdefault("desc", "D&B decoder")
     hist = fit(decoder, step_fn, steps, lr, **fit_kw)
     return decoder, hist
+
+# %% ../nbs/07f_inversion.ipynb #11871836
+def baseline_rows(study,                       # the `Study` whose probes the inversions invert
+                  decoders: dict | None = None,  # {layer: FeatureDecoder} (`studyrun.load_baseline_decoders`); None: no D&B row
+                  n_starts: int = 3,           # M&V's random starts (its row's images); 0: no M&V row
+                  steps: int = 300,            # M&V's Adam steps
+                  model: str | None = None,    # which of the study's models; None: its default
+                  seed: int = 0,               # fixes M&V's starts
+                 ) -> dict:
+    """{row name: row(x (1, C, H, W), layer) -> images (k, C, H, W)}: the D&B decoder's image of Φ(x) and M&V's
+    inversions of Φ(x) from `n_starts` starts, for `LayerExplorer(baselines=...)`. A layer without a decoder gives an
+    error naming the layers that have one."""
+    rows = {}
+    if decoders:
+        def decoder_row(x, layer):
+            if layer not in decoders:
+                raise ValueError(f"no D&B decoder for layer {layer!r}; the run trained ones for {', '.join(decoders)}.")
+            with torch.no_grad(): return decoders[layer](study.features(x, layer, model))
+        rows["D&B decoder"] = decoder_row
+    if n_starts:
+        def optimisation_row(x, layer):
+            mv, _ = invert_features(study.probe(layer, model), x[:1], n_starts=n_starts, steps=steps,
+                                    generator=torch.Generator().manual_seed(seed))
+            return mv[0]
+        rows[f"M&V optimisation ({n_starts} starts)"] = optimisation_row
+    return rows
+

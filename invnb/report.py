@@ -541,6 +541,16 @@ def _study_baselines_section(m: dict, path: Path, figures_dir) -> list[str]:
     return parts
 
 
+def _ae_training(a: dict) -> str:
+    "How a run's own autoencoder was trained, in words; a random LPIPS backbone is named as not the paper's loss."
+    if "sha256" in a: return f"given by --ae (sha256 {a['sha256']}), {a.get('size')} px"
+    if a.get("arch") != "BigAE": return f"{a.get('arch', 'SmallAE')}, {a.get('train_steps')} steps at {a.get('size')} px"
+    lp = ("LPIPS with a RANDOM VGG backbone (--lpips random: not the paper's perceptual loss)" if a.get("lpips") == "random"
+          else "LPIPS (pretrained VGG-16)")
+    return (f"BigAE (ResNet encoder, BigGAN decoder), {a['train_steps']} steps at {a['size']} px: L1 + {lp} + PatchGAN "
+            f"from step {a['disc_start']}")
+
+
 def write_study_report(m: dict,          # an `invnb study` run's metrics.json, as `study_metrics` writes it
                        path,             # where the HTML page goes (str or Path; written atomically)
                        figures_dir=None, # the folder of the PNG sample grids `m['figures']` names (None: figures/ beside `path`)
@@ -566,6 +576,8 @@ def write_study_report(m: dict,          # an `invnb study` run's metrics.json, 
                  ["images", f"{split['n_train']} trained on and {split['n_val']} held out, from {split.get('source', 'the images')}, "
                   f"at {data['size']} px" if split else f"{data['n']} from {data['source']}, at {data['size']} px"],
                  ["codes and features", f"{data['mb']} MB in {data['storage']}"],
+                 *([["autoencoder trained", _ae_training(run["settings"]["autoencoder"])]]
+                   if isinstance(run["settings"].get("autoencoder"), dict) else []),
                  [f"autoencoder on {'the held-out' if split else 'these'} images",
                   f"MSE {ae.mse:.4f}, PSNR {ae.psnr:.1f} dB" if ae else "not computed"],
                  ["t's loaded from an earlier run", ", ".join(data.get("reused", [])) or "none"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -32,9 +33,10 @@ from .utils import sha256
 from .utils import say
 
 # %% auto #0
-__all__ = ['MISSING_AE', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'MV_STARTS', 'FID_SIZE', 'E_GUIDE', 'STUDY_RECIPE',
-           'load_state_dict_file', 'model_from_spec', 'split_images', 'read_factors', 'fid_network', 'StudySpec',
-           'autoencoder_stage', 'build_stage', 'analysis_stage', 'report_stage', 'run_study']
+__all__ = ['MISSING_AE', 'LPIPS_MISSING', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'MV_STARTS', 'FID_SIZE', 'E_GUIDE',
+           'STUDY_RECIPE', 'load_state_dict_file', 'model_from_spec', 'split_images', 'read_factors', 'fid_network',
+           'load_baseline_decoders', 'StudySpec', 'autoencoder_stage', 'build_stage', 'analysis_stage', 'report_stage',
+           'run_study']
 
 # %% ../nbs/09c_studyrun.ipynb #a84696d7
 MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
@@ -133,8 +135,48 @@ def model_from_spec(spec: str,                   # torchvision:NAME or package.m
     return model.eval(), {"builder": spec}
 
 
-def _autoencoder(path, out: Path, images, train_steps: int | None, size: int, device, seed: int, progress: bool, log):
-    "The autoencoder of a run: loaded from `path`, or (with `train_steps`) a SmallAE trained on the folder, reused."
+LPIPS_MISSING = ("LPIPS needs torchvision's VGG-16 ImageNet weights, which could not be downloaded: put vgg16-397923af.pth "
+                 "(https://download.pytorch.org/models/vgg16-397923af.pth) in ~/.cache/torch/hub/checkpoints/ (or "
+                 "$TORCH_HOME/hub/checkpoints/), or pass --lpips random (a random VGG backbone: labelled so in the report, "
+                 "not the paper's loss).")
+
+
+def _disc_down(size: int) -> int:
+    "The PatchGAN's stride-2 convs at `size` px: Tab. S6's 4, fewer below 64 px so that its patches keep at least 3 px."
+    return min(4, size.bit_length() - 3)
+
+
+def _big_autoencoder(size: int, seed: int, train_steps: int, lpips: str, big: dict | None) -> tuple:
+    """(BigAE, its AELoss, batch size) for --ae-arch big: Tab. S7's ResNet encoder and BigGAN decoder (`big`: smaller
+    keyword overrides, e.g. for tests), trained with L1 + LPIPS + an adaptive PatchGAN term from half-way (A.1)."""
+    from invnb.autoencoder import AELoss, BigAE, PatchDiscriminator
+    try: ae = BigAE(size=size, seed=seed, **(big or {}))
+    except (ValueError, TypeError) as e: raise BuildError(f"--ae-arch big: {e}") from None
+    try: loss = AELoss("l1+lpips", lpips_pretrained=lpips == "pretrained", disc=PatchDiscriminator(n_down=_disc_down(size), seed=seed + 2),
+                       disc_start=train_steps // 2)
+    except RuntimeError: raise BuildError(LPIPS_MISSING) from None
+    return ae, loss, 8
+
+
+def _ae_to_train(arch: str, lpips: str, size: int, train_steps: int, big: dict | None) -> dict | None:
+    """Check the options of the autoencoder a run trains, before anything is written; a BigAE's record for the run's
+    settings (architecture, loss, discriminator start and depth, LPIPS backbone), None for a SmallAE (its own record)."""
+    if arch not in ("small", "big"): raise BuildError(f"--ae-arch must be small or big; got {arch!r}.")
+    if lpips not in ("pretrained", "random"): raise BuildError(f"--lpips must be pretrained or random; got {lpips!r}.")
+    if arch == "small":
+        try:
+            with torch.device("meta"): SmallAE(size=size, width=32)
+        except ValueError as e: raise BuildError(f"--size: {e}") from None
+        return None
+    if size not in (16, 32, 64, 128): raise BuildError(f"--size {size}: a BigAE trains at 16, 32, 64 or 128 px.")
+    return {"arch": "BigAE", "train_steps": train_steps, "size": size, "config": dict(big or {}),
+            "loss": "l1+lpips+patchgan", "disc_start": train_steps // 2, "disc_n_down": _disc_down(size), "lpips": lpips}
+
+
+def _autoencoder(path, out: Path, images, train_steps: int | None, size: int, device, seed: int, progress: bool, log,
+                 arch: str = "small", lpips: str = "pretrained", big: dict | None = None):
+    """The autoencoder of a run: loaded from `path`, or (with `train_steps`) a SmallAE (`arch` 'small') or a BigAE
+    ('big', `_big_autoencoder`) trained on the folder, reused."""
     if path is not None:
         if not Path(path).is_file(): raise BuildError(f"--ae {path} does not exist; pass the .safetensors file of an invnb autoencoder.")
         try: ae = load_model(path, Autoencoder)   # the class is checked before anything is built
@@ -146,12 +188,16 @@ def _autoencoder(path, out: Path, images, train_steps: int | None, size: int, de
     if saved.is_file():   # the run's settings check has made sure it was trained with these settings on these images
         log(f"  reusing the autoencoder trained by an earlier run: {saved}")
         return load_model(saved, Autoencoder).eval()
-    try: ae = SmallAE(size=size, width=32, seed=seed)
-    except ValueError as e: raise BuildError(f"--size: {e}") from None
+    if arch == "big": ae, loss, batch = _big_autoencoder(size, seed, train_steps, lpips, big)
+    else:
+        try: ae, loss, batch = SmallAE(size=size, width=32, seed=seed), None, 64
+        except ValueError as e: raise BuildError(f"--size: {e}") from None
     n, batches, source = image_batches(images, 256, size)
-    log(f"  training a SmallAE at {size} px on {n} images for {train_steps} steps (--train-ae)")
-    train_autoencoder(ae, torch.cat(list(batches)), train_steps, batch_size=64, lr=1e-3, device=device, seed=seed,
-                      progress=progress, ckpt_dir=out / "train" / "ae", resume=True)   # data-parallel under torchrun
+    log(f"  training a {type(ae).__name__} at {size} px on {n} images for {train_steps} steps (--train-ae)"
+        + (f", LPIPS with a {lpips} backbone" if arch == "big" else ""))
+    train_autoencoder(ae, torch.cat(list(batches)), train_steps, batch_size=batch, lr=1e-3 if arch != "big" else 1e-4,
+                      loss=loss, device=device, seed=seed, progress=progress, ckpt_dir=out / "train" / "ae",
+                      resume=True)   # data-parallel under torchrun
     if is_main(): ae.save(saved)
     barrier()
     return ae.cpu().eval()
@@ -387,12 +433,14 @@ def _baselines(spec, study, kept: torch.Tensor, x: torch.Tensor, out: Path) -> d
         dec, _ = fit_feature_decoder(zk, kept, dec, steps=spec.steps, batch_size=min(64, len(kept)), seed=spec.seed,
                                      device=spec.device, progress=spec.progress, desc=f"D&B decoder {l}")
         dec = dec.cpu().eval()
+        dec_file = f"baselines/decoder_{fitting.safe_name(l)}.safetensors"       # for the LayerExplorer's D&B row
+        dec.save(out / dec_file)
         with torch.no_grad(): db = dec(zx)
         mv, mv_loss = invert_features(p, xs, n_starts=MV_STARTS, generator=torch.Generator().manual_seed(spec.seed + 7))
         v = torch.randn(MV_STARTS, study.ae.zdim, generator=torch.Generator().manual_seed(spec.seed + 4))
         with torch.no_grad(): ts = study.sample(xs, l, v=v)
         res[l] = {"images": len(xs), "t": _agreement(f, ts[:, 0], recon), "decoder": _agreement(f, db, recon),
-                  "optimisation": _agreement(f, mv[:, 0], recon), "optimisation_feature_loss": float(mv_loss.mean())}
+                  "optimisation": _agreement(f, mv[:, 0], recon), "optimisation_feature_loss": float(mv_loss.mean()), "decoder_file": dec_file}
         if spec.fid is not None and len(xs) >= 4:     # the same images for every method; SE over draws / starts
             res[l]["fid"] = {"t": _fid_row(xs, list(ts.unbind(1)), spec.fid), "decoder": _fid_row(xs, [db], spec.fid),
                              "optimisation": _fid_row(xs, list(mv.unbind(1)), spec.fid), "network": spec.fid["label"]}
@@ -404,6 +452,18 @@ def _baselines(spec, study, kept: torch.Tensor, x: torch.Tensor, out: Path) -> d
         res[l]["grid"] = f"baselines_{fitting.safe_name(l)}.png"
         write_bytes_atomic(out / "figures" / res[l]["grid"], plots.to_png(fig))
     return res
+
+
+def load_baseline_decoders(out,   # an `invnb study --baselines` run folder
+                          ) -> dict:
+    """{layer: FeatureDecoder}: the D&B decoders a --baselines run trained (its metrics.json names their files), for
+    `inversion.baseline_rows` and the `LayerExplorer`."""
+    from invnb.inversion import FeatureDecoder
+    out = Path(out)
+    if not (out / "metrics.json").is_file(): raise BuildError(f"{out} holds no finished study run (no metrics.json).")
+    b = json.loads((out / "metrics.json").read_text()).get("baselines")
+    if not b: raise BuildError(f"{out} was run without --baselines: rerun it with --baselines to train the D&B decoders.")
+    return {l: load_model(out / r["decoder_file"], FeatureDecoder) for l, r in b.items() if "decoder_file" in r}
 
 
 def _analyse(study, kept: torch.Tensor, x: torch.Tensor, out: Path, seed: int, n_eval: int, n_grid: int,
@@ -446,10 +506,13 @@ class StudySpec:
     n_eval: int                  # Eq. 19's representations and draws each
     n_grid: int                  # inputs per sample grid
     n_draws: int                 # draws of v per input in the grids
-    train_ae: int | None         # without a given autoencoder: SmallAE training steps
+    train_ae: int | None         # without a given autoencoder: its training steps
     size: int                    # ... at this image size
     thresholds: dict | None = None   # {check: value} the user set: those checks pass or fail in the report
     e_guide: float = E_GUIDE     # with factors: the weight of e's closed-form guide (annealed to 0)
+    ae_arch: str = "small"       # the autoencoder --train-ae trains: 'small' (SmallAE) or 'big' (BigAE)
+    lpips: str = "pretrained"    # a BigAE's LPIPS backbone: 'pretrained' (VGG-16 ImageNet weights) or 'random'
+    big_ae: dict | None = None   # BigAE keyword overrides (smaller networks, e.g. in tests)
     baselines: bool = False      # also the inversion baselines (D&B decoder, M&V optimisation) per layer
     fid: dict | None = None      # with baselines: the FID/KID feature network (`fid_network`), or None
 
@@ -460,7 +523,8 @@ def autoencoder_stage(spec: StudySpec, # the run
                       ) -> Autoencoder:
     "Stage 1: the run's autoencoder, given or trained on the folder (saved as OUT/ae.safetensors and reused)."
     if auto is not None: return auto
-    return _autoencoder(None, spec.out, images, spec.train_ae, spec.size, spec.device, spec.seed, spec.progress, spec.log)
+    return _autoencoder(None, spec.out, images, spec.train_ae, spec.size, spec.device, spec.seed, spec.progress, spec.log,
+                        spec.ae_arch, spec.lpips, spec.big_ae)
 
 
 def build_stage(spec: StudySpec, # the run
@@ -561,8 +625,11 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
               ae=None,                  # an invnb autoencoder (.safetensors) trained on such images (else train one)
               *, weights: str | None = None,   # torchvision weights, e.g. IMAGENET1K_V1 or DEFAULT (downloaded once)
               checkpoint=None,          # the model's state dict: a torch.save(state_dict) file or a .safetensors file
-              train_ae: int | None = None,  # without `ae`: train a SmallAE on the folder for this many steps first
-              size: int = 32,           # image size of that autoencoder: 28, 32, 56 or 64
+              train_ae: int | None = None,  # without `ae`: train an autoencoder (`ae_arch`) on the folder for this many steps first
+              size: int = 32,           # image size of that autoencoder: 28, 32, 56 or 64 (small); 16, 32, 64 or 128 (big)
+              ae_arch: str = "small",   # the autoencoder --train-ae trains: small (SmallAE) or big (BigAE: ResNet + BigGAN, L1 + LPIPS + PatchGAN)
+              lpips: str = "pretrained",    # big: LPIPS's VGG backbone, pretrained (its weights file must be there) or random
+              big_ae: dict | None = None,   # big: BigAE keyword overrides (layers, width_per_group, ch, ...; in Python only)
               steps: int = 2000,        # training steps of each t
               t_size: dict | None = None,   # t's flow size {n_blocks, hidden, depth, embed_dim} (default `T_SIZE`)
               batch_size: int = 128,    # images per batch, and t's batch size
@@ -598,10 +665,7 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     net, model_recipe = model_from_spec(model, weights, checkpoint, seed)
     names = list(probes_of(net, layers))
     auto = _autoencoder(ae, out, images, None, size, dev, seed, progress, log) if ae is not None else None
-    if ae is None:                                      # the size of the autoencoder to train, before anything is written
-        try:
-            with torch.device("meta"): SmallAE(size=size, width=32)
-        except ValueError as e: raise BuildError(f"--size: {e}") from None
+    trained_ae = _ae_to_train(ae_arch, lpips, size, train_ae, big_ae) if ae is None else None   # before anything is written
     px = auto.size if auto is not None else size
     record = _images_record(images, px)
     try: thresholds = check_thresholds(thresholds)
@@ -615,13 +679,15 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     if aug and labels: labels = {k: v.repeat(aug["copies"]) for k, v in labels.items()}   # copy k of image j: k·N + j
     settings = _run_settings(model, weights, checkpoint, ae, auto, train_ae, size, names, steps, t_size, batch_size,
                              seed, n_eval, n_grid, n_draws, aug, val_fraction)
+    if trained_ae: settings["autoencoder"] = trained_ae      # a BigAE's record (a SmallAE's is as before)
     if factor_setting: settings["factors"] = factor_setting                # absent without: runs from before
     log(f"a study of {model} at {', '.join(names)} on {source}"
         + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else "")
         + f"; {split['n_val']} images held out")
     if fid is not None and not baselines: raise BuildError("--fid scores t beside the inversion baselines: add --baselines.")
     spec = StudySpec(out, dev, seed, progress, log, steps, t_size, batch_size, budget_mb, n_eval, n_grid, n_draws,
-                     train_ae, size, thresholds, baselines=baselines, fid=fid_network(fid, model, seed) if fid else None)
+                     train_ae, size, thresholds, ae_arch=ae_arch, lpips=lpips, big_ae=big_ae, baselines=baselines,
+                     fid=fid_network(fid, model, seed) if fid else None)
     files = {k: str(v) for k, v in (("ae", ae), ("checkpoint", checkpoint)) if v is not None}   # where, for the reader
     values = run_recipe(STUDY_RECIPE, out, dict(spec=spec, auto=auto, images=images, net=net, names=names,
                                                 model_recipe=model_recipe, settings=settings, record=record, files=files,

@@ -94,7 +94,8 @@ def _safe(method):
 
 # %% ../nbs/10_widgets.ipynb #cb0a73a5
 class LayerExplorer(W.VBox):
-    """Pick an input and a layer; see x, D(E(x)), the samples D(t⁻¹(v|Φ(x))) and their per-pixel mean and variance.
+    """Pick an input and a layer; see x, D(E(x)), the samples D(t⁻¹(v|Φ(x))) and their per-pixel mean and variance,
+    and, with `baselines`, a row per inversion baseline of the same input and layer (D&B's decoder, M&V's starts).
     The invariances v are drawn by "Resample v" (or when the number of samples changes) and kept otherwise, so a
     layer switch decodes the *same* v with another layer's t; temperature scales v."""
     COLUMNS = 8   # samples per row of the picture
@@ -106,8 +107,10 @@ class LayerExplorer(W.VBox):
                  temperature: float = 1.0,   # multiplies v ~ N(0, I) before decoding (0: v = 0 for every sample)
                  seed: int = 0,              # seeds the generator that draws v
                  scale: int = SCALE,         # screen pixels per image pixel in the picture
+                 baselines: dict | None = None,  # {row name: row(x, layer) -> (k, C, H, W)}, e.g. `inversion.baseline_rows`
                 ):
         self.study, self.images, self.model = study, _some_images(images), model or study.default_model
+        self.baselines, self._rows = dict(baselines or {}), {}   # rows computed once per (input, layer, row)
         layers = study.layers(self.model)
         if not layers: raise ValueError(f"the study has no t for model {self.model!r}; train one first.")
         self.generator, self.scale, self.error, self.last_ms = torch.Generator().manual_seed(seed), scale, None, None
@@ -123,7 +126,9 @@ class LayerExplorer(W.VBox):
         super().__init__([W.HBox([self.image_pick, self.layer_pick]), W.HBox([self.n_slider, self.temp_slider,
                                                                               self.resample_button]),
                           W.HTML("<small>top row: x · D(E(x)) · mean · variance of the samples; below: samples "
-                                 "D(t⁻¹(v|z)), one column per v</small>"), self.view, self.status])
+                                 "D(t⁻¹(v|z)), one column per v"
+                                 + "".join(f"; then a row: {html.escape(str(k))}" for k in self.baselines)
+                                 + "</small>"), self.view, self.status])
         self.resample_button.on_click(lambda _: self.resample())
         self.n_slider.observe(lambda _: self.resample(), "value")
         for w in (self.image_pick, self.layer_pick, self.temp_slider): w.observe(lambda _: self.redraw(), "value")
@@ -155,6 +160,10 @@ class LayerExplorer(W.VBox):
         self.mean, self.var = mean[0], var[0]
         rows = [[self.x[0], self.reconstruction, self.mean, self.var]]
         rows += [list(self.samples[k:k + self.COLUMNS]) for k in range(0, len(self.samples), self.COLUMNS)]
+        for name, row in self.baselines.items():            # the baselines on the same input and layer, below t's
+            key = (i, self.layer, name)
+            if key not in self._rows: self._rows[key] = row(self.x, self.layer)
+            rows.append(list(self._rows[key][:self.COLUMNS]))
         self.png = png(rows, self.scale)
         _show(self.view, self.png)
         self.last_ms = (time.perf_counter() - t0) * 1e3

@@ -389,6 +389,13 @@ def test_a_table_of_known_factors_is_recovered_by_e_and_shuffled_labels_are_not(
     assert abs(own["shuffled"]["fg"]) < 0.3 and abs(own["shuffled"]["bg"]) < 0.3, own   # measured: −0.05, −0.01
 
 
+def finished_plain(folder, ae, out_root) -> Path:
+    "A finished run without --baselines."
+    out = out_root / "plain"
+    assert main(study(folder, out, "--ae", str(ae[1]))) == 0
+    return out
+
+
 def test_baselines_put_the_decoder_and_the_optimisation_beside_t_on_the_same_images(folder, ae, tmp_path, capsys):
     out = tmp_path / "run"
     code, err = run(study(folder, out, "--ae", str(ae[1]), "--baselines"), capsys)
@@ -400,6 +407,20 @@ def test_baselines_put_the_decoder_and_the_optimisation_beside_t_on_the_same_ima
     assert (out / "figures" / b["grid"]).is_file()
     page = (out / "report.html").read_text()
     assert "Baselines on the same layer and images" in page and "M&amp;V optimisation" in page
+    from invnb.inversion import FeatureDecoder, baseline_rows
+    from invnb.study import Study
+    from invnb.studyrun import BuildError, load_baseline_decoders
+    from invnb.widgets import LayerExplorer
+    decoders = load_baseline_decoders(out)                     # the decoders the run trained, for the explorer's rows
+    assert set(decoders) == {"layer2"} and isinstance(decoders["layer2"], FeatureDecoder)
+    st = Study.load(out / "study")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    lx = LayerExplorer(st, x, baselines=baseline_rows(st, decoders, n_starts=2, steps=3))
+    db = lx._rows[(0, "layer2", "D&B decoder")]
+    with torch.no_grad(): torch.testing.assert_close(db, decoders["layer2"](st.probe("layer2").phi(x[:1])))
+    assert lx._rows[(0, "layer2", "M&V optimisation (2 starts)")].shape == (2, 3, 32, 32) and lx.error is None
+    with pytest.raises(BuildError, match="was run without --baselines"):
+        load_baseline_decoders(finished_plain(folder, ae, tmp_path))
 
 
 def test_fid_scores_every_method_on_the_same_images_in_another_network(folder, ae, tmp_path, capsys):
@@ -418,3 +439,60 @@ def test_fid_scores_every_method_on_the_same_images_in_another_network(folder, a
                            (["--baselines", "--fid", "alexnet"], "takes torchvision:NAME")):
         code, err = run(study(folder, tmp_path / "bad", "--ae", str(ae[1]), *extra), capsys)
         assert code != 0 and message in err, (extra, err)
+
+
+TINY_BIG = dict(zdim=8, layers=[1, 1, 1, 1], width_per_group=8, ch=4, n_classes=4, embed_dim=4, attention_res=16)
+
+
+def test_the_big_autoencoder_trains_from_the_study_with_its_loss_recorded_and_resumes(folder, tmp_path, monkeypatch):
+    "--ae-arch big: a BigAE trained with L1 + LPIPS + PatchGAN (discriminator from half-way), recorded, reused on a rerun."
+    import invnb.studyrun
+    from invnb.autoencoder import BigAE
+    from invnb.studyrun import run_study
+    seen = []
+    train_ae = invnb.studyrun.train_autoencoder
+
+    def spy(ae, images, steps, *a, **k):
+        seen.append((type(ae).__name__, steps, k["loss"], k["batch_size"]))
+        return train_ae(ae, images, steps, *a, **k)
+
+    monkeypatch.setattr(invnb.studyrun, "train_autoencoder", spy)
+    kw = dict(train_ae=4, size=16, ae_arch="big", lpips="random", big_ae=TINY_BIG, steps=3, device="cpu", n_eval=4,
+              progress=False, log=lambda *_: None, t_size=dict(n_blocks=1, hidden=8, depth=1, embed_dim=8))
+    out = tmp_path / "run"
+    run_study(out, "torchvision:resnet18", "layer2", folder, **kw)
+    (arch, steps, loss, batch), = seen
+    assert arch == "BigAE" and steps == 4 and batch == 8
+    assert loss.metric == "l1+lpips" and loss.disc is not None and loss.disc_start == 2
+    saved = invnb.studyrun.load_model(out / "ae.safetensors", invnb.studyrun.Autoencoder)
+    assert isinstance(saved, BigAE) and saved.size == 16 and saved.zdim == 8
+    s = json.loads((out / "state.json").read_text())["settings"]["autoencoder"]
+    assert s == {"arch": "BigAE", "train_steps": 4, "size": 16, "config": TINY_BIG, "loss": "l1+lpips+patchgan",
+                 "disc_start": 2, "disc_n_down": 2, "lpips": "random"}
+    assert "RANDOM VGG backbone" in (out / "report.html").read_text()
+    run_study(out, "torchvision:resnet18", "layer2", folder, **kw)          # a rerun reuses it: nothing trains again
+    assert len(seen) == 1
+    from invnb.runs import RunError
+    with pytest.raises(RunError, match='autoencoder.lpips: "random" recorded, "pretrained" asked'):
+        run_study(out, "torchvision:resnet18", "layer2", folder, **dict(kw, lpips="pretrained"))
+
+
+def test_the_big_autoencoder_s_bad_options_and_an_offline_lpips_are_named(folder, tmp_path, capsys, monkeypatch):
+    import lpips
+    code, err = run(study(folder, tmp_path / "a", "--train-ae", "2", "--ae-arch", "big", "--size", "28"), capsys)
+    assert code == 2 and "--size 28: a BigAE trains at 16, 32, 64 or 128 px" in err, err
+    with pytest.raises(SystemExit):
+        main(study(folder, tmp_path / "b", "--train-ae", "2", "--ae-arch", "huge"))
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(study(folder, tmp_path / "b", "--train-ae", "2", "--ae-arch", "big", "--lpips", "imagenet"))
+    assert "invalid choice: 'imagenet'" in capsys.readouterr().err
+
+    def offline(*a, pnet_rand=False, **k):        # what lpips meets without its VGG weights and no network
+        if not pnet_rand: raise RuntimeError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+        return real(*a, pnet_rand=pnet_rand, **k)
+    real = lpips.LPIPS
+    monkeypatch.setattr(lpips, "LPIPS", offline)
+    code, err = run(study(folder, tmp_path / "c", "--train-ae", "2", "--ae-arch", "big", "--size", "16"), capsys)
+    assert code == 2 and "vgg16-397923af.pth" in err and "--lpips random" in err, err
+    assert not (tmp_path / "c" / "ae.safetensors").exists()

@@ -35,6 +35,34 @@ def test_layer_explorer_resample_and_layer_switch(parts):
     assert torch.equal(lx.x, x[5:6]) and lx.error is None
 
 
+def test_layer_explorer_draws_the_baselines_rows_of_the_same_input_and_layer_once_each(parts):
+    "baselines=: one row per baseline under t's samples, computed for the picked input and layer, kept on resampling."
+    from PIL import Image
+    import io
+    from invnb.inversion import baseline_rows
+    study, _, x, _ = parts
+    calls = []
+
+    def row(xi, layer):
+        calls.append((xi.clone(), layer))
+        return xi.expand(3, -1, -1, -1) * 0.5
+    plain = LayerExplorer(study, x, n=8, seed=0)
+    lx = LayerExplorer(study, x, n=8, seed=0, baselines={"halved x": row, "M&V": baseline_rows(study, steps=5)[
+        "M&V optimisation (3 starts)"]})
+    height = lambda w: Image.open(io.BytesIO(w.png)).size[1]
+    assert height(lx) == height(plain) + 2 * 28 * 3 + 2 * 2 * 3      # two more rows of 28 px (and their pads), ×3
+    assert "halved x" in lx.children[2].value and "M&amp;V" in lx.children[2].value
+    assert len(calls) == 1 and torch.equal(calls[0][0], x[:1]) and calls[0][1] == "softmax"
+    lx.resample_button.click(); lx.temp_slider.value = 0.5
+    assert len(calls) == 1                                               # same input and layer: kept
+    lx.layer_pick.value = "features.8"; lx.image_pick.value = 3
+    assert [c[1] for c in calls] == ["softmax", "features.8", "features.8"] and torch.equal(calls[2][0], x[3:4])
+    mv = lx._rows[(3, "features.8", "M&V")]
+    assert mv.shape == (3, 3, 28, 28) and not torch.equal(mv[0], mv[1])   # its starts differ
+    with pytest.raises(ValueError, match="no D&B decoder for layer 'features.8'; the run trained ones for softmax"):
+        baseline_rows(study, decoders={"softmax": None}, n_starts=0)["D&B decoder"](x[:1], "features.8")
+
+
 def test_layer_explorer_shows_errors_in_the_widget(parts):
     study, _, x, _ = parts
     lx = LayerExplorer(study, x)
