@@ -178,7 +178,7 @@ def check_run(out, # a run folder of `invnb colormnist` or `invnb study`
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}h2{border-bottom:1px solid #ddd;margin-top:2em}
-img{max-width:100%}.note{color:#555;font-size:.92em}"""
+img{max-width:100%}.note{color:#555;font-size:.92em}.fail{color:#b00020;font-weight:600}"""
 
 
 def html_page(title: str, # the page's title
@@ -528,13 +528,24 @@ def _study_baselines_section(m: dict, path: Path, figures_dir) -> list[str]:
               _table(["layer", "t", "D&B decoder", "M&V optimisation", "M&V feature loss", "images"], rows)]
     parts += [f"<p class=note>{esc(l)}: {esc(b['skipped'])}</p>" for l, b in base.items() if "skipped" in b]
     fid_rows = [[l, k, q["fid"], "" if q["fid_se"] is None else q["fid_se"], q["kid"], q["kid_se"]]
-                for l, b in base.items() if "fid" in b for k, q in b["fid"].items() if k != "network"]
+                for l, b in base.items() if "fid" in b for k, q in b["fid"].items() if k in ("t", "decoder", "optimisation")]
     if fid_rows:
         net = next(b["fid"]["network"] for b in base.values() if "fid" in b)
+        cal = next((b["fid"].get("calibration") for b in base.values() if b.get("fid", {}).get("calibration")), None)
+        if cal:
+            fid_rows += [["reference", k, q["fid"], "", q["kid"], q["kid_se"]] for k, q in cal.items() if k != "discriminates"]
         parts += [f"<p class=note>FID and KID against the same held-out images, in the features of {esc(net)} "
                   "(torchmetrics); ± the SE over t's draws of v and M&amp;V's starts (KID for the decoder: over its "
-                  "subsets). Few images give large, biased FIDs: compare the rows, not with other reports.</p>",
+                  "subsets). Few images give large, biased FIDs: compare the rows, not with other reports. The "
+                  "reference rows are as many training images (the floor) and the same images with their pixels "
+                  "shuffled (far).</p>",
                   _table(["layer", "method", "FID", "± SE", "KID", "± SE"], fid_rows)]
+        if cal and not cal["discriminates"]:
+            s, r = cal["shuffled pixels"]["fid"], cal["training images"]["fid"]
+            parts += [f"<p class=fail>This network puts shuffled pixels at FID {s:.3g}, less than twice the "
+                      f"training images' {r:.3g}: it does not tell structure from noise, so its FIDs cannot rank the "
+                      "methods. Rerun with another --fid network (torchvision:resnet18 discriminates even with "
+                      "random weights; inception:FILE for Tab. 1's).</p>"]
     for l, b in base.items():
         f = Path(figures_dir or path.parent / "figures") / b.get("grid", "")
         if "grid" in b and f.is_file(): parts += [f"<h3>{esc(l)}</h3>", png(f.read_bytes(), f"baselines {l}")]

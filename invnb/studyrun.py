@@ -35,8 +35,8 @@ from .utils import say
 # %% auto #0
 __all__ = ['MISSING_AE', 'LPIPS_MISSING', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'MV_STARTS', 'FID_SIZE', 'E_GUIDE',
            'STUDY_RECIPE', 'load_state_dict_file', 'model_from_spec', 'split_images', 'read_factors', 'fid_network',
-           'load_baseline_decoders', 'StudySpec', 'autoencoder_stage', 'build_stage', 'analysis_stage', 'report_stage',
-           'run_study']
+           'shuffle_pixels', 'fid_calibration', 'load_baseline_decoders', 'StudySpec', 'autoencoder_stage',
+           'build_stage', 'analysis_stage', 'report_stage', 'run_study']
 
 # %% ../nbs/09c_studyrun.ipynb #a84696d7
 MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
@@ -415,6 +415,24 @@ def _fid_row(real: torch.Tensor, sets: list, fid) -> dict:
     return {"fid": mean("fid"), "fid_se": se("fid"), "kid": mean("kid"), "kid_se": se("kid") if len(got) > 1 else got[0]["kid_se"]}
 
 
+def shuffle_pixels(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    "Each image's pixel positions permuted (its own permutation, the same for its channels): its colours kept, its structure lost."
+    flat = x.flatten(2)
+    idx = torch.stack([torch.randperm(flat.shape[2], generator=generator) for _ in range(len(x))])
+    return flat.gather(2, idx[:, None, :].expand_as(flat)).view_as(x)
+
+
+def fid_calibration(xs: torch.Tensor, kept: torch.Tensor, fid, seed: int) -> dict:
+    """The FID/KID table's two references, in the same network, against the same held-out images `xs` and with as many
+    images: training images drawn at random (the floor: real against real) and the same training images with their pixels shuffled
+    (far: colours right, no structure). `discriminates` is False where the network puts the shuffled pixels less than
+    twice as far as the real images: its FIDs then cannot tell the methods' samples apart either."""
+    g = torch.Generator().manual_seed(seed + 9)
+    real = kept[torch.randperm(len(kept), generator=g)[:len(xs)]]      # a seeded draw: `kept` comes in folder order
+    rows = {"training images": _fid_row(xs, [real], fid), "shuffled pixels": _fid_row(xs, [shuffle_pixels(real, g)], fid)}
+    return rows | {"discriminates": bool(rows["shuffled pixels"]["fid"] > 2 * rows["training images"]["fid"])}
+
+
 def _baselines(spec, study, kept: torch.Tensor, x: torch.Tensor, out: Path) -> dict:
     """--baselines: per layer, beside t's samples on the same held-out images, Dosovitskiy & Brox's decoder (trained
     `steps` steps on the kept training images' features) and Mahendran & Vedaldi's optimisation inversion
@@ -424,6 +442,7 @@ def _baselines(spec, study, kept: torch.Tensor, x: torch.Tensor, out: Path) -> d
     name, res = study.meta["name"], {}
     f, xs = study.model(name), x[:N_FIDELITY]
     recon = study.reconstruct(xs)
+    calibration = fid_calibration(xs, kept, spec.fid, spec.seed) if spec.fid is not None and len(xs) >= 4 else None
     for l in study.meta["layers"]:
         p = study.probe(l, name)
         with torch.no_grad(): zk, zx = study.features(kept, l, name), study.features(xs, l, name)
@@ -443,7 +462,8 @@ def _baselines(spec, study, kept: torch.Tensor, x: torch.Tensor, out: Path) -> d
                   "optimisation": _agreement(f, mv[:, 0], recon), "optimisation_feature_loss": float(mv_loss.mean()), "decoder_file": dec_file}
         if spec.fid is not None and len(xs) >= 4:     # the same images for every method; SE over draws / starts
             res[l]["fid"] = {"t": _fid_row(xs, list(ts.unbind(1)), spec.fid), "decoder": _fid_row(xs, [db], spec.fid),
-                             "optimisation": _fid_row(xs, list(mv.unbind(1)), spec.fid), "network": spec.fid["label"]}
+                             "optimisation": _fid_row(xs, list(mv.unbind(1)), spec.fid), "network": spec.fid["label"],
+                             "calibration": calibration}
         g = min(spec.n_grid, len(xs))
         rows = [[xs[i], recon[i], *ts[i], db[i], *mv[i]] for i in range(g)]
         cols = ["x", "D(E(x))", *[f"t: v{k + 1}" for k in range(MV_STARTS)], "D&B", *[f"M&V {k + 1}" for k in range(MV_STARTS)]]

@@ -10,6 +10,7 @@ from torchvision.models import resnet18
 from invnb.data import ColorMNIST, load_mnist
 from invnb.probe import IMAGENET, Adapted, InputAdapter
 from invnb.quality import FeatureNet, sample_quality
+from invnb.studyrun import fid_calibration, shuffle_pixels
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +43,22 @@ def test_bad_input_is_named(digits, net, tmp_path):
     with pytest.raises(FileNotFoundError, match="no Inception weights at .*pt_inception"):
         sample_quality(digits[:8], digits[:8], inception=tmp_path / "none.pth")
     with pytest.raises(ValueError, match="no nn.Linear layer"): FeatureNet(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+def test_shuffled_pixels_keep_each_images_colours_and_lose_its_layout(digits):
+    x = digits[:8]
+    s = shuffle_pixels(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(s.flatten(2).sort(-1).values, x.flatten(2).sort(-1).values)    # the same pixels per image
+    assert (s != x).flatten(1).float().mean(1).min() > 0.05                                   # in other places
+    assert not torch.equal(s[0], shuffle_pixels(x, torch.Generator().manual_seed(1))[0])       # the seed decides
+
+
+def test_the_fid_calibration_flags_a_network_blind_to_structure(digits, net):
+    # a network that sees only each image's mean colour cannot tell shuffled pixels from the images themselves
+    torch.manual_seed(0)
+    blind = FeatureNet(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)))
+    good = fid_calibration(digits[:100], digits[100:300], {"net": net}, seed=0)
+    bad = fid_calibration(digits[:100], digits[100:300], {"net": blind}, seed=0)
+    assert good["discriminates"] and good["shuffled pixels"]["fid"] > 2 * good["training images"]["fid"]
+    assert not bad["discriminates"]
+    assert bad["shuffled pixels"]["fid"] == pytest.approx(bad["training images"]["fid"], rel=1e-3, abs=1e-4)

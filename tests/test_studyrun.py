@@ -429,9 +429,14 @@ def test_fid_scores_every_method_on_the_same_images_in_another_network(folder, a
                           "--val-fraction", "0.2"), capsys)
     assert code == 0, err
     q = json.loads((out / "metrics.json").read_text())["baselines"]["layer2"]["fid"]
-    assert set(q) == {"t", "decoder", "optimisation", "network"} and "random weights" in q["network"]
+    assert set(q) == {"t", "decoder", "optimisation", "network", "calibration"} and "random weights" in q["network"]
     assert q["t"]["fid_se"] is not None and q["decoder"]["fid_se"] is None      # SE over draws of v; one decoder image
-    assert "FID and KID against the same held-out images" in (out / "report.html").read_text()
+    cal = q["calibration"]
+    assert set(cal) == {"training images", "shuffled pixels", "discriminates"}
+    assert cal["discriminates"] == (cal["shuffled pixels"]["fid"] > 2 * cal["training images"]["fid"])
+    page = (out / "report.html").read_text()
+    assert "FID and KID against the same held-out images" in page and "reference" in page
+    assert ("it does not tell structure from noise" in page) == (not cal["discriminates"])
     for extra, message in ((["--fid", "torchvision:alexnet"], "add --baselines"),
                            (["--baselines", "--fid", "torchvision:resnet18"], "is the model under study"),
                            (["--baselines", "--fid", "torchvision:squeezenet1_1"], "no nn.Linear layer"),
