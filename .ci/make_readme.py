@@ -2,7 +2,8 @@
 
     python .ci/make_readme.py          # write README.md
     python .ci/make_readme.py --check  # exit 1 if README.md is not current
-Markdown cells are copied; code cells become ```python blocks with their text outputs; cells marked
+Markdown cells are copied; code cells become ```python blocks (```sh for `!` shell lines; none with `#| echo: false`)
+with their text outputs (Markdown outputs as Markdown, live widgets left out); cells marked
 `#| hide`, `#| export`-only cells and the `default_exp` cell are left out, as nbdev does.
 """
 import json
@@ -34,11 +35,20 @@ def render(nb: dict) -> str:
         if d & {"hide", "default_exp", "export", "exporti"}:
             continue
         code = "\n".join(line for line in src.splitlines() if not line.startswith("#| "))
-        parts.append(f"```python\n{code.strip()}\n```")
+        if code.lstrip().startswith("!"):           # a shell command: shown as one, without the `!`
+            parts.append("```sh\n" + re.sub(r"^!", "", code.strip(), flags=re.M) + "\n```")
+        elif "echo" not in {line[3:].split(":")[0].strip() for line in src.splitlines() if line.startswith("#| ")}:
+            parts.append(f"```python\n{code.strip()}\n```")   # `#| echo: false`: the output alone
         for out in cell.get("outputs", []):
-            text = out.get("text") or out.get("data", {}).get("text/plain")
+            data = out.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data: continue   # a live widget: no text to show
+            if "text/markdown" in data:
+                md = data["text/markdown"]
+                parts.append(relink("".join(md) if isinstance(md, list) else md).strip())
+                continue
+            text = out.get("text") or data.get("text/plain")
             if text:
-                text = "".join(text) if isinstance(text, list) else text
+                text = ("".join(text) if isinstance(text, list) else text).replace("\r\n", "\n")   # a shell's line ends
                 parts.append("    " + text.rstrip().replace("\n", "\n    "))
     return HEADER + "\n\n".join(p for p in parts if p) + "\n"
 

@@ -25,7 +25,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from invnb import analysis, diagnostics
+from invnb import diagnostics, fitting
 from invnb.checkpoint import load_model, load_tensors
 from invnb.colormnist import PROFILES, load_data
 from invnb.data import ColorMNIST
@@ -55,9 +55,9 @@ def main():
 
     def train(feats, val_feats, seed=0, codes=codes, steps=steps, warm=True):
         t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=seed, **prof.t_size)
-        if warm: analysis.warm_start(t, base)
+        if warm: fitting.warm_start(t, base)
         t0 = time.perf_counter()
-        t, h = analysis.fit_invariances(codes, feats, t=t, steps=steps, batch_size=prof.batch_size, lr=prof.t_lr,
+        t, h = fitting.fit_invariances(codes, feats, t=t, steps=steps, batch_size=prof.batch_size, lr=prof.t_lr,
                                         device="cpu", progress=False, seed=seed, val_every=prof.t_val_every,
                                         val_fn=lambda m: diagnostics.nll_of(m, codes_val, val_feats, seed=0))
         return t.eval(), {"steps": steps, "n_train": len(feats), "best_step": h.best_step, "val_nll": round(h.best_val, 3), "seconds": round(time.perf_counter() - t0, 1)}
@@ -83,7 +83,7 @@ def main():
     layer = prof.checkpoint_layer
     probe = load_model(f"{a.run}/study/models/{final}.safetensors").eval().probe(layer)
     with torch.no_grad():
-        ft, fv = analysis.layer_features(probe, data.xt), analysis.layer_features(probe, data.xv)
+        ft, fv = fitting.layer_features(probe, data.xt), fitting.layer_features(probe, data.xv)
     perm = torch.randperm(len(ft), generator=torch.Generator().manual_seed(0))
     t, info = train(ft[perm], fv)
     share = analysis.identifiable_share(t, e, fv, **kw, generator=torch.Generator().manual_seed(1))

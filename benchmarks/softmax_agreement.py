@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from invnb import analysis, diagnostics
+from invnb import diagnostics, fitting
 from invnb.checkpoint import load_model
 from invnb.colormnist import PROFILES, load_data
 from invnb.data import ColorMNIST
@@ -42,14 +42,14 @@ def main():
     t0 = time.perf_counter()
     with torch.no_grad():
         many = [encode_dataset(ae.encode, s.images(), device="cpu") for s in sets]
-        feats = torch.cat([analysis.layer_features(probe, s.images(), device="cpu") for s in sets])
+        feats = torch.cat([fitting.layer_features(probe, s.images(), device="cpu") for s in sets])
         codes_val = encode_dataset(ae.encode, data.xv, device="cpu")
-        val_feats = analysis.layer_features(probe, data.xv, device="cpu")
+        val_feats = fitting.layer_features(probe, data.xv, device="cpu")
     codes = {k: torch.cat([c[k] for c in many]) for k in ("mean", "logvar")}
     prep = time.perf_counter() - t0
     t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=0, **prof.t_size)
     t0 = time.perf_counter()
-    t, h = analysis.fit_invariances(codes, feats, t=t, steps=a.steps, batch_size=prof.batch_size, lr=prof.t_lr,
+    t, h = fitting.fit_invariances(codes, feats, t=t, steps=a.steps, batch_size=prof.batch_size, lr=prof.t_lr,
                                     device="cpu", progress=False, seed=0, val_every=max(25, a.steps // 10),
                                     val_fn=lambda m: diagnostics.nll_of(m, codes_val, val_feats, seed=0))
     fidelity = diagnostics.sample_fidelity(ae, probe, t.eval(), f, data.xv[:100], n=4,

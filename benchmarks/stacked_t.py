@@ -4,7 +4,7 @@ M t's of the quick profile's size (6 blocks, hidden 128, depth 2, embed 64) at t
 (512, 3, 3), batch 128, on a 64-d code of 4,500 examples, each with its own features and the seeds stage 5 uses
 (most share the run's seed, one has its own), started from one unconditional t as stage 5 starts them:
 
-- `sequential`: `analysis.fit_invariances` for each t in turn (what stage 5 did before);
+- `sequential`: `fitting.fit_invariances` for each t in turn (what stage 5 did before);
 - `stacked`: one `stacked.fit_invariances_stacked` for all M.
 
 Both go through `invnb.train.fit` with validation every `--val-every` steps on 500 held-out examples. Prints one
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from invnb.analysis import fit_invariances, warm_start
+from invnb.fitting import fit_invariances, warm_start
 from invnb.diagnostics import nll_of
 from invnb.inn import InvarianceINN
 from invnb.stacked import fit_invariances_stacked, stacked_nll_of

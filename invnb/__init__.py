@@ -8,7 +8,8 @@ __all__ = []
 
 # %% ../nbs/index.ipynb #d7aa1c21
 # the public API at the top level: `from invnb import Study, Probe, ...`
-from .analysis import eq19, eq20, fit_factors, fit_invariances, fit_invariances_over, layer_features
+from .analysis import eq19, eq20
+from .fitting import fit_factors, fit_invariances, fit_invariances_over, layer_features
 from .autoencoder import BigAE, SmallAE, train_autoencoder
 from .checkpoint import load_model
 from .inn import FactorINN, InvarianceINN

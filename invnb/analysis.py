@@ -12,9 +12,6 @@ import torch
 from .inn import InvarianceINN
 from .probe import Probe
 from .results import Estimate
-# the fitting of t and e has its own module (`06c_fitting`); these names were imported from here before
-from .fitting import (RANK_TIMEOUT, OnTheFly, draw_zbar, encode_codes, fit_factors,  # noqa: F401
-                           fit_invariances, fit_invariances_over, layer_features, safe_name, t_cost, warm_start)
 
 # %% auto #0
 __all__ = ['explained_by_invariances', 'explained_by_representation', 'eq19', 'representation_grid', 'eq20', 'identifiable_share',

@@ -22,8 +22,6 @@ from .features import encode_and_features, probes_of
 from .inn import FactorINN
 from .study import Study, environment
 from .recipes import BuildError, check_recipe, torchvision_recipe
-# the recipes have their own module (`07e_recipes`); these names were imported from here before
-from .recipes import adapter_recipe, import_builder, model_from_recipe  # noqa: F401
 from fastcore.basics import patch
 from fastcore.meta import delegates
 from .distributed import barrier, broadcast, is_main, rank, world_size

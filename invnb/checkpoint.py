@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.modules.module import register_module_buffer_registration_hook, register_module_parameter_registration_hook
 
-import invnb
+from importlib.metadata import version as _installed_version
 
 # %% auto #0
 __all__ = ['FORMAT', 'CheckpointError', 'DiskFull', 'is_disk_full', 'disk_full', 'save_tensors', 'write_text_atomic',
@@ -246,7 +246,7 @@ def find_class(path, # the file being loaded (named in the errors)
         klass = _registered(name, module) or _registered(name, None)
     if klass is None:
         raise CheckpointError(f"{path} holds a {name!r}, which is not a model class of this invnb "
-                              f"(file version {version}, installed {invnb.__version__}).")
+                              f"(file version {version}, installed {_installed_version('invnb')}).")
     return klass
 
 # %% ../nbs/00_checkpoint.ipynb #e2be4b98
@@ -258,7 +258,7 @@ def save_model(model: nn.Module, # a model with a `config` dict of its construct
     if config is None:
         raise TypeError(f"{type(model).__name__} has no `config` of constructor arguments, so it cannot be rebuilt "
                         "from a file; give it one (see invnb.checkpoint).")
-    meta = dict(format=FORMAT, kind="model", version=invnb.__version__, config=config,
+    meta = dict(format=FORMAT, kind="model", version=_installed_version("invnb"), config=config,
                 module=type(model).__module__, **{"class": type(model).__name__})
     return save_tensors(path, model.state_dict(), meta)
 

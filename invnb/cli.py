@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import sys
 
 from fastcore.docments import docments
@@ -15,7 +16,9 @@ from .build import T_SIZE, BuildError
 from .studyrun import MISSING_AE, run_study
 from .checkpoint import CheckpointError, DiskFull, disk_full, is_disk_full
 from .data import AUGMENTATIONS, DatasetNotFound
-from .colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist
+from .colormnist import run_colormnist
+from .profiles import PROFILES, STAGES
+from .runs import RunError, RunInterrupted
 from .demo import demo
 from .inn import InvarianceINN
 from .report import STUDY_CHECKS, check_run
@@ -24,7 +27,7 @@ from .train import TrainingDiverged
 from .utils import say
 
 # %% auto #0
-__all__ = ['parser', 'main']
+__all__ = ['parser', 'main', 'flag_names', 'as_flags']
 
 # %% ../nbs/14_cli.ipynb #fe44adfe
 def _adder(p, fn):
@@ -95,7 +98,7 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     if a.command == "check":
         try: problems = check_run(a.out)
         except RunError as e: problems = [str(e)]
-        for p in problems: print(f"invnb check: {p}", file=sys.stderr)
+        for p in problems: print(f"invnb check: {as_flags(p)}", file=sys.stderr)
         if not problems: print(f"{a.out}: metrics.json, report.html and the run's files are well-formed and unchanged")
         return 1 if problems else 0
     if a.command == "demo":
@@ -108,7 +111,7 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
                                ("--augment-copies", a.augment_copies, 1)):
             if v < least: ap.error(f"{flag} must be at least {least}")
         if a.ae is None and not a.train_ae:
-            print(f"invnb study: error: {MISSING_AE}", file=sys.stderr)
+            print(f"invnb study: error: {as_flags(MISSING_AE)}", file=sys.stderr)
             return 2
         try:
             run_study(a.out, a.model, a.layers, a.images, a.ae, weights=a.weights, checkpoint=a.checkpoint,
@@ -126,17 +129,17 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
             print(f"invnb study: error: training diverged: {e} Try another --seed or fewer --steps.", file=sys.stderr)
             return 2
         except (BuildError, RunError, CheckpointError, DatasetNotFound, ValueError, RankTimeout) as e:
-            print(f"invnb study: error: {e}", file=sys.stderr)
+            print(f"invnb study: error: {as_flags(str(e))}", file=sys.stderr)
             return 2
         return 0
     try:
         run_colormnist(a.out, a.profile, a.device, a.seed, a.force, a.until, progress=a.progress,
                        mnist_root=a.mnist_root, log=say)      # --no-progress: no bars, the stage lines stay
     except RankTimeout as e:
-        print(f"invnb colormnist: error: {e}", file=sys.stderr)
+        print(f"invnb colormnist: error: {as_flags(str(e))}", file=sys.stderr)
         return 2
     except RunInterrupted as e:
-        print(f"invnb colormnist: {e}", file=sys.stderr)
+        print(f"invnb colormnist: {as_flags(str(e))}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:   # before the first stage: while the data loads or the folder is checked
         print(f"invnb colormnist: interrupted before the first stage; what finished is saved in {a.out}; run the same "
@@ -147,6 +150,26 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
               "another --out) draws another run.", file=sys.stderr)
         return 2
     except (RunError, CheckpointError, DatasetNotFound, ValueError) as e:
-        print(f"invnb colormnist: error: {e}", file=sys.stderr)
+        print(f"invnb colormnist: error: {as_flags(str(e))}", file=sys.stderr)
         return 2
     return 0
+
+# %% ../nbs/14_cli.ipynb #4aebba28
+def flag_names(ap: argparse.ArgumentParser | None = None, # the parser (default: `parser()`)
+              ) -> dict[str, str]:
+    """{Python argument: its flag} over every subcommand of `ap`, e.g. {'val_fraction': '--val-fraction',
+    'thresholds': '--threshold'}; t's size (`t_size`) is the three --t-* flags."""
+    ap, out = ap or parser(), {"t_size": "--t-blocks/--t-hidden/--t-embed"}
+    subs = [a for a in ap._actions if isinstance(a, argparse._SubParsersAction)]
+    for p in (q for s in subs for q in s.choices.values()):
+        for a in p._actions:
+            longs = [o for o in a.option_strings if o.startswith("--") and o != "--help"]
+            if longs and a.dest not in ("help",): out.setdefault(a.dest, next((o for o in longs if "no-" not in o), longs[0]))
+    return out
+
+
+def as_flags(message: str, # a library error: Python arguments in backticks, e.g. '`val_fraction` must lie ...'
+            ) -> str:
+    "`message` with every backticked argument that has a flag written as the flag ('--val-fraction must lie ...')."
+    flags = flag_names()
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", lambda m: flags.get(m.group(1), m.group(0)), message)

@@ -29,10 +29,8 @@ from .features import features_of_probes
 from .inn import FactorINN, InvarianceINN
 from .stacked import fit_invariances_stacked, stacked_nll_of
 from .profiles import FACTORS, PROFILES, TARGET, Profile
-from .profiles import STAGES  # noqa: F401  (the recipe's stage names; imported from here by earlier code)
 from .report import run_metrics, summary_png, write_report
 from .runs import Recipe, RunError, Stage, run_recipe, start_device
-from .runs import RunInterrupted  # noqa: F401  (imported from here by earlier code)
 from .study import Study, environment
 from .train import encode_dataset
 from .utils import nested_bars, progress_bar, say

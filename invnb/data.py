@@ -16,9 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import invnb
-from .utils import fingerprint   # noqa: F401  (its name in invnb.data before invnb.utils)
-
 # %% auto #0
 __all__ = ['PALETTE', 'CELEBA_FACTORS', 'MAX_PIXELS', 'AUGMENTATIONS', 'check_images', 'check_dtype', 'DatasetNotFound',
            'load_mnist', 'ColorMNIST', 'FactorPairs', 'image_transform', 'load_celeba', 'attribute_labels',
@@ -68,7 +65,7 @@ def _bundled_mnist_path() -> Path:
         if p.is_file(): return Path(str(p))
     except ModuleNotFoundError:
         pass
-    p = Path(invnb.__file__).resolve().parent.parent / "data" / "mnist5k.npz"  # a source checkout
+    p = Path(str(files("invnb"))).resolve().parent / "data" / "mnist5k.npz"  # a source checkout
     if p.is_file(): return p
     raise FileNotFoundError("the bundled MNIST subset (mnist5k.npz) is missing from this installation; "
                             "reinstall invnb or pass root= a torchvision MNIST folder.")
@@ -101,7 +98,7 @@ def load_mnist(root: str | Path | None = None, # a torchvision MNIST folder (Non
         except Exception as e:  # offline or missing files
             if root is not None:
                 raise DatasetNotFound(f"no MNIST under {root} ({type(e).__name__}: {str(e)[:80]}); point root "
-                                      "(--mnist-root) to the folder that holds MNIST/raw, pass download=True while "
+                                      "(`mnist_root`) to the folder that holds MNIST/raw, pass download=True while "
                                       "online, or leave root unset for the 5,000 bundled digits.") from None
             warnings.warn(f"full MNIST not available ({type(e).__name__}: {str(e)[:80]}); using the 5,000 bundled digits. "
                           f"Get the full set with load_mnist(root='data/mnist', download=True) while online.")

@@ -71,7 +71,7 @@ def init_distributed(device: torch.device, # the device asked for (a CUDA one be
         device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
     elif device.type == "mps":
-        raise RuntimeError("torchrun with several processes on MPS is not supported; use --device cpu or a CUDA machine.")
+        raise RuntimeError("torchrun with several processes on MPS is not supported; use `device`=cpu or a CUDA machine.")
     if not initialized():
         missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:

@@ -194,7 +194,7 @@ def fit_invariances_over(probes: dict,                   # {key: Probe}: one t p
             if saved != asked[key]:
                 raise ValueError(f"{folder} holds a t trained from other arguments, data or model weights "
                                  f"(recorded: {saved}; asked: {asked[key]}); delete {folder} to train it again, or "
-                                 "write the t's to another folder (ckpt_dir; invnb study: --out).")
+                                 "write the t's to another folder (`ckpt_dir`; invnb study: `out`).")
         if done(key).is_file() and is_main():                  # finished: loaded once; a damaged one is made again
             try: out[key] = InvarianceINN.load(done(key))
             except (CheckpointError, OSError, ValueError) as e:

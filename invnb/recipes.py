@@ -71,12 +71,24 @@ def import_builder(spec: str,          # 'package.module:function'
         if not may_import:
             raise BuildError(f"the model's recipe names the builder {spec!r}; import {mod} first (a study folder never "
                              "makes invnb import code), or pass the model in models={...}.")
-        try: importlib.import_module(mod)
-        except ImportError as e: raise BuildError(f"cannot import {mod} for the builder {spec!r} ({e}).") from None
+        try: _import_here_too(mod)
+        except ImportError as e:
+            raise BuildError(f"cannot import {mod} for the builder {spec!r} ({e}); put {mod.split('.')[0]}.py in the "
+                             "current folder or its folder on PYTHONPATH.") from None
     obj = sys.modules[mod]
     for part in fn.split("."): obj = getattr(obj, part, None)
     if not callable(obj): raise BuildError(f"{spec!r} does not name a function of {mod}.")
     return obj
+
+def _import_here_too(mod: str):
+    """Import `mod`; if it is not found on sys.path, from the current folder too (as `python -m` and `python script.py`
+    would find a file beside the user), which the `invnb` console script does not have on its path."""
+    try: return importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        here = str(Path.cwd())
+        if e.name != mod.split(".")[0] or here in sys.path: raise
+        sys.path.insert(0, here)
+        return importlib.import_module(mod)
 
 
 def _from_recipe(recipe: dict, expect: str | None) -> nn.Module:

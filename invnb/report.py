@@ -14,15 +14,15 @@ from pathlib import Path
 
 from . import plots
 from .checkpoint import write_text_atomic
-from .results import FACTOR_KINDS, StudyResults
+from .results import FACTOR_KINDS, Estimate, StudyResults
 from .runs import check_run_folder
 
 # %% auto #0
 __all__ = ['FORMAT', 'PSNR_MIN', 'RECON_ACC_DROP_MAX', 'NLL_GAP_MAX', 'AGREEMENT_MIN', 'AGREEMENT_LAYER', 'CEILING_SHARE',
            'FACTOR_OWN_MIN', 'FACTOR_OFF_MAX', 'CLASS_SHARE_MIN', 'FIG4_RISING', 'FIG4_FALLING', 'NULL_SHUFFLED',
            'STUDY_CHECKS', 'run_metrics', 'checks', 'agreement_text', 'fig4_claim', 'validate_metrics', 'check_run',
-           'html_page', 'summary_png', 'write_report', 'study_metrics', 'check_thresholds', 'study_checks',
-           'validate_study_metrics', 'write_study_report']
+           'html_page', 'summary_png', 'write_report', 'reproduction_table', 'study_metrics', 'check_thresholds',
+           'study_checks', 'validate_study_metrics', 'write_study_report']
 
 # %% ../nbs/09b_report.ipynb #5321cd05
 FORMAT = 2
@@ -382,6 +382,52 @@ def write_report(m: dict,          # a run's metrics.json, as `run_metrics` writ
     doc = html_page("invnb ColorMNIST report", parts, head=f"<script type='text/javascript'>{get_plotlyjs()}</script>")
     return write_text_atomic(path, doc)
 
+# %% ../nbs/09b_report.ipynb #58b546bc
+def _fig4_rows(m: dict, kind: str) -> list[list[str]]:
+    "The Fig. 4 rows of `reproduction_table` for one measure (`fig4_claim`'s kind): the digit, the background, the crossing."
+    r, cl, ends = StudyResults.from_json(m["results"]), m["checkpoint_layer"], (m["checkpoints"][0], m["checkpoints"][-1])
+    found = r.probes if kind == "probes" else r.factor_estimates(kind)
+    if not all(cl in found.get(c, {}) for c in ends): return [["—", "—", "—"]]     # not measured in this run
+    f = fig4_claim(m, kind)
+    at = lambda c, k: (_est(r.factor_estimates(kind)[c][f["layer"]][k]) if kind != "probes"
+                       else f"{float(r.probes[c][f['layer']][k]):.2f}")
+    move = lambda k: f"{at(f['first'], k)} → {at(f['last'], k)}"
+    crossed = ("yes, beyond the SEs" if f["beyond_se"] else "within the SEs") if f["cross"] else "no"
+    return [[move(FIG4_RISING), move(FIG4_FALLING), crossed]]
+
+
+def reproduction_table(m, # a ColorMNIST run's metrics.json (parsed, or its path), as `run_metrics` writes it
+                       nbs: str = "", # the notebooks' folder as the table's links should name it ('' beside them)
+                      ) -> str:
+    """A Markdown table, claim | paper | this run | where: Fig. 4 at the checkpoint layer, first → last checkpoint, as
+    the paper measures it (Eq. 20), as the identifiable share and as linear probes (INN-free); Eq. 19 over the final
+    model's layers; t's sample agreement against its layer's ceiling; the autoencoder's PSNR.
+    E.g. `Markdown(reproduction_table("runs/colormnist/metrics.json"))` in a notebook."""
+    if not isinstance(m, dict): m = json.loads(Path(m).read_text())
+    r, fin, cl = StudyResults.from_json(m["results"]), m["final_model"], m["checkpoint_layer"]
+    link = lambda nb: f"[{nb}]({nbs}{nb}.ipynb)"
+    (e_up, e_down, e_x), = _fig4_rows(m, "eq20")
+    (s_up, s_down, s_x), = _fig4_rows(m, "share")
+    (p_up, p_down, p_x), = _fig4_rows(m, "probes")
+    c, ceiling, ae = r.t_checks.get(fin, {}).get(cl), r.diagnostics.ceiling_of(fin, cl), r.diagnostics.autoencoder
+    steps = f"`{cl}`, {m['checkpoints'][0]} → {m['checkpoints'][-1]}"
+    rows = [[f"Fig. 4 (Eq. 20 at {steps}): z keeps more of the digit as f learns", "rises with the accuracy", e_up, "12_colormnist"],
+            ["Fig. 4 (Eq. 20): ... and less of the background colour", "high early, then falls", e_down, "12_colormnist"],
+            ["Fig. 4 (Eq. 20): the two curves cross", "yes", e_x, "12_colormnist"],
+            ["the same as identifiable shares (0 where z determines nothing): digit; bg; crossing", "—",
+             f"{s_up}; {s_down}; {s_x}", "07_analysis"],
+            ["the same read by linear probes on z, no INN (accuracy): digit; bg", "—", f"{p_up}; {p_down}", "07a_diagnostics"],
+            ["Eq. 19: z explains more of z̄ deeper in f", "rises with depth (Fig. 5, ResNet-101)",
+             ", ".join(f"{l} {r.eq19[fin][l].value:.2f}" for l in m["layers"] if l in r.eq19.get(fin, {})), "12_colormnist"],
+            [f"f keeps its prediction on the samples D(t⁻¹(v\\|z)) at `{cl}`", "pictures only (Fig. S7)",
+             "—" if c is None else agreement_text(c, ceiling) + (" (of the layer's ceiling)" if ceiling else ""), "07a_diagnostics"],
+            ["the autoencoder reconstructs held-out digits (Tab. S1)", "—", "—" if ae is None else f"{ae.psnr:.1f} dB PSNR", "05_autoencoder"]]
+    head = f"| claim | paper | invnb ({m['run']['profile']} profile, seed {m['run']['seed']}) | where |\n|---|---|---|---|\n"
+    return head + "\n".join(f"| {a} | {b} | {v} | {link(w)} |" for a, b, v, w in rows)
+
+
+def _est(e: Estimate) -> str: return f"{e.value:.2f} ± {e.se:.2f}"   # an estimate as the tables print it
+
 # %% ../nbs/09b_report.ipynb #e6330df8
 def study_metrics(study,             # the `Study` that was run: its `meta` (name, recipe, environment) and `results`
                   *,
@@ -418,7 +464,7 @@ def check_thresholds(thresholds,   # {name: value}, or 'name=value' strings (the
         pairs = {}
         for item in thresholds:
             name, eq, value = str(item).partition("=")
-            if not eq: raise ValueError(f"--threshold takes NAME=VALUE (e.g. psnr=24); got {item!r}.")
+            if not eq: raise ValueError(f"`thresholds` takes NAME=VALUE (e.g. psnr=24); got {item!r}.")
             pairs[name.strip()] = value.strip()
         thresholds = pairs
     out = {}

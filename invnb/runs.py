@@ -41,12 +41,12 @@ def run_lock(out: Path,  # the run folder (made if missing)
     """Hold an exclusive lock on the run folder `out` (created if needed) while the block runs. A run that leaves
     nothing but the lock (it failed before writing anything) takes the lock file away, and the folder if it made it."""
     try:
-        if out.exists() and not out.is_dir(): raise RunError(f"--out {out} is a file, not a folder; choose a folder.")
+        if out.exists() and not out.is_dir(): raise RunError(f"`out`={out} is a file, not a folder; choose a folder.")
         made = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         f = open(out / LOCK, "a+")
     except OSError as e:
-        raise RunError(f"cannot write to {out} ({e.strerror}); choose a folder you can write to with --out.") from None
+        raise RunError(f"cannot write to {out} ({e.strerror}); choose a folder you can write to with `out`.") from None
     held = False
     try:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -83,7 +83,7 @@ def _inside(out: Path, key: str) -> Path:
     if path == root or not path.is_relative_to(root):
         raise RunError(f"{out / 'state.json'} names the file {key!r}, which lies outside the run folder {out}; refusing "
                        "to read or delete it. The state was edited by hand or comes from elsewhere: run again with "
-                       f"--force (it deletes only what is inside {out}) to start this run from scratch.")
+                       f"`force` (it deletes only what is inside {out}) to start this run from scratch.")
     return path
 
 
@@ -116,7 +116,7 @@ def _read_state(path: Path) -> dict:
             raise ValueError("it lacks a valid 'stages' object, {stage: {'seconds': ...}}")
         return state
     except (ValueError, OSError) as e:
-        raise RunError(f"{path} is damaged ({e}); run again with --force (or delete {path.parent}) to start this run "
+        raise RunError(f"{path} is damaged ({e}); run again with `force` (or delete {path.parent}) to start this run "
                        "from scratch.") from None
 
 
@@ -175,14 +175,14 @@ def prepare_run(out: Path, # the run folder (locked by the caller)
         settings = json.loads(json.dumps(settings))
         if state.get("profile") != profile or state.get("seed") != seed:
             raise RunError(f"{out} holds a run with profile {state.get('profile')!r} and seed {state.get('seed')}; this "
-                           f"run asks for profile {profile!r} and seed {seed}. Use another --out, or --force to replace it.")
+                           f"run asks for profile {profile!r} and seed {seed}. Use another `out`, or `force` to replace it.")
         if changed := _changed(state.get("settings", {}), settings):
             raise RunError(f"{out} holds a {profile} run made with other settings ({', '.join(changed)} differ: "
                            f"{_differences(state.get('settings', {}), settings)}); its parts cannot be mixed with this "
-                           "run's. Use another --out, or --force to replace it.")
+                           "run's. Use another `out`, or `force` to replace it.")
         if changed := _changed(state.get("data", {}), data_info):
             raise RunError(f"{out} holds a run on other data ({', '.join(changed)} differ: {state.get('data')} vs "
-                           f"{data_info}); use another --out, or --force to replace it.")
+                           f"{data_info}); use another `out`, or `force` to replace it.")
         if state.get("finished"):
             bad = damaged_artifacts(out, state.get("artifacts", {}))
             if not bad and rerun_finished:
@@ -202,7 +202,7 @@ def prepare_run(out: Path, # the run folder (locked by the caller)
     free_mb = shutil.disk_usage(out).free / 2 ** 20
     if free_mb < disk_mb:
         raise RunError(f"not enough disk space in {out}: {free_mb:.0f} MB free, the {profile} profile needs about "
-                       f"{disk_mb} MB. Free some space or choose another --out.")
+                       f"{disk_mb} MB. Free some space or choose another `out`.")
     state = {"format": 2, "profile": profile, "seed": seed, "settings": settings, "data": data_info,
              "stages": {}, "finished": False}
     write_json_atomic(state_path, state)

@@ -35,9 +35,10 @@ FORMAT = 2   # study.json: 2 records a file per model; 1 (invnb 0.1) is read too
 def environment(device=None,  # the device the numbers were computed on (None: not recorded)
                ) -> dict:
     "What a study's numbers depend on besides its seeds: the thread count (CPU sums differ with it), versions, device."
-    import numpy, invnb   # invnb: its __version__; the package imports this module, so not at the top
+    import numpy
+    from importlib.metadata import version
     return {"device": str(device) if device is not None else "cpu", "threads": torch.get_num_threads(),
-            "invnb": invnb.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "invnb": version("invnb"), "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
 
 

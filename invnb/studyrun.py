@@ -19,7 +19,8 @@ from torch import nn
 
 from . import diagnostics, fitting, plots
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
-from .build import T_SIZE, BuildError, adapter_recipe, assemble_study, import_builder   # the build's own helpers, one package
+from .build import T_SIZE, BuildError, assemble_study
+from .recipes import adapter_recipe, import_builder
 from .checkpoint import CheckpointError, load_model, write_bytes_atomic, write_json_atomic
 from .data import Augmented, load_image_folder
 from .utils import fingerprint
@@ -39,10 +40,10 @@ __all__ = ['MISSING_AE', 'LPIPS_MISSING', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_
            'build_stage', 'analysis_stage', 'report_stage', 'run_study']
 
 # %% ../nbs/09c_studyrun.ipynb #a84696d7
-MISSING_AE = ("--ae is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
+MISSING_AE = ("`ae` is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
               "ae = SmallAE(size=32); train_autoencoder(ae, images, steps=5000); ae.save('ae.safetensors'), from "
-              "invnb.autoencoder), or add --train-ae STEPS to train a SmallAE at --size px on the folder first (saved as "
-              "OUT/ae.safetensors and reused).")
+              "invnb.autoencoder), or give `train_ae` (steps) to train a SmallAE at `size` px on the folder first (saved in "
+              "the run folder as ae.safetensors and reused).")
 
 
 def load_state_dict_file(path,  # a .safetensors file or a torch.save file of tensors (.pt, .pth)
@@ -100,7 +101,7 @@ def model_from_spec(spec: str,                   # torchvision:NAME or package.m
     """(model in eval mode, recipe) for `torchvision:NAME` (wrapped with ImageNet's input normalisation) or
     `package.module:function` (a builder; imported, as the user named it), with torchvision's `weights` or the
     state dict in `checkpoint`; the initial weights are drawn with `seed` (so a rerun builds the same model)."""
-    if weights is not None and checkpoint is not None: raise BuildError("give --weights or --checkpoint, not both.")
+    if weights is not None and checkpoint is not None: raise BuildError("give `weights` or `checkpoint`, not both.")
     if spec.startswith("torchvision:"):
         import torchvision
         name = spec.split(":", 1)[1]
@@ -117,7 +118,7 @@ def model_from_spec(spec: str,                   # torchvision:NAME or package.m
             except Exception as e:
                 raise BuildError(f"could not download the {weights} weights of {name} ({type(e).__name__}: "
                                  f"{str(e).strip()[:100]}); run once online (torchvision caches them in ~/.cache/torch), "
-                                 "or pass --checkpoint FILE with a state dict.") from None
+                                 "or pass `checkpoint`, a file with a state dict.") from None
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed); model = torchvision.models.get_model(name, weights=None)
@@ -125,9 +126,9 @@ def model_from_spec(spec: str,                   # torchvision:NAME or package.m
         adapter = InputAdapter(None, **IMAGENET)
         return Adapted(model, adapter).eval(), {"torchvision": name, "weights": weights, "adapter": adapter_recipe(adapter)}
     if ":" not in spec:
-        raise BuildError(f"--model must be torchvision:NAME (e.g. torchvision:resnet18) or package.module:function "
+        raise BuildError(f"`model` must be torchvision:NAME (e.g. torchvision:resnet18) or package.module:function "
                          f"(a function that returns your model); got {spec!r}.")
-    if weights is not None: raise BuildError("--weights names torchvision weights; use --checkpoint for a builder's model.")
+    if weights is not None: raise BuildError("`weights` names torchvision weights; use `checkpoint` for a builder's model.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed); model = import_builder(spec, may_import=True)()
     if not isinstance(model, nn.Module): raise BuildError(f"{spec} returned a {type(model).__name__}, not a torch module.")
@@ -137,7 +138,7 @@ def model_from_spec(spec: str,                   # torchvision:NAME or package.m
 
 LPIPS_MISSING = ("LPIPS needs torchvision's VGG-16 ImageNet weights, which could not be downloaded: put vgg16-397923af.pth "
                  "(https://download.pytorch.org/models/vgg16-397923af.pth) in ~/.cache/torch/hub/checkpoints/ (or "
-                 "$TORCH_HOME/hub/checkpoints/), or pass --lpips random (a random VGG backbone: labelled so in the report, "
+                 "$TORCH_HOME/hub/checkpoints/), or pass `lpips`=random (a random VGG backbone: labelled so in the report, "
                  "not the paper's loss).")
 
 
@@ -151,7 +152,7 @@ def _big_autoencoder(size: int, seed: int, train_steps: int, lpips: str, big: di
     keyword overrides, e.g. for tests), trained with L1 + LPIPS + an adaptive PatchGAN term from half-way (A.1)."""
     from invnb.autoencoder import AELoss, BigAE, PatchDiscriminator
     try: ae = BigAE(size=size, seed=seed, **(big or {}))
-    except (ValueError, TypeError) as e: raise BuildError(f"--ae-arch big: {e}") from None
+    except (ValueError, TypeError) as e: raise BuildError(f"`ae_arch`=big: {e}") from None
     try: loss = AELoss("l1+lpips", lpips_pretrained=lpips == "pretrained", disc=PatchDiscriminator(n_down=_disc_down(size), seed=seed + 2),
                        disc_start=train_steps // 2)
     except RuntimeError: raise BuildError(LPIPS_MISSING) from None
@@ -161,14 +162,14 @@ def _big_autoencoder(size: int, seed: int, train_steps: int, lpips: str, big: di
 def _ae_to_train(arch: str, lpips: str, size: int, train_steps: int, big: dict | None) -> dict | None:
     """Check the options of the autoencoder a run trains, before anything is written; a BigAE's record for the run's
     settings (architecture, loss, discriminator start and depth, LPIPS backbone), None for a SmallAE (its own record)."""
-    if arch not in ("small", "big"): raise BuildError(f"--ae-arch must be small or big; got {arch!r}.")
-    if lpips not in ("pretrained", "random"): raise BuildError(f"--lpips must be pretrained or random; got {lpips!r}.")
+    if arch not in ("small", "big"): raise BuildError(f"`ae_arch` must be small or big; got {arch!r}.")
+    if lpips not in ("pretrained", "random"): raise BuildError(f"`lpips` must be pretrained or random; got {lpips!r}.")
     if arch == "small":
         try:
             with torch.device("meta"): SmallAE(size=size, width=32)
-        except ValueError as e: raise BuildError(f"--size: {e}") from None
+        except ValueError as e: raise BuildError(f"`size`: {e}") from None
         return None
-    if size not in (16, 32, 64, 128): raise BuildError(f"--size {size}: a BigAE trains at 16, 32, 64 or 128 px.")
+    if size not in (16, 32, 64, 128): raise BuildError(f"`size`={size}: a BigAE trains at 16, 32, 64 or 128 px.")
     return {"arch": "BigAE", "train_steps": train_steps, "size": size, "config": dict(big or {}),
             "loss": "l1+lpips+patchgan", "disc_start": train_steps // 2, "disc_n_down": _disc_down(size), "lpips": lpips}
 
@@ -178,10 +179,10 @@ def _autoencoder(path, out: Path, images, train_steps: int | None, size: int, de
     """The autoencoder of a run: loaded from `path`, or (with `train_steps`) a SmallAE (`arch` 'small') or a BigAE
     ('big', `_big_autoencoder`) trained on the folder, reused."""
     if path is not None:
-        if not Path(path).is_file(): raise BuildError(f"--ae {path} does not exist; pass the .safetensors file of an invnb autoencoder.")
+        if not Path(path).is_file(): raise BuildError(f"`ae`={path} does not exist; pass the .safetensors file of an invnb autoencoder.")
         try: ae = load_model(path, Autoencoder)   # the class is checked before anything is built
         except CheckpointError as e:
-            raise BuildError(f"--ae {path}: {e} --ae takes an invnb autoencoder (SmallAE, BigAE).") from None
+            raise BuildError(f"`ae`={path}: {e} `ae` takes an invnb autoencoder (SmallAE, BigAE).") from None
         return ae.eval()
     if not train_steps: raise BuildError(MISSING_AE)
     saved = out / "ae.safetensors"
@@ -191,7 +192,7 @@ def _autoencoder(path, out: Path, images, train_steps: int | None, size: int, de
     if arch == "big": ae, loss, batch = _big_autoencoder(size, seed, train_steps, lpips, big)
     else:
         try: ae, loss, batch = SmallAE(size=size, width=32, seed=seed), None, 64
-        except ValueError as e: raise BuildError(f"--size: {e}") from None
+        except ValueError as e: raise BuildError(f"`size`: {e}") from None
     n, batches, source = image_batches(images, 256, size)
     log(f"  training a {type(ae).__name__} at {size} px on {n} images for {train_steps} steps (--train-ae)"
         + (f", LPIPS with a {lpips} backbone" if arch == "big" else ""))
@@ -237,14 +238,14 @@ def split_images(images,                # an image folder, a tensor (N, C, H, W)
     training images are a `Subset` of the folder or Dataset (a tensor's: a tensor)."""
     from torch.utils.data import DataLoader, Subset
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise BuildError(f"--val-fraction must lie strictly between 0 and 1 (e.g. 0.1); got {fraction!r}.")
+        raise BuildError(f"`val_fraction` must lie strictly between 0 and 1 (e.g. 0.1); got {fraction!r}.")
     ds = load_image_folder(images, size=size) if isinstance(images, (str, Path)) else images
     if isinstance(ds, DataLoader): ds = ds.dataset
     n = len(ds)
     n_val = min(VAL_MAX, max(2, round(fraction * n)))
     if n - n_val < MIN_IMAGES:
-        raise BuildError(f"{n} images: holding out {n_val} (--val-fraction {fraction:g}, at least 2) leaves {n - n_val} to "
-                         f"train on, fewer than the {MIN_IMAGES} a study needs; add images or lower --val-fraction.")
+        raise BuildError(f"{n} images: holding out {n_val} (`val_fraction`={fraction:g}, at least 2) leaves {n - n_val} to "
+                         f"train on, fewer than the {MIN_IMAGES} a study needs; add images or lower `val_fraction`.")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + _SPLIT_SEED)).tolist()
     held, train = sorted(order[:n_val]), sorted(order[n_val:])
     record = {"fraction": float(fraction), "n_train": len(train), "n_val": n_val,
@@ -259,16 +260,19 @@ def split_images(images,                # an image folder, a tensor (N, C, H, W)
 
 def _run_settings(model, weights, checkpoint, ae, auto, train_ae: int | None, size: int, layers: list, steps: int,
                   t_size: dict | None, batch_size: int, seed: int, n_eval: int, n_grid: int, n_draws: int,
-                  augment: dict | None = None, val_fraction: float = 0.1) -> dict:
+                  augment: dict | None = None, val_fraction: float = 0.1, baselines: bool = False,
+                  fid: str | None = None) -> dict:
     """Every setting that shapes a result of `invnb study`, as used: a given autoencoder by its file's hash (its size
-    is its own), a trained one by its architecture, steps and size; a rerun with any of them changed is refused."""
+    is its own), a trained one by its architecture, steps and size; the baselines and FID's network when asked (absent
+    otherwise, as in runs from before them); a rerun with any of them changed is refused, naming it."""
     file = lambda f: None if f is None else {"sha256": sha256(Path(f))[:16]}   # by content: its path may change
     autoencoder = (dict(file(ae), size=auto.size) if ae is not None
                    else {"arch": "SmallAE", "width": 32, "train_steps": train_ae, "size": size})
     return {"model": model, "weights": weights, "checkpoint": file(checkpoint), "autoencoder": autoencoder,
             "layers": list(layers), "steps": steps, "t_size": dict(T_SIZE if t_size is None else t_size),
             "batch_size": batch_size, "seed": seed, "n_eval": n_eval, "n_grid": n_grid, "n_draws": n_draws,
-            "val_fraction": val_fraction, **({"augment": augment} if augment else {})}     # absent without: runs from before have no such entry
+            "val_fraction": val_fraction, **({"augment": augment} if augment else {}),   # absent without: runs from before have no such entry
+            **({"baselines": True} if baselines else {}), **({"fid": fid} if fid else {})}
 
 
 def _augmented(images, augment, copies: int, size: int, seed: int):
@@ -278,7 +282,7 @@ def _augmented(images, augment, copies: int, size: int, seed: int):
     try:
         ds = load_image_folder(images, size=size) if isinstance(images, (str, Path)) else images
         aug = Augmented(ds, augment, copies=copies, seed=seed)
-    except ValueError as e: raise BuildError(f"--augment: {e}") from None
+    except ValueError as e: raise BuildError(f"`augment`: {e}") from None
     return aug, aug.record()
 
 # %% ../nbs/09c_studyrun.ipynb #67abf77a
@@ -287,7 +291,7 @@ def _factor_table(path: Path) -> tuple[list[str], list[list[str]]]:
     --images; or CelebA's `list_attr_celeba.txt` layout (a line with the count, a line of attribute names, then a file
     name and one value per attribute on each line), whitespace-separated."""
     import csv
-    if not path.is_file(): raise BuildError(f"--factors {path}: no such file.")
+    if not path.is_file(): raise BuildError(f"`factors`={path}: no such file.")
     lines = [l for l in path.read_text(encoding="utf-8-sig").splitlines() if l.strip()]
     if len(lines) >= 2 and lines[0].strip().isdigit():                      # CelebA: count, names, rows
         names = lines[1].split()
@@ -308,14 +312,14 @@ def read_factors(spec: str,     # 'class' (the class folders), or 'TABLE[:col1,c
     root, samples = Path(dataset.root), list(dataset.samples)
     if spec == "class":
         labels = torch.tensor([c for _, c in samples])
-        if labels.unique().numel() < 2: raise BuildError("--factors class: the images are in one class folder; a factor needs two values or more.")
+        if labels.unique().numel() < 2: raise BuildError("`factors`=class: the images are in one class folder; a factor needs two values or more.")
         return {"class": labels}
     file, _, cols = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
     header, rows = _factor_table(Path(file))
     names = [c.strip() for c in cols.split(",") if c.strip()] or header[1:]
     if unknown := [c for c in names if c not in header[1:]]:
         near = {c: difflib.get_close_matches(c, header[1:], n=1) for c in unknown}
-        raise BuildError(f"--factors {file}: no column " + ", ".join(f"{c!r}" + (f" (did you mean {m[0]!r}?)" if m else "")
+        raise BuildError(f"`factors`={file}: no column " + ", ".join(f"{c!r}" + (f" (did you mean {m[0]!r}?)" if m else "")
                                                                     for c, m in near.items())
                          + f"; its columns: {', '.join(header[1:])}.")
     clean = lambda k: (k := k.replace("\\", "/"))[2:] if k.startswith("./") else k
@@ -323,7 +327,7 @@ def read_factors(spec: str,     # 'class' (the class folders), or 'TABLE[:col1,c
     rel = [os.path.relpath(p, root).replace(os.sep, "/") for p, _ in samples]
     key = (lambda r: Path(r).name) if all("/" not in k for k in by_file) and any("/" in r for r in rel) else (lambda r: r)
     if missing := [r for r in rel if key(r) not in by_file]:
-        raise BuildError(f"--factors {file} has no row for {len(missing)} of the {len(rel)} images, e.g. {missing[:3]}; "
+        raise BuildError(f"`factors`={file} has no row for {len(missing)} of the {len(rel)} images, e.g. {missing[:3]}; "
                          "its first column must name each image by its path relative to --images.")
     out = {}
     for c in names:
@@ -332,10 +336,10 @@ def read_factors(spec: str,     # 'class' (the class folders), or 'TABLE[:col1,c
         try: values = [int(v) for v in raw]
         except ValueError:
             bad = next(v for v in raw if not v.lstrip("-").isdigit())
-            raise BuildError(f"--factors {file}: column {c!r} holds {bad!r}, not an integer label; give each factor's "
+            raise BuildError(f"`factors`={file}: column {c!r} holds {bad!r}, not an integer label; give each factor's "
                              "values as integers (0, 1, 2, ...).") from None
         kinds = sorted(set(values))
-        if len(kinds) < 2: raise BuildError(f"--factors {file}: column {c!r} has the one value {kinds[0]} for every image; a factor needs two values or more.")
+        if len(kinds) < 2: raise BuildError(f"`factors`={file}: column {c!r} has the one value {kinds[0]} for every image; a factor needs two values or more.")
         index = {v: i for i, v in enumerate(kinds)}                       # CelebA's -1/1 -> 0/1, any labels -> 0..K-1
         out[c] = torch.tensor([index[v] for v in values])
     return out
@@ -389,19 +393,19 @@ def fid_network(spec: str,       # 'torchvision:NAME' (random weights), 'torchvi
     if spec.startswith("inception:"):
         path = Path(spec.split(":", 1)[1])
         if not path.is_file():
-            raise BuildError(f"--fid {spec}: no file {path}; place torch-fidelity's pt_inception-2015-12-05 weights there "
+            raise BuildError(f"`fid`={spec}: no file {path}; place torch-fidelity's pt_inception-2015-12-05 weights there "
                              "(downloaded once online), or name a feature network (--fid torchvision:NAME).")
         return {"inception": path, "label": "Inception-v3 (torch-fidelity's weights): comparable to published FIDs"}
     parts = spec.split(":")
     if len(parts) not in (2, 3) or parts[0] != "torchvision":
-        raise BuildError(f"--fid takes torchvision:NAME[:WEIGHTS] or inception:FILE; got {spec!r}.")
+        raise BuildError(f"`fid` takes torchvision:NAME[:WEIGHTS] or inception:FILE; got {spec!r}.")
     if ":".join(parts[:2]) == model:
-        raise BuildError(f"--fid {spec} is the model under study; name another network (its features would favour the "
+        raise BuildError(f"`fid`={spec} is the model under study; name another network (its features would favour the "
                          "inversions, which optimise or condition on them).")
     net, _ = model_from_spec(":".join(parts[:2]), weights=parts[2] if len(parts) == 3 else None, seed=seed + 11)
     weights = f"{parts[2]} weights" if len(parts) == 3 else "random weights"
     try: net = FeatureNet(net, size=FID_SIZE)
-    except ValueError as e: raise BuildError(f"--fid {spec}: {e}") from None
+    except ValueError as e: raise BuildError(f"`fid`={spec}: {e}") from None
     return {"net": net, "label": f"{parts[1]} ({weights}, at {FID_SIZE} px): comparable only within this report, not to Tab. 1"}
 
 
@@ -415,14 +419,20 @@ def _fid_row(real: torch.Tensor, sets: list, fid) -> dict:
     return {"fid": mean("fid"), "fid_se": se("fid"), "kid": mean("kid"), "kid_se": se("kid") if len(got) > 1 else got[0]["kid_se"]}
 
 
-def shuffle_pixels(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def shuffle_pixels(x: torch.Tensor,                  # images (N, C, H, W)
+                   generator: torch.Generator,       # draws each image's permutation
+                  ) -> torch.Tensor:
     "Each image's pixel positions permuted (its own permutation, the same for its channels): its colours kept, its structure lost."
     flat = x.flatten(2)
     idx = torch.stack([torch.randperm(flat.shape[2], generator=generator) for _ in range(len(x))])
     return flat.gather(2, idx[:, None, :].expand_as(flat)).view_as(x)
 
 
-def fid_calibration(xs: torch.Tensor, kept: torch.Tensor, fid, seed: int) -> dict:
+def fid_calibration(xs: torch.Tensor,    # the held-out images every method is scored against
+                    kept: torch.Tensor,  # training images: the references are drawn from them
+                    fid,                 # the feature network (`fid_network`)
+                    seed: int,           # the run's seed: the draw of the references and their shuffles
+                   ) -> dict:
     """The FID/KID table's two references, in the same network, against the same held-out images `xs` and with as many
     images: training images drawn at random (the floor: real against real) and the same training images with their pixels shuffled
     (far: colours right, no structure). `discriminates` is False where the network puts the shuffled pixels less than
@@ -482,7 +492,7 @@ def load_baseline_decoders(out,   # an `invnb study --baselines` run folder
     out = Path(out)
     if not (out / "metrics.json").is_file(): raise BuildError(f"{out} holds no finished study run (no metrics.json).")
     b = json.loads((out / "metrics.json").read_text()).get("baselines")
-    if not b: raise BuildError(f"{out} was run without --baselines: rerun it with --baselines to train the D&B decoders.")
+    if not b: raise BuildError(f"{out} was run without `baselines`: rerun it with `baselines` on to train the D&B decoders.")
     return {l: load_model(out / r["decoder_file"], FeatureDecoder) for l, r in b.items() if "decoder_file" in r}
 
 
@@ -630,7 +640,7 @@ def _split_factors(factors: str | None, source, train) -> tuple:
     folder `source`, split as `split_images` split them (`train`: its Subset); (None, None, None) without."""
     if factors is None: return None, None, None
     if not isinstance(source, (str, Path)):
-        raise BuildError("--factors reads the labels of an image folder's files: give --images a folder.")
+        raise BuildError("`factors` reads the labels of an image folder's files: give `images` a folder.")
     full = read_factors(factors, train.dataset)
     held = sorted(set(range(len(train.dataset))) - set(train.indices))
     table = None if factors == "class" else Path(factors.partition(":")[0] if not Path(factors).is_file() else factors)
@@ -677,7 +687,7 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     silent with `progress=False`)."""
     if log is None: log = say if progress else (lambda message: None)
     if ae is None and not train_ae: raise BuildError(MISSING_AE)
-    if n_eval < 2: raise BuildError(f"n_eval (--n-eval) must be at least 2 (Eq. 19's jackknife SE); got {n_eval}.")
+    if n_eval < 2: raise BuildError(f"`n_eval` must be at least 2 (Eq. 19's jackknife SE); got {n_eval}.")
     out, t0 = Path(out), time.perf_counter()
     dev = start_device(device, error=BuildError)         # under torchrun: join the group, this rank's GPU
     if not is_main(): log, progress = (lambda message: None), False     # rank 0 speaks, locks and writes the report
@@ -698,13 +708,13 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     images, aug = _augmented(images, augment, augment_copies, px, seed)
     if aug and labels: labels = {k: v.repeat(aug["copies"]) for k, v in labels.items()}   # copy k of image j: k·N + j
     settings = _run_settings(model, weights, checkpoint, ae, auto, train_ae, size, names, steps, t_size, batch_size,
-                             seed, n_eval, n_grid, n_draws, aug, val_fraction)
+                             seed, n_eval, n_grid, n_draws, aug, val_fraction, baselines, fid)
     if trained_ae: settings["autoencoder"] = trained_ae      # a BigAE's record (a SmallAE's is as before)
     if factor_setting: settings["factors"] = factor_setting                # absent without: runs from before
     log(f"a study of {model} at {', '.join(names)} on {source}"
         + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else "")
         + f"; {split['n_val']} images held out")
-    if fid is not None and not baselines: raise BuildError("--fid scores t beside the inversion baselines: add --baselines.")
+    if fid is not None and not baselines: raise BuildError("`fid` scores t beside the inversion baselines: add `baselines`.")
     spec = StudySpec(out, dev, seed, progress, log, steps, t_size, batch_size, budget_mb, n_eval, n_grid, n_draws,
                      train_ae, size, thresholds, ae_arch=ae_arch, lpips=lpips, big_ae=big_ae, baselines=baselines,
                      fid=fid_network(fid, model, seed) if fid else None)

@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError, load_tensors, save_tensors
 from .distributed import (average_gradients, barrier, broadcast_module, broadcast_tensors, gather, in_shard,
                                initialized, is_main, mean_over_ranks, rank, world_size)
 from .utils import pick_device, progress_bar   # (and `say`, `nested_bars`: their home is invnb.utils)
-from .utils import logger, mixed_precision, nested_bars, say  # noqa: F401  (names invnb.train gave before)
+from .utils import mixed_precision, nested_bars, say
 
 # %% auto #0
 __all__ = ['optimizer_to_tensors', 'optimizer_from_tensors', 'batch_indices', 'TrainingDiverged', 'History', 'fit',

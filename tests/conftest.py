@@ -4,6 +4,8 @@ import torch
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run the tests marked slow (the full SIGKILL matrix)")
+    parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="where the device tests run: cpu (CI) or cuda (benchmarks/gpu_check.py on a GPU)")
 
 
 def pytest_configure(config):
@@ -33,9 +35,20 @@ def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> to
     return module
 
 
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    "The device of `pytest --device` (cpu unless asked); --device cuda without a GPU fails rather than skips."
+    name = request.config.getoption("--device")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.fail("pytest --device cuda was given, but torch sees no CUDA device; run with --device cpu.")
+    return torch.device(name)
+
+
 @pytest.fixture
-def cuda():
+def cuda(request):
     if not torch.cuda.is_available():
+        if request.config.getoption("--device") == "cuda":
+            pytest.fail("pytest --device cuda was given, but torch sees no CUDA device; run with --device cpu.")
         pytest.skip("no CUDA device on this machine")
     return torch.device("cuda")
 
@@ -45,7 +58,7 @@ def colormnist_study():
     """A small Study trained on 1,500 bundled ColorMNIST digits in about 20 s: an autoencoder good enough to
     show colours, t at two layers of an (untrained) SqueezeNet, and e with the factors digit / fg / bg."""
     import warnings
-    from invnb.analysis import fit_factors, fit_invariances, layer_features
+    from invnb.fitting import fit_factors, fit_invariances, layer_features
     from invnb.autoencoder import SmallAE, train_autoencoder
     from invnb.data import ColorMNIST, FactorPairs, load_mnist
     from invnb.classifier import ColorMNISTClassifier

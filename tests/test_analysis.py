@@ -7,8 +7,8 @@ import torch
 from invnb import fitting
 from torch import nn
 
-from invnb.analysis import (OnTheFly, eq19, eq20, explained_by_invariances, fit_factors, fit_invariances,
-                            fit_invariances_over, layer_features, pixel_mean_var, sample_images)
+from invnb.analysis import eq19, eq20, explained_by_invariances, pixel_mean_var, sample_images
+from invnb.fitting import OnTheFly, fit_factors, fit_invariances, fit_invariances_over, layer_features
 from invnb.autoencoder import SmallAE
 from invnb.data import FactorPairs
 from invnb.edits import attack_through_layers, factor_sensitivity, fgsm, swap_factor
@@ -249,7 +249,7 @@ def test_fit_invariances_over_takes_precomputed_features(tmp_path, monkeypatch):
     import json
     import numpy as np
     from invnb import analysis
-    from invnb.data import fingerprint
+    from invnb.utils import fingerprint
     g = torch.Generator().manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3)).eval()
     probe = Probe(model, "1")
@@ -300,7 +300,7 @@ def test_a_finished_or_interrupted_t_is_not_reused_for_another_model_or_other_da
 
 def test_warm_start_begins_at_the_unconditional_flow():
     "With cond_scale=0, a warm-started t gives base's NLL for any z (base: its constant condition); else it is near it."
-    from invnb.analysis import warm_start
+    from invnb.fitting import warm_start
     from conftest import randomize_
     base = randomize_(InvarianceINN(6, 1, n_blocks=3, hidden=16, embed_dim=8), seed=1).eval()
     zbar, z = torch.randn(50, 6), torch.randn(50, 4, 3, 3) * 5

@@ -9,7 +9,8 @@ from torch import nn
 from torchvision.models import resnet18
 
 from invnb import fitting
-from invnb.build import BuildError, model_from_recipe, torchvision_recipe
+from invnb.build import BuildError, torchvision_recipe
+from invnb.recipes import model_from_recipe
 from invnb.studyrun import load_state_dict_file, model_from_spec
 from invnb.features import features_of_layers
 from invnb.cli import main
@@ -191,7 +192,7 @@ def test_model_specs_and_checkpoints(tmp_path, monkeypatch):
         if k.get("weights") is not None: raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
         return resnet18()
     monkeypatch.setattr(torchvision.models, "get_model", offline)
-    with pytest.raises(BuildError, match="could not download the IMAGENET1K_V1 weights of resnet18.*--checkpoint FILE"):
+    with pytest.raises(BuildError, match="could not download the IMAGENET1K_V1 weights of resnet18.*pass `checkpoint`, a file"):
         model_from_spec("torchvision:resnet18", weights="IMAGENET1K_V1")
 
 
@@ -278,3 +279,16 @@ def test_a_damaged_finished_t_is_trained_again(folder, ae, tmp_path):
     assert study.meta["images"]["reused"] == ["layer3"] and study.meta["images"]["trained"] == ["layer2"]
     x = torch.stack([load_image_folder(folder, size=32)[i][0] for i in range(2)])
     assert study.sample(x, "layer2", 2).shape == (2, 2, 3, 32, 32)
+
+
+def test_a_builder_beside_the_user_is_found_by_the_console_script(tmp_path, monkeypatch):
+    # `invnb study --model my_nets:build` with my_nets.py in the current folder: the console script has no '' on sys.path
+    import sys
+    from invnb.recipes import import_builder
+    (tmp_path / "beside_me_nets.py").write_text("def build():\n    return 'built'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "beside_me_nets", raising=False)
+    assert import_builder("beside_me_nets:build", may_import=True)() == "built"
+    with pytest.raises(BuildError, match="put no_such_nets.py in the current folder or its folder on PYTHONPATH"):
+        import_builder("no_such_nets:build", may_import=True)

@@ -9,7 +9,9 @@ import torch
 
 from invnb import colormnist, runs
 from invnb.cli import main
-from invnb.colormnist import PROFILES, STAGES, RunError, RunInterrupted, run_colormnist
+from invnb.colormnist import run_colormnist
+from invnb.profiles import PROFILES, STAGES
+from invnb.runs import RunError, RunInterrupted
 from invnb.report import check_run, checks, validate_metrics
 from invnb.results import Estimate
 from invnb.study import Study
@@ -206,7 +208,7 @@ def test_a_truncated_state_is_named_and_force_still_works(smoke_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(smoke_run[0], out)
     (out / "state.json").write_text('{"profile": "sm')
-    with pytest.raises(RunError, match=r"state.json is damaged .* --force"):
+    with pytest.raises(RunError, match=r"state.json is damaged .* `force`"):
         run_colormnist(out, "smoke", **quiet)
     run_colormnist(out, "smoke", force=True, until="data", **quiet)
     assert list(json.loads((out / "state.json").read_text())["stages"]) == ["data"]

@@ -193,7 +193,7 @@ def test_sharded_t_files_equal_a_single_process_run(sharded_run, tmp_path):
 def test_mixed_precision_runs_phi_in_bf16_and_keeps_the_encoder_in_float32(monkeypatch):
     "With MIXED_PRECISION on (CUDA's default, forced here on the CPU): Φ in bf16, returned as float32; z̄ unchanged."
     import invnb.utils as utils
-    from invnb.analysis import layer_features
+    from invnb.fitting import layer_features
     from invnb.autoencoder import SmallAE
     from invnb.classifier import ColorMNISTClassifier
     from invnb.features import features_of_layers

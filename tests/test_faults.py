@@ -118,7 +118,7 @@ def test_a_state_naming_a_file_outside_the_run_is_refused_and_deletes_nothing(tm
     state["artifacts"] = {**state["artifacts"], key: "0" * 64}           # a wrong hash: the old code deleted it
     (out / "state.json").write_text(json.dumps(state))
     with run_lock(out), pytest.raises(RunError, match=rf"state\.json names the file '{key}', which lies outside the "
-                                                      rf"run folder .*--force"):
+                                                      rf"run folder .*`force`"):
         prepare_run(out, "demo", 0, {}, {}, force=False, log=lambda s: None)
     assert victim.read_text() == "not the run's"
     assert main(["check", str(out)]) == 1                                 # invnb check: a line per problem, no traceback

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from invnb.analysis import eq20, fit_invariances, identifiable_share, layer_features
+from invnb.analysis import eq20, identifiable_share
+from invnb.fitting import fit_invariances, layer_features
 from invnb.train import encode_dataset
 
 SIGMA = 0.5

@@ -3,7 +3,7 @@ per-model best steps and clipping, clear errors."""
 import pytest
 import torch
 
-from invnb.analysis import fit_invariances
+from invnb.fitting import fit_invariances
 from invnb.diagnostics import nll_of
 from invnb.inn import InvarianceINN
 from invnb.stacked import StackedINN, fit_invariances_stacked, stacked_nll_of

@@ -1,4 +1,6 @@
-"The package's shape: small functions, no import cycle, no private name imported across modules, notebooks in import order."
+"""The package's shape: small modules and functions, no import cycle, no import of the package root from inside it, no
+private name imported across modules, notebooks in import order. The modules and functions over the limits today are
+listed with the size they may not grow past: issue 36's sub-package split brings them under."""
 import ast
 import json
 import re
@@ -6,8 +8,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG, NBS = ROOT / "invnb", ROOT / "nbs"
-MAX_LINES = 80
-LONGER = {}   # "module.function": the reason it may be longer than MAX_LINES (none today)
+MAX_LINES = 60       # a function's lines, its docments included
+LONGER = {"train.fit": 80, "fitting.fit_invariances_over": 80, "studyrun.run_study": 77, "build.assemble_study": 63}
+MAX_MODULE = 400     # a module's lines
+LARGER = {"studyrun": 727, "report": 669, "colormnist": 618, "data": 600, "train": 550, "study": 512, "flows": 429,
+          "runs": 414, "autoencoder": 409}   # the modules over MAX_MODULE today: no longer than this
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -28,10 +33,35 @@ def _imports(tree: ast.Module) -> list[tuple[str, str]]:
     return out
 
 
-def test_no_function_is_longer_than_80_lines():
-    long = {f"{m}.{n.name}": n.end_lineno - n.lineno + 1 for m, tree in _modules().items() for n in ast.walk(tree)
+def _too_long(modules: dict[str, ast.Module]) -> dict[str, int]:
+    "{module.function: lines} of the functions over MAX_LINES beyond their allowance in LONGER."
+    long = {f"{m}.{n.name}": n.end_lineno - n.lineno + 1 for m, tree in modules.items() for n in ast.walk(tree)
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_LINES}
-    assert not {k: v for k, v in long.items() if k not in LONGER}, long
+    return {k: v for k, v in long.items() if v > LONGER.get(k, MAX_LINES)}
+
+
+def _too_large(lines: dict[str, int]) -> dict[str, int]:
+    "{module: lines} of the modules over MAX_MODULE beyond their allowance in LARGER."
+    return {m: n for m, n in lines.items() if n > LARGER.get(m, MAX_MODULE)}
+
+
+def _root_imports(tree: ast.Module) -> list[int]:
+    "Line numbers of `import invnb` (any depth): it runs the package's __init__, and so imports every module it names."
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Import) and any(a.name.split(".")[0] == "invnb" for a in n.names)]
+
+
+def test_no_function_is_longer_than_60_lines():
+    assert not _too_long(_modules())
+
+
+def test_no_module_is_longer_than_400_lines():
+    lines = {p.stem: len(p.read_text(encoding="utf-8").splitlines()) for p in PKG.glob("*.py") if p.stem != "_modidx"}
+    assert not _too_large(lines)
+
+
+def test_no_module_imports_the_package_root():
+    found = {m: ls for m, t in _modules().items() if (ls := _root_imports(t))}
+    assert not found, f"`import invnb` inside the package (read the version with importlib.metadata): {found}"
 
 
 def _cycle(graph: dict[str, set]) -> list[str] | None:
@@ -70,12 +100,17 @@ def test_no_notebook_imports_a_later_one():
 
 
 def test_the_checks_can_fail():
-    "The same walkers find a long function, a cycle (also through function-level imports) and a private import."
+    """The same walkers find a long function, a large module, `import invnb`, a cycle (also through function-level
+    imports) and a private import, in made-up modules."""
     a = ast.parse("from .b import _x\n" + "def f():\n    from .c import g\n    from invnb.d import h\n" + "    pass\n" * 90)
     b = ast.parse("from .a import f\n")
     assert ("b", "_x") in _imports(a) and ("c", "g") in _imports(a) and ("d", "h") in _imports(a) and ("a", "f") in _imports(b)
-    fn = next(n for n in ast.walk(a) if isinstance(n, ast.FunctionDef))
-    assert fn.end_lineno - fn.lineno + 1 > MAX_LINES
+    assert _too_long({"a": a}) == {"a.f": 93}
+    assert _too_long({"train": ast.parse("def fit():\n" + "    pass\n" * 80)}) == {"train.fit": 81}   # one over its allowance
+    assert _too_large({"new": MAX_MODULE + 1, "studyrun": LARGER["studyrun"] + 1, "flows": 10}) == {
+        "new": MAX_MODULE + 1, "studyrun": LARGER["studyrun"] + 1}
+    assert _root_imports(ast.parse("import os\ndef f():\n    import numpy, invnb\n")) == [3]
+    assert _root_imports(ast.parse("from . import plots\nfrom importlib.metadata import version\n")) == []
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     assert _cycle({"s": {"a"}, "a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]          # the cycle, not the path to it

@@ -111,7 +111,9 @@ def test_a_rerun_with_other_settings_is_refused_naming_what_differs(folder, ae, 
                          (["--layers", "layer2,layer3"], 'layers: ["layer2"] recorded, ["layer2", "layer3"] asked'),
                          (["--n-eval", "7"], "n_eval: 6 recorded, 7 asked"),
                          (["--t-hidden", "9"], "t_size.hidden: 8 recorded, 9 asked"),
-                         (["--images", str(other)], "other data (sha256 differ")):
+                         (["--images", str(other)], "other data (sha256 differ"),
+                         (["--baselines"], "baselines: null recorded, true asked"),
+                         (["--baselines", "--fid", "torchvision:alexnet"], 'fid: null recorded, "torchvision:alexnet" asked')):
         code, err = run(base + extra, capsys)
         assert code == 2 and named in err and err.count("\n") == 1 and "--force" in err, (extra, err)
     code, err = run(study(folder, out, "--ae", str(ae[1])), capsys)        # another autoencoder: a given one
@@ -215,13 +217,13 @@ def test_errors_a_cli_user_meets_offer_what_the_cli_can_do(folder, ae, tmp_path,
     code, err = run(study(bad, tmp_path / "run", "--ae", str(ae[1])), capsys)
     assert code == 2 and "broken.png" in err and "move it out of the folder" in err, err
     assert "from Python, load_image_folder(..., on_error='skip')" in err and err.count("\n") == 1
-    from invnb.analysis import fit_invariances_over
+    from invnb.fitting import fit_invariances_over
     from invnb.probe import Probe
     model, x = resnet18().eval(), torch.randn(4, 3, 32, 32)
     codes = {"mean": torch.randn(4, 8), "logvar": torch.zeros(4, 8)}
     kw = dict(ckpt_dir=tmp_path / "t", n_blocks=1, hidden=8, embed_dim=8, batch_size=4, device="cpu", progress=False)
     fit_invariances_over({"layer4": Probe(model, "layer4")}, x, codes, steps=1, **kw)
-    with pytest.raises(ValueError, match=r"write the t's to another folder \(ckpt_dir; invnb study: --out\)"):
+    with pytest.raises(ValueError, match=r"write the t's to another folder \(`ckpt_dir`; invnb study: `out`\)"):
         fit_invariances_over({"layer4": Probe(model, "layer4")}, x, codes, steps=2, **kw)
 
 
@@ -278,7 +280,7 @@ def test_the_held_out_split_is_disjoint_seeded_and_refuses_what_cannot_split(fol
     t_train, t_val, t_y, _ = split_images(torch.rand(20, 3, 8, 8), 8, 0.2, seed=0)
     assert t_train.shape == (16, 3, 8, 8) and t_val.shape == (4, 3, 8, 8) and t_y is None
     for bad in (0, 1, 1.5, -0.1, True):
-        with pytest.raises(BuildError, match="--val-fraction must lie strictly between 0 and 1"):
+        with pytest.raises(BuildError, match="`val_fraction` must lie strictly between 0 and 1"):
             split_images(folder, 32, bad)
     with pytest.raises(BuildError, match=r"holding out 10 .* leaves 14 to train on, fewer than the 16"):
         split_images(folder, 32, 0.4)
@@ -419,7 +421,7 @@ def test_baselines_put_the_decoder_and_the_optimisation_beside_t_on_the_same_ima
     db = lx._rows[(0, "layer2", "D&B decoder")]
     with torch.no_grad(): torch.testing.assert_close(db, decoders["layer2"](st.probe("layer2").phi(x[:1])))
     assert lx._rows[(0, "layer2", "M&V optimisation (2 starts)")].shape == (2, 3, 32, 32) and lx.error is None
-    with pytest.raises(BuildError, match="was run without --baselines"):
+    with pytest.raises(BuildError, match="was run without `baselines`"):
         load_baseline_decoders(finished_plain(folder, ae, tmp_path))
 
 
@@ -485,7 +487,7 @@ def test_the_big_autoencoder_trains_from_the_study_with_its_loss_recorded_and_re
 def test_the_big_autoencoder_s_bad_options_and_an_offline_lpips_are_named(folder, tmp_path, capsys, monkeypatch):
     import lpips
     code, err = run(study(folder, tmp_path / "a", "--train-ae", "2", "--ae-arch", "big", "--size", "28"), capsys)
-    assert code == 2 and "--size 28: a BigAE trains at 16, 32, 64 or 128 px" in err, err
+    assert code == 2 and "--size=28: a BigAE trains at 16, 32, 64 or 128 px" in err, err
     with pytest.raises(SystemExit):
         main(study(folder, tmp_path / "b", "--train-ae", "2", "--ae-arch", "huge"))
     assert "invalid choice: 'huge'" in capsys.readouterr().err
@@ -499,5 +501,6 @@ def test_the_big_autoencoder_s_bad_options_and_an_offline_lpips_are_named(folder
     real = lpips.LPIPS
     monkeypatch.setattr(lpips, "LPIPS", offline)
     code, err = run(study(folder, tmp_path / "c", "--train-ae", "2", "--ae-arch", "big", "--size", "16"), capsys)
-    assert code == 2 and "vgg16-397923af.pth" in err and "--lpips random" in err, err
+    assert code == 2 and "vgg16-397923af.pth" in err and "--lpips=random" in err, err
     assert not (tmp_path / "c" / "ae.safetensors").exists()
+

@@ -223,7 +223,7 @@ def test_validation_sees_the_weights_of_its_step_with_a_fused_optimizer():
     no_grad (oneDNN packed weights on CPU) must still use the current weights: best_val equals a fresh evaluation
     of the weights fit kept."""
     import copy
-    from invnb.analysis import fit_invariances
+    from invnb.fitting import fit_invariances
     from invnb.diagnostics import nll_of
     from invnb.inn import InvarianceINN
     g = torch.Generator().manual_seed(0)
@@ -241,7 +241,7 @@ def test_validation_sees_the_weights_of_its_step_with_a_fused_optimizer():
 
 def test_messages_go_to_the_invnb_logger_and_can_be_routed(capsys):
     import logging
-    from invnb.train import say
+    from invnb.utils import say
     say("stage 1: hello")
     assert capsys.readouterr().out == "stage 1: hello\n"                  # printed by the logger's own handler
     records, lg = [], logging.getLogger("invnb")
@@ -257,7 +257,7 @@ def test_messages_go_to_the_invnb_logger_and_can_be_routed(capsys):
 def test_progress_false_silences_bars_and_messages(capsys):
     "A fit per layer with progress=False writes nothing to stdout or stderr and logs nothing; with progress, bars show."
     import logging
-    from invnb.analysis import fit_invariances_over
+    from invnb.fitting import fit_invariances_over
     from invnb.classifier import ColorMNISTClassifier
     x = torch.rand(64, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     codes = {"mean": torch.randn(64, 8), "logvar": torch.zeros(64, 8) - 4}
