@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from collections.abc import Mapping
@@ -23,8 +21,8 @@ from .build import T_SIZE, BuildError, assemble_study
 from .recipes import adapter_recipe, import_builder
 from .checkpoint import CheckpointError, load_model, write_bytes_atomic, write_json_atomic
 from .data import Augmented, load_image_folder
-from .utils import fingerprint
 from .features import image_batches, probes_of
+from .images import images_record, split_with_factors
 from .inn import InvarianceINN
 from .probe import IMAGENET, Adapted, InputAdapter
 from .distributed import barrier, is_main
@@ -34,10 +32,10 @@ from .utils import sha256
 from .utils import say
 
 # %% auto #0
-__all__ = ['MISSING_AE', 'LPIPS_MISSING', 'MIN_IMAGES', 'VAL_MAX', 'N_POOL', 'N_FIDELITY', 'MV_STARTS', 'FID_SIZE', 'E_GUIDE',
-           'STUDY_RECIPE', 'load_state_dict_file', 'model_from_spec', 'split_images', 'read_factors', 'fid_network',
-           'shuffle_pixels', 'fid_calibration', 'load_baseline_decoders', 'StudySpec', 'autoencoder_stage',
-           'build_stage', 'analysis_stage', 'report_stage', 'run_study']
+__all__ = ['MISSING_AE', 'LPIPS_MISSING', 'N_POOL', 'N_FIDELITY', 'MV_STARTS', 'FID_SIZE', 'E_GUIDE', 'STUDY_RECIPE',
+           'load_state_dict_file', 'model_from_spec', 'fid_network', 'shuffle_pixels', 'fid_calibration',
+           'load_baseline_decoders', 'StudySpec', 'autoencoder_stage', 'build_stage', 'analysis_stage', 'report_stage',
+           'run_study']
 
 # %% ../nbs/09c_studyrun.ipynb #a84696d7
 MISSING_AE = ("`ae` is missing: pass an invnb autoencoder (.safetensors) trained on images like these (in Python: "
@@ -204,60 +202,6 @@ def _autoencoder(path, out: Path, images, train_steps: int | None, size: int, de
     return ae.cpu().eval()
 
 # %% ../nbs/09c_studyrun.ipynb #5ed440ce
-MIN_IMAGES = 16   # the fewest images a study runs on: fewer give t almost nothing to fit and Eq. 19's jackknife no SE
-
-
-def _images_record(images, size: int) -> dict:
-    """What identifies a run's images, for the settings check of a rerun: their number and a SHA-256 over each file's
-    path inside the folder, its class and its bytes (a tensor: its fingerprint; a Dataset: only its length)."""
-    if isinstance(images, (str, Path)):
-        ds, h = load_image_folder(images, size=size), hashlib.sha256()
-        for path, label in ds.samples:
-            h.update(f"{os.path.relpath(path, images)}\0{label}\0{sha256(Path(path))}\n".encode())
-        record = {"images": len(ds), "sha256": h.hexdigest()[:16]}
-    elif isinstance(images, torch.Tensor): record = {"images": len(images), "sha256": fingerprint(images)}
-    else: record = {"images": image_batches(images, 1, size)[0]}
-    if (n := record["images"]) < MIN_IMAGES:
-        where = images if isinstance(images, (str, Path)) else "the images"
-        raise BuildError(f"{where} holds {n} image{'' if n == 1 else 's'}; a study needs at least {MIN_IMAGES} (t's fit "
-                         "and Eq. 19's standard error need more than a handful): add images.")
-    return record
-
-
-VAL_MAX = 1000       # held-out images at most: the report's numbers need hundreds, not a large folder's tenth
-_SPLIT_SEED = 7919   # the split's draw, apart from the run's other draws of the same seed
-
-
-def split_images(images,                # an image folder, a tensor (N, C, H, W), a Dataset or DataLoader of images
-                 size: int,             # the side a folder's images are read at
-                 fraction: float = 0.1, # the share held out: at least 2 images, at most `VAL_MAX`
-                 seed: int = 0,         # fixes the draw: the same seed and images give the same split
-                ) -> tuple:
-    """(training images, held-out images (N_val, C, H, W), their class labels (N_val,) or None, record): a seeded
-    split of `images`. Nothing trains on the held-out images, and a study run's report is computed on them. The
-    training images are a `Subset` of the folder or Dataset (a tensor's: a tensor)."""
-    from torch.utils.data import DataLoader, Subset
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise BuildError(f"`val_fraction` must lie strictly between 0 and 1 (e.g. 0.1); got {fraction!r}.")
-    ds = load_image_folder(images, size=size) if isinstance(images, (str, Path)) else images
-    if isinstance(ds, DataLoader): ds = ds.dataset
-    n = len(ds)
-    n_val = min(VAL_MAX, max(2, round(fraction * n)))
-    if n - n_val < MIN_IMAGES:
-        raise BuildError(f"{n} images: holding out {n_val} (`val_fraction`={fraction:g}, at least 2) leaves {n - n_val} to "
-                         f"train on, fewer than the {MIN_IMAGES} a study needs; add images or lower `val_fraction`.")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + _SPLIT_SEED)).tolist()
-    held, train = sorted(order[:n_val]), sorted(order[n_val:])
-    record = {"fraction": float(fraction), "n_train": len(train), "n_val": n_val,
-              "held_out": hashlib.sha256(",".join(map(str, held)).encode()).hexdigest()[:16]}
-    if isinstance(ds, torch.Tensor): return ds[train], ds[held], None, record
-    items = [ds[i] for i in held]
-    pair = isinstance(items[0], (tuple, list))
-    x = torch.stack([it[0] if pair else it for it in items])
-    y = torch.as_tensor([int(it[1]) for it in items]) if pair else None
-    return Subset(ds, train), x, y, record
-
-
 def _run_settings(model, weights, checkpoint, ae, auto, train_ae: int | None, size: int, layers: list, steps: int,
                   t_size: dict | None, batch_size: int, seed: int, n_eval: int, n_grid: int, n_draws: int,
                   augment: dict | None = None, val_fraction: float = 0.1, baselines: bool = False,
@@ -284,65 +228,6 @@ def _augmented(images, augment, copies: int, size: int, seed: int):
         aug = Augmented(ds, augment, copies=copies, seed=seed)
     except ValueError as e: raise BuildError(f"`augment`: {e}") from None
     return aug, aug.record()
-
-# %% ../nbs/09c_studyrun.ipynb #67abf77a
-def _factor_table(path: Path) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of a factor table: a CSV with a header row, its first column the image's path relative to
-    --images; or CelebA's `list_attr_celeba.txt` layout (a line with the count, a line of attribute names, then a file
-    name and one value per attribute on each line), whitespace-separated."""
-    import csv
-    if not path.is_file(): raise BuildError(f"`factors`={path}: no such file.")
-    lines = [l for l in path.read_text(encoding="utf-8-sig").splitlines() if l.strip()]
-    if len(lines) >= 2 and lines[0].strip().isdigit():                      # CelebA: count, names, rows
-        names = lines[1].split()
-        return ["file", *names], [l.split() for l in lines[2:]]
-    delimiter = "," if "," in lines[0] else ("\t" if "\t" in lines[0] else None)
-    rows = list(csv.reader(lines, delimiter=delimiter)) if delimiter else [l.split() for l in lines]
-    return [h.strip() for h in rows[0]], [[v.strip() for v in r] for r in rows[1:]]
-
-
-def read_factors(spec: str,     # 'class' (the class folders), or 'TABLE[:col1,col2,...]' (a CSV or CelebA's attribute list)
-                 dataset,       # the `load_image_folder` dataset of --images: its `samples` (path, class) and `root`
-                ) -> dict[str, torch.Tensor]:
-    """{factor: (N,) integer labels} of the dataset's images, in its order. 'class': one factor, the class folders.
-    A table: the chosen columns (default: all but the first), each row matched to its image by the path relative
-    to --images (CelebA's list: by the file name); CelebA's ±1 become 0/1 and any other labels are numbered 0..K-1 in
-    sorted order. Refused, by name: an image the table lacks, an unknown column (with the closest), a label that is
-    not an integer, a factor with one value."""
-    root, samples = Path(dataset.root), list(dataset.samples)
-    if spec == "class":
-        labels = torch.tensor([c for _, c in samples])
-        if labels.unique().numel() < 2: raise BuildError("`factors`=class: the images are in one class folder; a factor needs two values or more.")
-        return {"class": labels}
-    file, _, cols = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
-    header, rows = _factor_table(Path(file))
-    names = [c.strip() for c in cols.split(",") if c.strip()] or header[1:]
-    if unknown := [c for c in names if c not in header[1:]]:
-        near = {c: difflib.get_close_matches(c, header[1:], n=1) for c in unknown}
-        raise BuildError(f"`factors`={file}: no column " + ", ".join(f"{c!r}" + (f" (did you mean {m[0]!r}?)" if m else "")
-                                                                    for c, m in near.items())
-                         + f"; its columns: {', '.join(header[1:])}.")
-    clean = lambda k: (k := k.replace("\\", "/"))[2:] if k.startswith("./") else k
-    by_file = {clean(r[0]): r for r in rows if r}
-    rel = [os.path.relpath(p, root).replace(os.sep, "/") for p, _ in samples]
-    key = (lambda r: Path(r).name) if all("/" not in k for k in by_file) and any("/" in r for r in rel) else (lambda r: r)
-    if missing := [r for r in rel if key(r) not in by_file]:
-        raise BuildError(f"`factors`={file} has no row for {len(missing)} of the {len(rel)} images, e.g. {missing[:3]}; "
-                         "its first column must name each image by its path relative to --images.")
-    out = {}
-    for c in names:
-        j = header.index(c)
-        raw = [by_file[key(r)][j] if j < len(by_file[key(r)]) else "" for r in rel]
-        try: values = [int(v) for v in raw]
-        except ValueError:
-            bad = next(v for v in raw if not v.lstrip("-").isdigit())
-            raise BuildError(f"`factors`={file}: column {c!r} holds {bad!r}, not an integer label; give each factor's "
-                             "values as integers (0, 1, 2, ...).") from None
-        kinds = sorted(set(values))
-        if len(kinds) < 2: raise BuildError(f"`factors`={file}: column {c!r} has the one value {kinds[0]} for every image; a factor needs two values or more.")
-        index = {v: i for i, v in enumerate(kinds)}                       # CelebA's -1/1 -> 0/1, any labels -> 0..K-1
-        out[c] = torch.tensor([index[v] for v in values])
-    return out
 
 # %% ../nbs/09c_studyrun.ipynb #97ccb091
 N_POOL = 500       # training images kept: each t's training NLL, and the pool of the agreement ceiling's neighbours
@@ -635,19 +520,6 @@ STUDY_RECIPE = Recipe("study", (
           all_ranks=False)))
 
 
-def _split_factors(factors: str | None, source, train) -> tuple:
-    """(training labels, held-out labels, the run's setting) of --factors (`read_factors`) for the images of the
-    folder `source`, split as `split_images` split them (`train`: its Subset); (None, None, None) without."""
-    if factors is None: return None, None, None
-    if not isinstance(source, (str, Path)):
-        raise BuildError("`factors` reads the labels of an image folder's files: give `images` a folder.")
-    full = read_factors(factors, train.dataset)
-    held = sorted(set(range(len(train.dataset))) - set(train.indices))
-    table = None if factors == "class" else Path(factors.partition(":")[0] if not Path(factors).is_file() else factors)
-    setting = ({"source": "class"} if table is None else {"table": sha256(table)[:16], "columns": list(full)})
-    return {k: v[train.indices] for k, v in full.items()}, {k: v[held] for k, v in full.items()}, setting | {"guide": E_GUIDE}
-
-
 def run_study(out,                      # run folder: study/, t/, figures/, report.html, metrics.json, state.json
               model: str,               # torchvision:NAME (with ImageNet's input normalisation) or package.module:function
               layers,                   # layers, a list or comma-separated: module or FX node names (layer4.1.add), softmax
@@ -697,20 +569,19 @@ def run_study(out,                      # run folder: study/, t/, figures/, repo
     auto = _autoencoder(ae, out, images, None, size, dev, seed, progress, log) if ae is not None else None
     trained_ae = _ae_to_train(ae_arch, lpips, size, train_ae, big_ae) if ae is None else None   # before anything is written
     px = auto.size if auto is not None else size
-    record = _images_record(images, px)
+    record = images_record(images, px)
     try: thresholds = check_thresholds(thresholds)
     except ValueError as e: raise BuildError(str(e)) from None
     if isinstance(augment, str): augment = [a.strip() for a in augment.split(",") if a.strip()]
     source = images                                     # the images as given; augmented, the training images
-    images, x_val, y_val, split = split_images(images, px, val_fraction, seed)    # the held-out images: never trained on
+    images, x_val, y_val, split, labels, val_labels, factor_setting = split_with_factors(images, px, val_fraction, seed, factors)
     split["source"] = str(source) if isinstance(source, (str, Path)) else f"a {type(source).__name__}"   # for the reader
-    labels, val_labels, factor_setting = _split_factors(factors, source, images)
     images, aug = _augmented(images, augment, augment_copies, px, seed)
     if aug and labels: labels = {k: v.repeat(aug["copies"]) for k, v in labels.items()}   # copy k of image j: k·N + j
     settings = _run_settings(model, weights, checkpoint, ae, auto, train_ae, size, names, steps, t_size, batch_size,
                              seed, n_eval, n_grid, n_draws, aug, val_fraction, baselines, fid)
     if trained_ae: settings["autoencoder"] = trained_ae      # a BigAE's record (a SmallAE's is as before)
-    if factor_setting: settings["factors"] = factor_setting                # absent without: runs from before
+    if factor_setting: settings["factors"] = factor_setting | {"guide": E_GUIDE}   # absent without: runs from before
     log(f"a study of {model} at {', '.join(names)} on {source}"
         + (f", augmented ({', '.join(aug['transforms'])}; {aug['copies']} copies)" if aug else "")
         + f"; {split['n_val']} images held out")

@@ -229,7 +229,7 @@ def test_errors_a_cli_user_meets_offer_what_the_cli_can_do(folder, ae, tmp_path,
 
 def test_augmentation_reaches_the_autoencoder_and_the_t_s_alike_and_is_recorded(folder, tmp_path, capsys, monkeypatch):
     "--augment: the SmallAE and the t's train on the same augmented copies; a rerun with other transforms is refused."
-    import invnb.build, invnb.studyrun
+    import invnb.build, invnb.images, invnb.studyrun
     seen = {}
     train_ae, features = invnb.studyrun.train_autoencoder, invnb.build.encode_and_features
 
@@ -249,7 +249,7 @@ def test_augmentation_reaches_the_autoencoder_and_the_t_s_alike_and_is_recorded(
     assert code == 0, err
     assert len(seen["ae"]) == len(seen["t"]) == 3 * 22 and torch.equal(seen["ae"], seen["t"])     # the same images
     assert not torch.equal(seen["ae"][22:44], seen["ae"][:22])                                   # copies are augmented
-    _, held, _, _ = invnb.studyrun.split_images(folder, 32, 0.1, seed=0)       # the run's held-out 2: trained on by none
+    _, held, _, _ = invnb.images.split_images(folder, 32, 0.1, seed=0)       # the run's held-out 2: trained on by none
     assert not any(torch.equal(h, x) for h in held for x in seen["ae"][:22])
     s = json.loads((out / "state.json").read_text())["settings"]
     assert s["augment"] == {"transforms": ["flip", "crop"], "copies": 3}
@@ -266,7 +266,7 @@ def test_augmentation_reaches_the_autoencoder_and_the_t_s_alike_and_is_recorded(
 
 def test_the_held_out_split_is_disjoint_seeded_and_refuses_what_cannot_split(folder):
     from invnb.build import BuildError
-    from invnb.studyrun import split_images
+    from invnb.images import split_images
     train, x, y, rec = split_images(folder, 32, 0.25, seed=3)
     n = len(train) + len(x)
     assert (rec["n_train"], rec["n_val"], n) == (18, 6, 24) and x.shape == (6, 3, 32, 32) and y.shape == (6,)
@@ -336,7 +336,7 @@ def colour_folder(tmp_path_factory):
 def test_factors_are_read_from_a_table_or_the_class_folders_and_bad_tables_are_named(colour_folder, folder, tmp_path):
     from invnb.build import BuildError
     from invnb.data import load_image_folder
-    from invnb.studyrun import read_factors
+    from invnb.images import read_factors
     images, table, labels = colour_folder
     ds = load_image_folder(images, size=28)
     got = read_factors(f"{table}:bg,fg", ds)
@@ -504,3 +504,50 @@ def test_the_big_autoencoder_s_bad_options_and_an_offline_lpips_are_named(folder
     assert code == 2 and "vgg16-397923af.pth" in err and "--lpips=random" in err, err
     assert not (tmp_path / "c" / "ae.safetensors").exists()
 
+
+
+def test_a_stratified_split_holds_out_every_value_it_can_in_proportion():
+    from invnb.images import split_images
+    x = torch.arange(120.).view(120, 1, 1, 1).expand(120, 3, 2, 2)          # image i is filled with i: its index
+    held = lambda val: val[:, 0, 0, 0].long()
+    strata = torch.tensor([0] * 60 + [1] * 30 + [2] * 30)
+    _, val, _, rec = split_images(x, 2, 0.25, seed=0, strata=strata)
+    assert torch.bincount(strata[held(val)]).tolist() == [15, 8, 7] and rec["stratified"] and rec["n_val"] == 30
+    small = torch.tensor([0] * 8 + [1] * 8 + [2] * 8)                        # 2 held out of 24 (a tenth): 2 values
+    _, val, _, _ = split_images(x[:24], 2, 0.1, seed=0, strata=small)
+    assert len(val) == 2 and small[held(val)].unique().numel() == 2
+    skewed = torch.tensor([0] * 22 + [1] * 2)                                # the rare value still gets one
+    _, val, _, _ = split_images(x[:24], 2, 0.1, seed=3, strata=skewed)
+    assert sorted(skewed[held(val)].tolist()) == [0, 1]
+    lone = torch.tensor([0] * 23 + [1])                                      # one image of a value stays in training
+    assert 23 not in held(split_images(x[:24], 2, 0.3, seed=0, strata=lone)[1]).tolist()
+    a, b = (split_images(x[:24], 2, 0.1, seed=s, strata=small)[1] for s in (0, 0))
+    assert torch.equal(a, b)                                                  # seeded
+    with pytest.raises(Exception, match="`strata` holds 3 labels for 24 images"):
+        split_images(x[:24], 2, 0.1, strata=torch.tensor([0, 1, 2]))
+
+
+def test_factors_class_on_a_small_folder_holds_out_every_class(tmp_path, capsys):
+    # three class folders of 8 images: a tenth held out at random could be of one class, and e's table needs two
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for c, kind in enumerate(("a", "b", "c")):
+        (tmp_path / "im" / kind).mkdir(parents=True)
+        for i in range(8):
+            px = (torch.rand(32, 32, 3, generator=g) * 80 + 60 * c).byte().numpy()
+            Image.fromarray(px).save(tmp_path / "im" / kind / f"{i}.png")
+    out = tmp_path / "run"
+    code, err = run(study(tmp_path / "im", out, "--train-ae", "3", "--size", "32", "--factors", "class"), capsys)
+    assert code == 2 and "factor 'class' has the values {0: 1, 1: 1} among the 2 held-out images" in err, err
+    assert "a larger --val-fraction" in err and "{0: 8, 1: 8, 2: 8}" in err and not out.exists()   # before training
+    code, err = run(study(tmp_path / "im", out, "--train-ae", "3", "--size", "32", "--factors", "class",
+                          "--val-fraction", "0.25"), capsys)                   # 6 held out: two of each class
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["run"]["settings"]["factors"]["split"] == "stratified" and m["run"]["data"]["split"]["stratified"]
+    assert set(m["results"]["diagnostics"]["factors"]["own"]) == {"class"}
+    (tmp_path / "one.csv").write_text("path,kind\n" + "".join(f"{k}/{i}.png,{int(k == 'a' and i == 0)}\n"
+                                                              for k in "abc" for i in range(8)))
+    code, err = run(study(tmp_path / "im", tmp_path / "bad", "--train-ae", "3", "--size", "32", "--factors",
+                          str(tmp_path / "one.csv")), capsys)                  # one image of its value 1: none held out
+    assert code == 2 and "factor 'kind' has the values {0: 2} among the 2 held-out images" in err, err
