@@ -23,12 +23,12 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.modules.module import register_module_buffer_registration_hook, register_module_parameter_registration_hook
 
-from importlib.metadata import version as _installed_version
+from importlib.metadata import PackageNotFoundError, version as _installed_version
 
 # %% auto #0
 __all__ = ['FORMAT', 'CheckpointError', 'DiskFull', 'is_disk_full', 'disk_full', 'save_tensors', 'write_text_atomic',
            'write_bytes_atomic', 'write_json_atomic', 'read_json', 'read_meta', 'load_tensors', 'Checkpointable',
-           'find_class', 'save_model', 'check_state', 'file_shapes', 'meta_build', 'load_model']
+           'invnb_version', 'find_class', 'save_model', 'check_state', 'file_shapes', 'meta_build', 'load_model']
 
 # %% ../nbs/00_checkpoint.ipynb #3c42be6c
 class CheckpointError(ValueError):
@@ -214,6 +214,13 @@ class Checkpointable:
         return load_model(path, cls, device)
 
 # %% ../nbs/00_checkpoint.ipynb #35342a7d
+def invnb_version() -> str:
+    """invnb's version: the installed distribution's, else (a checkout on sys.path that was never installed, as on a
+    lent GPU) the package's own `__version__`. E.g. `invnb_version()` -> '0.1.0'."""
+    try: return _installed_version("invnb")
+    except PackageNotFoundError: return sys.modules["invnb"].__version__
+
+
 _INVNB_MODULE = re.compile(r"invnb(\.[A-Za-z_]\w*)*")
 # where invnb's models live (a module that does not exist in this version is skipped)
 _MODEL_MODULES = ("invnb.flows", "invnb.inn", "invnb.autoencoder", "invnb.classifier", "invnb.probe", "invnb.inversion")
@@ -246,7 +253,7 @@ def find_class(path, # the file being loaded (named in the errors)
         klass = _registered(name, module) or _registered(name, None)
     if klass is None:
         raise CheckpointError(f"{path} holds a {name!r}, which is not a model class of this invnb "
-                              f"(file version {version}, installed {_installed_version('invnb')}).")
+                              f"(file version {version}, installed {invnb_version()}).")
     return klass
 
 # %% ../nbs/00_checkpoint.ipynb #e2be4b98
@@ -258,7 +265,7 @@ def save_model(model: nn.Module, # a model with a `config` dict of its construct
     if config is None:
         raise TypeError(f"{type(model).__name__} has no `config` of constructor arguments, so it cannot be rebuilt "
                         "from a file; give it one (see invnb.checkpoint).")
-    meta = dict(format=FORMAT, kind="model", version=_installed_version("invnb"), config=config,
+    meta = dict(format=FORMAT, kind="model", version=invnb_version(), config=config,
                 module=type(model).__module__, **{"class": type(model).__name__})
     return save_tensors(path, model.state_dict(), meta)
 

@@ -55,12 +55,14 @@ def _stratified(strata: torch.Tensor, n_val: int, g: torch.Generator) -> list[in
     remainders first); a value of two images or more gets one while a larger one can spare it, and every value keeps
     one image for training. Each value's images are drawn with `g`."""
     values, counts = strata.unique(return_counts=True)
-    quota = counts.double() * n_val / len(strata)
-    take = quota.floor().long()
-    for i in torch.argsort(take - quota, stable=True)[:n_val - int(take.sum())]: take[i] += 1
-    take = torch.minimum(take, counts - 1)
-    for i in torch.nonzero((take == 0) & (counts >= 2))[:, 0].tolist():      # a value with none held out
-        donor = int(torch.argmax(take))
+    quota, shuffled = counts.double() * n_val / len(strata), torch.randperm(len(values), generator=g)   # ties: at random
+    order = shuffled[torch.argsort((quota.floor() - quota)[shuffled], stable=True)]   # largest remainders first
+    take = torch.minimum(quota.floor().long(), counts - 1)                          # one always left to train on
+    while (short := n_val - int(take.sum())) > 0 and bool((take < counts - 1).any()):
+        for i in order.tolist():                                                     # one more each, in that order
+            if short and take[i] < counts[i] - 1: take[i] += 1; short -= 1
+    for i in order[(take[order] == 0) & (counts[order] >= 2)].tolist():             # a value with none held out
+        donor = int(order[torch.argmax(take[order])])
         if take[donor] <= 1: break
         take[donor] -= 1; take[i] += 1
     held = [j for v, k in zip(values.tolist(), take.tolist())

@@ -73,8 +73,10 @@ def import_builder(spec: str,          # 'package.module:function'
                              "makes invnb import code), or pass the model in models={...}.")
         try: _import_here_too(mod)
         except ImportError as e:
-            raise BuildError(f"cannot import {mod} for the builder {spec!r} ({e}); put {mod.split('.')[0]}.py in the "
-                             "current folder or its folder on PYTHONPATH.") from None
+            top = mod.split(".")[0]
+            where = (f"; put {top}.py in the current folder or its folder on PYTHONPATH"
+                     if getattr(e, "name", None) == top else "")
+            raise BuildError(f"cannot import {mod} for the builder {spec!r} ({e}){where}.") from None
     obj = sys.modules[mod]
     for part in fn.split("."): obj = getattr(obj, part, None)
     if not callable(obj): raise BuildError(f"{spec!r} does not name a function of {mod}.")
@@ -87,8 +89,9 @@ def _import_here_too(mod: str):
     except ModuleNotFoundError as e:
         here = str(Path.cwd())
         if e.name != mod.split(".")[0] or here in sys.path: raise
-        sys.path.insert(0, here)
-        return importlib.import_module(mod)
+        sys.path.append(here)                              # last: nothing installed is shadowed by a file here
+        try: return importlib.import_module(mod)
+        except ImportError: sys.path.remove(here); raise
 
 
 def _from_recipe(recipe: dict, expect: str | None) -> nn.Module:

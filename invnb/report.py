@@ -125,7 +125,8 @@ def fig4_claim(m: dict,                     # a run's metrics.json, as `run_metr
     apart = lambda a, sa, b, sb: abs(a - b) > sa + sb
     return {"kind": kind, "layer": cl, "first": first, "last": last,
             "values": {rising: [u0, u1], falling: [d0, d1]},
-            f"{rising}_rises": u1 > u0, f"{falling}_falls": d1 < d0, "cross": d0 > u0 and u1 > d1,
+            f"{rising}_rises": u1 > u0, f"{falling}_falls": d1 < d0, "cross": d0 > u0 and u1 > d1, "cross_beyond_se":
+            apart(u0, su0, d0, sd0) and apart(u1, su1, d1, sd1),
             "beyond_se": all(apart(*x) for x in ((u0, su0, u1, su1), (d0, sd0, d1, sd1), (u0, su0, d0, sd0),
                                                 (u1, su1, d1, sd1)))}
 
@@ -392,7 +393,7 @@ def _fig4_rows(m: dict, kind: str) -> list[list[str]]:
     at = lambda c, k: (_est(r.factor_estimates(kind)[c][f["layer"]][k]) if kind != "probes"
                        else f"{float(r.probes[c][f['layer']][k]):.2f}")
     move = lambda k: f"{at(f['first'], k)} → {at(f['last'], k)}"
-    crossed = ("yes, beyond the SEs" if f["beyond_se"] else "within the SEs") if f["cross"] else "no"
+    crossed = ("yes, beyond the SEs" if f["cross_beyond_se"] else "yes, within the SEs") if f["cross"] else "no"
     return [[move(FIG4_RISING), move(FIG4_FALLING), crossed]]
 
 

@@ -54,7 +54,7 @@ def run_lock(out: Path,  # the run folder (made if missing)
             f.seek(0)
             holder = f.read().strip() or "another process"
             raise RunError(f"{out} is in use by another invnb run ({holder}); wait for it to finish, or choose "
-                           "another --out.") from None
+                           "another `out`.") from None
         held = True
         f.seek(0); f.truncate()
         f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
@@ -93,7 +93,7 @@ def damaged_artifacts(out: Path,                 # the run folder
     "The recorded artifacts that are missing or whose content changed (`RunError` for a path outside `out`)."
     if not isinstance(recorded, dict):
         raise RunError(f"{out / 'state.json'} is damaged (its 'artifacts' are not a JSON object); run again with "
-                       "--force to start this run from scratch.")
+                       "`force` to start this run from scratch.")
     paths = {k: _inside(out, k) for k in recorded}          # every path is checked before any file is read
     return [k for k, h in recorded.items() if not paths[k].is_file() or sha256(paths[k]) != h]
 
@@ -165,7 +165,7 @@ def prepare_run(out: Path, # the run folder (locked by the caller)
     others = [p for p in out.iterdir() if p.name != LOCK]
     if others and not state_path.exists():       # --force too: it deletes only what an invnb run wrote
         raise RunError(f"{out} is not empty and holds no invnb run (no state.json: not a run folder, or a study run "
-                       "of an earlier invnb); choose another --out (an empty or new folder). --force deletes only a "
+                       "of an earlier invnb); choose another `out` (an empty or new folder). `force` deletes only a "
                        "folder that holds an invnb run.")
     if force and others:
         log(f"--force: deleting the earlier run in {out}.")
@@ -192,7 +192,7 @@ def prepare_run(out: Path, # the run folder (locked by the caller)
                 return state
             if not bad:
                 log(f"{out} holds a finished {profile} run (seed {seed}); report: {out / 'report.html'}. "
-                    "Nothing to do; --force runs it again from scratch.")
+                    "Nothing to do; `force` runs it again from scratch.")
                 return None
             log(f"{out}: {len(bad)} finished file(s) are missing or changed ({', '.join(bad[:4])}); making them again.")
             for k in bad + [m for k in bad for m in _made_with(k)]: _inside(out, k).unlink(missing_ok=True)
@@ -401,7 +401,7 @@ def check_run_folder(out,                    # a run folder of any recipe
     if not rep.is_file() or rep.stat().st_size == 0: bad.append(f"{rep} is missing or empty")
     try: state = json.loads((out / "state.json").read_text())
     except (ValueError, OSError) as e: return bad + [f"{out / 'state.json'} is missing or damaged ({e})"]
-    if not isinstance(state, dict): return bad + [f"{out / 'state.json'} is not a JSON object; run again with --force"]
+    if not isinstance(state, dict): return bad + [f"{out / 'state.json'} is not a JSON object; run again with `force`"]
     try: damaged = damaged_artifacts(out, state.get("artifacts", {}))
     except RunError as e: return bad + [str(e)]
     if damaged:

@@ -16,7 +16,7 @@ from torch import nn
 from . import analysis, diagnostics, edits, fitting
 from .autoencoder import Autoencoder, reconstruction_metrics
 from .checkpoint import Checkpointable, CheckpointError, load_model, load_tensors, read_json, save_tensors
-from .checkpoint import find_class, write_json_atomic
+from .checkpoint import find_class, invnb_version, write_json_atomic
 from .factors import factor_report
 from .inn import FactorINN, InvarianceINN
 from .probe import Probe
@@ -36,9 +36,8 @@ def environment(device=None,  # the device the numbers were computed on (None: n
                ) -> dict:
     "What a study's numbers depend on besides its seeds: the thread count (CPU sums differ with it), versions, device."
     import numpy
-    from importlib.metadata import version
     return {"device": str(device) if device is not None else "cpu", "threads": torch.get_num_threads(),
-            "invnb": version("invnb"), "torch": torch.__version__, "numpy": numpy.__version__,
+            "invnb": invnb_version(), "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
 
 

@@ -279,7 +279,7 @@ def fid_network(spec: str,       # 'torchvision:NAME' (random weights), 'torchvi
         path = Path(spec.split(":", 1)[1])
         if not path.is_file():
             raise BuildError(f"`fid`={spec}: no file {path}; place torch-fidelity's pt_inception-2015-12-05 weights there "
-                             "(downloaded once online), or name a feature network (--fid torchvision:NAME).")
+                             "(downloaded once online), or name a feature network (`fid`=torchvision:NAME).")
         return {"inception": path, "label": "Inception-v3 (torch-fidelity's weights): comparable to published FIDs"}
     parts = spec.split(":")
     if len(parts) not in (2, 3) or parts[0] != "torchvision":
