@@ -65,6 +65,8 @@ def build(path: Path, execute: bool = False) -> list[str]:
         if isinstance(c.get("source"), list): c["source"] = "".join(c["source"])
         for o in c.get("outputs", []):
             if o.get("output_type") == "error": problems.append(f"{path}: error output {o.get('ename')}")
+            for k, v in (o.get("data") or {}).items():      # multi-line text as stored on disk (a list): one string
+                if isinstance(v, list) and all(isinstance(x, str) for x in v): o["data"][k] = "".join(v)
     n_figs = plotly_to_html(d)
     d.pop("frontmatter_", None)
     node = nbformat.from_dict(d)
