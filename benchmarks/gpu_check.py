@@ -41,7 +41,6 @@ import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))              # invnb from this checkout, installed or not
@@ -52,7 +51,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from invnb.autoencoder import AELoss, BigAE, PatchDiscriminator, SmallAE, train_autoencoder  # noqa: E402
 from invnb.classifier import ColorMNISTClassifier  # noqa: E402
-from invnb.colormnist import invariance_jobs, t_fits  # noqa: E402
+from invnb.colormnist import invariance_jobs  # noqa: E402
+from invnb.invariances import t_fits  # noqa: E402
 from invnb.inn import FactorINN, InvarianceINN  # noqa: E402
 from invnb.profiles import PROFILES, STAGES  # noqa: E402
 
@@ -464,9 +464,9 @@ def study(ctx: Ctx):
 
 def _paper_steps(p) -> tuple[dict, int]:
     """({stage: training steps} of profile `p`, the number of t's): stage 5 trains the unconditional t, one t per
-    (model, layer) job, the null control and the other seeds (`invnb.colormnist.t_fits`), each for t_steps."""
+    (model, layer) job, the null control and the other seeds (`invnb.invariances.t_fits`), each for t_steps."""
     jobs = invariance_jobs(p, [f"checkpoint{i}" for i in range(p.n_checkpoints)])
-    n_t = 1 + len(t_fits(SimpleNamespace(prof=p), jobs))
+    n_t = 1 + len(t_fits(jobs, (jobs[0][0], p.checkpoint_layer), p.t_seeds))
     return {"autoencoder": p.ae_steps, "classifier": p.clf_steps, "factors": p.e_steps,
             "invariances": n_t * p.t_steps}, n_t
 

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from invnb.checkpoint import load_model
-from invnb.colormnist import PROFILES, SEED_OFFSETS, TARGET, load_data
+from invnb.colormnist import PROFILES, TARGET, load_data
+from invnb.invariances import SEED_OFFSETS
 from invnb.data import ColorMNIST
 from invnb.diagnostics import _agreement, agreement_ceiling
 from invnb.inn import Embedder, InvarianceINN

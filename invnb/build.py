@@ -29,7 +29,7 @@ from .utils import pick_device
 from .utils import fingerprint, module_fingerprint
 
 # %% auto #0
-__all__ = ['T_SIZE', 'assemble_study', 'build_study']
+__all__ = ['T_SIZE', 'fit_e', 'assemble_study', 'build_study']
 
 # %% ../nbs/08b_build.ipynb #daa7bcbe
 T_SIZE = dict(n_blocks=6, hidden=128, depth=2, embed_dim=64)   # t's default size (the quick ColorMNIST profile's)
@@ -52,7 +52,11 @@ def _check_same_model(out: Path, model: nn.Module, name: str):
     write_json_atomic(path, {"model": fp})
 
 
-def _fit_e(codes: dict, factors: dict, out: Path | None, **kw) -> FactorINN:
+def fit_e(codes: dict,        # the training images' codes {'mean', 'logvar'} (N, D)
+          factors: dict,      # {name: (N,) integer labels}: the factors e separates (+ a residual)
+          out: Path | None,   # a folder for e's training state (out/e, resumable) and its record; None: none
+          **kw,               # `fitting.fit_factors`' steps, batch_size, lr, seed, device, progress; t_size; guide
+         ) -> FactorINN:
     "e on the cached codes and the images' factor labels, resumable under out/e."
     names, n = list(factors), len(codes["mean"])
     labels = {k: torch.as_tensor(v).long() for k, v in factors.items()}
@@ -124,7 +128,7 @@ def assemble_study(model: nn.Module, # your model, f; an `Adapted` model probes 
     info["seconds_features"] = round(time.perf_counter() - t0, 2)
     e = None
     if factors is not None:   # first: under torchrun all ranks train e together (data-parallel), then their t's
-        e = _fit_e(codes, factors, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+        e = fit_e(codes, factors, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                    progress=progress, t_size=t_size, guide=e_guide)
     fit = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, **t_size)
     fitted = fitting.fit_invariances_over(probes, None, codes, ckpt_dir=None if out is None else out / "t",

@@ -69,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     t_add = _adder(s, InvarianceINN)                      # t's size: InvarianceINN's own parameters, T_SIZE's defaults
     for name, flag in (("n_blocks", "--t-blocks"), ("hidden", "--t-hidden"), ("embed_dim", "--t-embed")):
         t_add(name, flag, type=int, default=T_SIZE[name], prefix="t: ")
+    add("t_seeds", type=int)
     add("batch_size", type=int); add("n_eval", type=int); add("device"); add("seed", type=int); add("force")
     add("augment", extra=f": {', '.join(AUGMENTATIONS)}"); add("augment_copies", type=int)
     add("val_fraction", type=float); add("factors", metavar="class|TABLE[:COLS]"); add("baselines")
@@ -108,7 +109,7 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     if a.command == "study":
         for flag, v, least in (("--steps", a.steps, 1), ("--n-eval", a.n_eval, 2), ("--batch-size", a.batch_size, 1),
                                ("--t-blocks", a.t_blocks, 1), ("--t-hidden", a.t_hidden, 1), ("--t-embed", a.t_embed, 1),
-                               ("--augment-copies", a.augment_copies, 1)):
+                               ("--augment-copies", a.augment_copies, 1), ("--t-seeds", a.t_seeds, 1)):
             if v < least: ap.error(f"{flag} must be at least {least}")
         if a.ae is None and not a.train_ae:
             print(f"invnb study: error: {as_flags(MISSING_AE)}", file=sys.stderr)
@@ -117,12 +118,12 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
             run_study(a.out, a.model, a.layers, a.images, a.ae, weights=a.weights, checkpoint=a.checkpoint,
                       train_ae=a.train_ae, size=a.size, steps=a.steps, batch_size=a.batch_size, device=a.device,
                       seed=a.seed, n_eval=a.n_eval, force=a.force, progress=a.progress, log=say,
-                      t_size=dict(T_SIZE, n_blocks=a.t_blocks, hidden=a.t_hidden, embed_dim=a.t_embed),
+                      t_size=dict(T_SIZE, n_blocks=a.t_blocks, hidden=a.t_hidden, embed_dim=a.t_embed), t_seeds=a.t_seeds,
                       augment=a.augment, augment_copies=a.augment_copies, val_fraction=a.val_fraction,
                       thresholds=a.thresholds, factors=a.factors, baselines=a.baselines, fid=a.fid,
                       ae_arch=a.ae_arch, lpips=a.lpips)
         except KeyboardInterrupt:
-            print(f"invnb study: interrupted; the finished t's are saved in {a.out}/t; run the same command to continue.",
+            print(f"invnb study: interrupted; the finished t's are saved in {a.out}/study/t; run the same command to continue.",
                   file=sys.stderr)
             return 130
         except TrainingDiverged as e:

@@ -5,9 +5,7 @@
 # %% ../nbs/12_colormnist.ipynb #18ecfbb3
 from __future__ import annotations
 
-import hashlib
 import math
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -19,39 +17,33 @@ from torch import nn
 
 from . import diagnostics, fitting, plots
 from .autoencoder import SmallAE, train_autoencoder
-from .checkpoint import CheckpointError, load_model, read_json, write_json_atomic
+from .checkpoint import load_model, write_json_atomic
 from .classifier import ColorMNISTClassifier, train_classifier
 from .data import ColorMNIST, FactorPairs, load_mnist
 from .utils import fingerprint
-from .distributed import barrier, broadcast, is_main, run_sharded, wait_for_files
+from .distributed import barrier, broadcast, is_main
 from .factors import estimate_factor_sizes, pair_val_fn
 from .features import features_of_probes
 from .inn import FactorINN, InvarianceINN
-from .stacked import fit_invariances_stacked, stacked_nll_of
+from .invariances import (SEED_OFFSETS, RunFolder, TSpec, fit_ts, load_or_none, main_first,
+                              record_t_trainings, t_fits)
 from .profiles import FACTORS, PROFILES, TARGET, Profile
 from .report import run_metrics, summary_png, write_report
 from .runs import Recipe, RunError, Stage, run_recipe, start_device
 from .study import Study, environment
 from .train import encode_dataset
-from .utils import nested_bars, progress_bar, say
+from .utils import say
 
 # %% auto #0
-__all__ = ['SEED_OFFSETS', 'FEATURE_BUDGET_MB', 'RunSpec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage',
-           'factors_stage', 'invariance_jobs', 't_fits', 't_stacks', 't_training_set', 'invariances_stage',
-           'analysis_stage', 'grid_caption', 'data_stage', 't_stage', 'colormnist_study', 'analyse', 'report_stage',
-           'colormnist_recipe', 'run_colormnist']
+__all__ = ['FEATURE_BUDGET_MB', 'RunSpec', 't_spec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage',
+           'factors_stage', 'invariance_jobs', 't_training_set', 'invariances_stage', 'analysis_stage', 'grid_caption',
+           'data_stage', 't_stage', 'colormnist_study', 'analyse', 'report_stage', 'colormnist_recipe',
+           'run_colormnist']
 
 # %% ../nbs/12_colormnist.ipynb #746bf8db
-# Every draw of a run derives from its seed plus the offset of its use; the offsets are fixed, so that adding a
-# use does not move the draws of the others (uses of different generators may share a value: the validation
-# colours and Eq. 19's draws never meet).
-SEED_OFFSETS = dict(val_colours=1, eq19=1, eq20=2, eq20_checkpoints=3, grids=4, share=5, share_checkpoints=6,
-                    null_permutation=7, t_seeds=1000, t_colourings=2000)
-
-
 @dataclass(frozen=True)
-class RunSpec:
-    "Where and how a run works: its folder, profile, seed, device, progress bars and log."
+class RunSpec(RunFolder):
+    "Where and how a ColorMNIST run works: its folder, profile, seed, device, progress bars and log."
     out: Path  # the run folder: study/, train/ (resumable training states), cache/, figures/, metrics.json, report.html
     prof: Profile  # the profile: sizes, steps and learning rates of every stage (`11_profiles`)
     seed: int = 0  # the run's seed: every draw derives from it plus its offset in `SEED_OFFSETS`
@@ -60,34 +52,14 @@ class RunSpec:
     log: object = say  # a callable taking one message (str): where the stage and t lines go
 
     @property
-    def study_dir(self) -> Path: return self.out / "study"
-
-    def fit_kwargs(self, name: str, seed: int | None = None) -> dict:
-        "Arguments of `invnb.train.fit` for the model `name`: its own resumable state folder under train/."
-        return dict(device=self.device, seed=self.seed if seed is None else seed, progress=self.progress,
-                    ckpt_dir=self.out / "train" / name,
-                    resume=True, ckpt_every=self.prof.ckpt_every)
-
-    def drop_state(self, name: str):
-        "Delete a finished model's training state (only needed to resume it); its weights are saved elsewhere."
-        shutil.rmtree(self.out / "train" / name, ignore_errors=True)
+    def ckpt_every(self) -> int: return self.prof.ckpt_every   # training states are saved this often (steps)
 
 
-def _main_first(fn):
-    """`fn()` on rank 0, then on the other ranks once rank 0 is done (it writes a cache, they read it); one process:
-    `fn()`. Under torchrun the stages train the single models on all ranks together and write through this."""
-    if is_main():
-        out = fn(); barrier(); return out
-    barrier(); return fn()
+def t_spec(prof: Profile,  # the profile: its t_size, t_steps, batch_size, t_lr, t_val_every, t_seeds, t_stack
+          ) -> TSpec:
+    "How the profile's t's train (`invnb.invariances.TSpec`)."
+    return TSpec(dict(prof.t_size), prof.t_steps, prof.batch_size, prof.t_lr, prof.t_val_every, prof.t_seeds, prof.t_stack)
 
-
-def _loads(path: Path, cls=None):
-    "The model in `path`, or None when it is missing or damaged (then it is made again)."
-    if not path.is_file(): return None
-    try: return load_model(path, cls)
-    except (CheckpointError, OSError, ValueError) as e:
-        warnings.warn(f"{path} cannot be loaded ({e}); making it again.")
-        return None
 
 # %% ../nbs/12_colormnist.ipynb #0b8a577f
 @dataclass
@@ -122,7 +94,7 @@ def autoencoder_stage(run: RunSpec,          # the run: its folder, profile, see
                      ) -> tuple[SmallAE, dict, dict]:
     "Stage 2: the autoencoder (Tab. S1), and the codes {'mean', 'logvar'} of the training and validation images."
     path, p = run.study_dir / "ae.safetensors", run.prof
-    ae = _loads(path, SmallAE)
+    ae = load_or_none(path, SmallAE)
     if ae is None:
         ae = SmallAE(width=p.ae_width, seed=run.seed)
         train_autoencoder(ae, data.xt, steps=p.ae_steps, batch_size=p.ae_batch_size, lr=p.ae_lr, **run.fit_kwargs("ae"))
@@ -130,7 +102,7 @@ def autoencoder_stage(run: RunSpec,          # the run: its folder, profile, see
         barrier()
     ae = ae.eval().to(run.device)
     cache = run.out / "cache"; cache.mkdir(exist_ok=True)
-    codes, codes_val = _main_first(lambda: [encode_dataset(ae.encode, x, device=run.device, cache=cache / f"codes_{n}.safetensors")
+    codes, codes_val = main_first(lambda: [encode_dataset(ae.encode, x, device=run.device, cache=cache / f"codes_{n}.safetensors")
                                             for x, n in ((data.xt, "train"), (data.xv, "val"))])
     return ae.cpu(), codes, codes_val
 
@@ -158,7 +130,7 @@ def factors_stage(run: RunSpec,          # the run: its folder, profile, seed an
     training pairs (saved as study/factor_sizes.json); trained on training pairs with the closed-form guide and a
     cosine learning rate; kept at its best pair loss on held-out pairs from the first half of the validation images."""
     path, p = run.study_dir / "e.safetensors", run.prof
-    e = _loads(path, FactorINN)
+    e = load_or_none(path, FactorINN)
     if e is None:
         names = list(FACTORS)
         est = broadcast(estimate_factor_sizes(codes, data.train.labels, names, seed=run.seed))   # rank 0's, for all
@@ -192,95 +164,8 @@ def invariance_jobs(prof: Profile,            # the profile: its `layers` and `c
     return jobs
 
 
-def t_fits(run: RunSpec,                  # the run: its profile's `checkpoint_layer` and `t_seeds`
-           jobs: list[tuple[str, str]],   # (model, layer) of every t, final model first (`invariance_jobs`)
-          ) -> dict[str, tuple[str, str, str | int | None]]:
-    """{file name: (model, layer, variant)} of the t's of stage 5 after the unconditional one: one per job, with the
-    null control (variant 'shuffled') and the other seeds (variant k) right after the job they repeat."""
-    final, layer = jobs[0][0], run.prof.checkpoint_layer
-    fits = {}
-    for m, l in jobs:
-        fits[f"{m}__{l}"] = (m, l, None)
-        if (m, l) == (final, layer):
-            fits["shuffled_z"] = (m, l, "shuffled")
-            fits.update({f"{m}__{l}__seed{k}": (m, l, k) for k in range(1, run.prof.t_seeds)})
-    return fits
-
-
 FEATURE_BUDGET_MB = 2048   # stage 5: features of one layer above this are computed on the fly (one t at a time)
 
-
-def t_stacks(run: RunSpec,  # the run: its profile's `t_stack`, the most t's trained together
-             fits: dict,    # {t file name: (model, layer, variant)} of stage 5 (`t_fits`), in training order
-            ) -> dict[str, list[str]]:
-    """The jobs of stage 5: {job: [t file names]}. Every t of stage 5 has the profile's flow size, so they train
-    together as stacks of at most `t_stack` (`invnb.stacked`; each t's embedder of its own layer's shape kept apart):
-    the same results as one by one, faster. `t_stack = 1`: one job per t."""
-    names, n = list(fits), max(1, run.prof.t_stack)
-    if n == 1: return {k: [k] for k in names}
-    return {f"stack{i // n}": names[i:i + n] for i in range(0, len(names), n)}
-
-# %% ../nbs/12_colormnist.ipynb #fde7f856
-def _restart_if_stale(run: RunSpec, state: str, train: Callable):
-    """`train()`, which builds its model(s) and fits them resuming from the training state `state`. A state that this
-    invnb cannot resume (written by an earlier version: `CheckpointError`) only saved time: it is deleted, with a line
-    in the log, and `train()` starts again from step 0. The run's finished files are untouched."""
-    try: return train()
-    except CheckpointError as e:
-        run.log(f"  {run.out / 'train' / state}: this invnb cannot resume it ({e}); deleted, training from step 0.")
-        run.drop_state(state)
-        return train()
-
-
-def _fit_t(run: RunSpec, name: str, codes: dict, feats, codes_val: dict, val_feats, desc: str,
-           base: InvarianceINN | None = None, seed: int | None = None) -> InvarianceINN:
-    """One t (or, without `base`, the unconditional baseline), started at `base` (`fitting.warm_start`), kept at its
-    best held-out NLL; saved as study/t/<name> with a record of the kept step."""
-    p, path, seed = run.prof, run.study_dir / "t" / f"{name}.safetensors", run.seed if seed is None else seed
-    t = _loads(path, InvarianceINN)
-    if t is None:
-        val_fn = lambda m: diagnostics.nll_of(m, codes_val, val_feats, seed=run.seed)   # the same held-out draw for all
-
-        def train():
-            t = InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=seed, **p.t_size)
-            if base is not None: fitting.warm_start(t, base)
-            return fitting.fit_invariances(codes, feats, t=t, steps=p.t_steps, batch_size=p.batch_size, lr=p.t_lr,
-                                           **{**run.fit_kwargs(f"t/{name}", seed), "desc": desc}, val_fn=val_fn,
-                                           val_every=p.t_val_every)
-        t, hist = _restart_if_stale(run, f"t/{name}", train)
-        write_json_atomic(path.with_suffix(".training.json"),   # which step's weights t kept, and why
-                          {"best_step": hist.best_step, "best_val_nll": hist.best_val, "steps": p.t_steps,
-                           "val_nll": hist["val"]})
-        t.save(path); run.drop_state(f"t/{name}")
-    return t.eval().cpu()
-
-
-def _fit_t_stack(run: RunSpec, names: list[str], codes: dict, data: list[tuple], codes_val: dict,
-                 base: InvarianceINN, seeds: list[int | None], desc: str, save: list[str] | None = None) -> None:
-    """The t's `names` of one size, each started at `base` and trained on its (features, validation features) of
-    `data`, as one stack (`invnb.stacked.fit_invariances_stacked`): each ends at its own best held-out step, as
-    `_fit_t` would train it; saved one by one as study/t/<name> with its record (only those in `save`, if given: a
-    rerun that lost some of a stack's files trains the same stack again, so the lost t's come back bit for bit and the
-    others' files stay untouched)."""
-    p, seeds = run.prof, [run.seed if s is None else s for s in seeds]
-    state = "t/stack__" + hashlib.sha256("|".join(names).encode()).hexdigest()[:12]   # exactly this set of t's
-    val_fn = lambda m: stacked_nll_of(m, codes_val, [v for _, v in data], seed=run.seed)   # nll_of's draw, per t
-
-    def train():
-        ts = [fitting.warm_start(InvarianceINN(codes["mean"].shape[1], tuple(feats.shape[1:]), seed=s, **p.t_size), base)
-              for (feats, _), s in zip(data, seeds)]
-        return fit_invariances_stacked(codes, [f for f, _ in data], ts, steps=p.t_steps, batch_size=p.batch_size,
-                                       lr=p.t_lr, **{**run.fit_kwargs(state), "seed": seeds, "desc": desc},
-                                       val_fn=val_fn, val_every=p.t_val_every)
-    ts, hist = _restart_if_stale(run, state, train)
-    for i, (name, t) in enumerate(zip(names, ts)):
-        if save is not None and name not in save: continue
-        path = run.study_dir / "t" / f"{name}.safetensors"
-        write_json_atomic(path.with_suffix(".training.json"),
-                          {"best_step": hist.best_step[i], "best_val_nll": hist.best_val[i], "steps": p.t_steps,
-                           "val_nll": [[step, v[i]] for step, v in hist["val"]]})
-        t.save(path)
-    run.drop_state(state)
 
 # %% ../nbs/12_colormnist.ipynb #c499a6c8
 def t_training_set(run: RunSpec,          # the run: its profile's `t_colourings` K, seed, folder and device
@@ -298,7 +183,7 @@ def t_training_set(run: RunSpec,          # the run: its profile's `t_colourings
     for k in range(1, K):
         x = ColorMNIST(data.train.ink, data.train.labels[TARGET], seed=run.seed + SEED_OFFSETS["t_colourings"] + k).images()
         cache = run.out / "cache" / f"codes_train_colouring{k}.safetensors"
-        cs.append(_main_first(lambda: encode_dataset(ae.encode, x, device=run.device, cache=cache))); xs.append(x)
+        cs.append(main_first(lambda: encode_dataset(ae.encode, x, device=run.device, cache=cache))); xs.append(x)
     ae.cpu()
     return torch.cat(xs), {key: torch.cat([c[key] for c in cs]) for key in ("mean", "logvar")}
 
@@ -338,33 +223,6 @@ class _LayerFeatures:
         return got[layer]
 
 
-def _t_variant(run: RunSpec, fits: dict, name: str) -> tuple[int | None, str, str]:
-    "(seed, what the t is, its bar's label) of the t `name`."
-    model, layer, variant = fits[name]
-    if variant == "shuffled": return None, ", null control: z shuffled across images", "t shuffled z"
-    if variant is not None:
-        return run.seed + SEED_OFFSETS["t_seeds"] * variant, f", seed {variant + 1}/{run.prof.t_seeds}", f"t seed {variant + 1}"
-    return None, "", f"t {model} {layer}"
-
-
-def _unconditional_t(run: RunSpec, codes: dict, codes_val: dict, n_train: int, n_val: int, names: list[str],
-                     timeout: float) -> InvarianceINN:
-    """The t of a constant condition (it models p(z̄) alone), trained by rank 0, which every t starts from. First,
-    a damaged t of an interrupted run (of `names`) is deleted, to be made again (`_loads` warns)."""
-    t_dir = run.study_dir / "t"
-    if is_main():
-        for k in ["unconditional", *names]:
-            if (t_dir / f"{k}.safetensors").exists() and _loads(t_dir / f"{k}.safetensors", InvarianceINN) is None:
-                (t_dir / f"{k}.safetensors").unlink()
-    barrier()
-    constant_condition = lambda n: torch.zeros(n, 1)
-    run_sharded({"unconditional": 1.0}, lambda k: t_dir / f"{k}.safetensors",   # one job: rank 0's
-                lambda k: _fit_t(run, k, codes, constant_condition(n_train), codes_val, constant_condition(n_val),
-                                 "t unconditional"), timeout_s=timeout, log=lambda m: None)
-    if not is_main():              # the other ranks wait for its file
-        wait_for_files({t_dir / "unconditional.safetensors": 0}, timeout, what="unconditional t")
-    return load_model(t_dir / "unconditional.safetensors", InvarianceINN)
-
 # %% ../nbs/12_colormnist.ipynb #8452387a
 def invariances_stage(run: RunSpec,                 # the run: its folder, profile, seed and device
                       data: ColorMNISTData,         # stage 1's data: the validation images give the held-out NLL
@@ -374,53 +232,22 @@ def invariances_stage(run: RunSpec,                 # the run: its folder, profi
                       jobs: list[tuple[str, str]],  # (model, layer) of every t (`invariance_jobs`)
                       train: tuple[torch.Tensor, dict] | None = None,  # (images, codes) the t's train on (None: data.xt, codes)
                       ) -> tuple[dict[tuple[str, str], InvarianceINN], list[InvarianceINN]] | None:
-    """Stage 5: first a t of the same size with a constant condition (it models p(z̄) alone); then one t per
-    (model, layer) job, started at that flow (`fitting.warm_start`), kept at its best held-out NLL and saved as soon
-    as it is trained; the null control `shuffled_z`: a t trained the same way at the final model's checkpoint
-    layer on z shuffled across the training images. Its held-out NLL is the reference of the information z adds
-    (a t gains a little from its extra steps alone, with or without z); and the same t as the checkpoint layer's
-    of the final model with `t_seeds - 1` other seeds (the seed spread). Returns the t's and those other seeds' t's.
+    """Stage 5: every t of the run as `invariances.fit_ts` trains them (the flow of p(z̄) alone, then one t per
+    (model, layer) job started there and kept at its best held-out NLL, the null control `shuffled_z` and
+    `t_seeds - 1` other seeds at the final model's checkpoint layer). Returns the t's and those other seeds' t's.
 
     `train`: the (images, codes) the t's train on (`t_training_set`); default: the training images and `codes`.
 
     Under torchrun the t's after the unconditional one are shared out across the ranks (`run_sharded`, balanced by
     `fitting.t_cost`); rank 0 waits for all of them and returns them, the other ranks return None."""
     xt, codes = train if train is not None else (data.xt, codes)
-    t_dir, timeout = run.study_dir / "t", max(600.0, 3 * run.prof.est_seconds.get("invariances", 0))
-    fits = t_fits(run, jobs)
-    base = _unconditional_t(run, codes, codes_val, len(xt), len(data.xv), list(fits), timeout)
-    t_file = lambda k: t_dir / f"{k}.safetensors"
-    features = _LayerFeatures(run, models, xt, data.xv, fits, t_file)
-    perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(run.seed + SEED_OFFSETS["null_permutation"]))
-    bar = progress_bar(total=len(fits), initial=sum(t_file(k).exists() for k in fits), desc="t's", enabled=run.progress)
+    timeout = max(600.0, 3 * run.prof.est_seconds.get("invariances", 0))
+    fits = t_fits(jobs, (jobs[0][0], run.prof.checkpoint_layer), run.prof.t_seeds)   # jobs[0][0]: the final model
+    features = _LayerFeatures(run, models, xt, data.xv, fits, lambda k: run.study_dir / "t" / f"{k}.safetensors")
+    got = fit_ts(run, t_spec(run.prof), codes, codes_val, fits, features, features.shapes, timeout)
+    features.cache.clear()
+    return got
 
-    def data_of(name: str):
-        model, layer, variant = fits[name]
-        feats, val_feats = features(model, layer)
-        return feats[perm] if variant == "shuffled" else feats, val_feats
-
-    groups = t_stacks(run, fits)
-
-    def work(key: str):
-        names, todo = groups[key], [k for k in groups[key] if not t_file(k).exists()]
-        for k in todo: run.log(f"  t {list(fits).index(k) + 1}/{len(fits)}: {fits[k][0]} at {fits[k][1]}{_t_variant(run, fits, k)[1]}")
-        with nested_bars():
-            if len(names) == 1 and todo:
-                (seed, _, desc), (feats, val_feats) = _t_variant(run, fits, todo[0]), data_of(todo[0])
-                _fit_t(run, todo[0], codes, feats, codes_val, val_feats, desc, base, seed=seed)
-            elif todo:             # the whole stack again (the same run), saving only the missing t's
-                _fit_t_stack(run, names, codes, [data_of(k) for k in names], codes_val, base,
-                             [_t_variant(run, fits, k)[0] for k in names], f"{len(names)} t's", save=todo)
-        bar.update(len(todo))
-
-    cost = lambda k: fitting.t_cost(codes["mean"].shape[1], features.shapes[fits[k][:2]], run.prof.t_size, run.prof.t_steps)
-    run_sharded({key: sum(cost(k) for k in ks) for key, ks in groups.items()},
-                lambda key: [t_file(k) for k in groups[key]], work, timeout_s=timeout, log=run.log)
-    bar.close(); features.cache.clear()
-    if not is_main(): return None
-    load = lambda k: load_model(t_file(k), InvarianceINN).eval()
-    ts = {(m, l): load(k) for k, (m, l, v) in fits.items() if v is None}
-    return ts, [load(k) for k, (_, _, v) in fits.items() if isinstance(v, int)]
 
 # %% ../nbs/12_colormnist.ipynb #399a4bac
 @torch.no_grad()
@@ -439,10 +266,7 @@ def analysis_stage(run: RunSpec,                  # the run: its folder, profile
     study.compute_reconstruction(xv, data.val.labels[TARGET], final)
     report_half = _val_halves(data, {"x": xv})[1]         # e's table on the half of the images that did not choose e
     study.compute_factor_report(report_half[0]["x"], report_half[1], seed=s)
-    for f in sorted((run.study_dir / "t").glob("*.training.json")):      # how stage 5 trained each t
-        rec = read_json(f, "delete it and the t beside it, then run the same command again to train that t anew")
-        study.record_t_training(f.name[:-len(".training.json")], best_step=rec["best_step"],
-                                best_val_nll=rec["best_val_nll"], steps=rec["steps"])
+    null_nll = record_t_trainings(study, run.study_dir / "t")   # how stage 5 trained each t; the null control's NLL
     study.compute_accuracy(xv, data.val.labels[TARGET])
     kw, bars = dict(n_outer=p.n_eval, n_inner=p.n_eval), dict(progress=run.progress)
     study.compute_eq19(xv, final, p.layers, **kw, **bars, seed=s + off["eq19"])
@@ -457,7 +281,6 @@ def analysis_stage(run: RunSpec,                  # the run: its folder, profile
                                   seed_share=s + off["share"])
     # the INN-free witness, and t's own diagnostics
     tl, vl = {k: v[:p.n_probe] for k, v in data.train.labels.items()}, data.val.labels
-    null_nll = study.results.diagnostics.t_training["shuffled_z"].best_val_nll   # the null control (stage 5)
     for m in names:
         layers = [l for mm, l in jobs if mm == m]
         study.compute_probes(xt[:p.n_probe], tl, xv, vl, m, layers)

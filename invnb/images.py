@@ -18,7 +18,7 @@ from .recipes import BuildError
 from .utils import fingerprint, sha256
 
 # %% auto #0
-__all__ = ['MIN_IMAGES', 'VAL_MAX', 'images_record', 'split_images', 'read_factors', 'split_with_factors']
+__all__ = ['MIN_IMAGES', 'VAL_MAX', 'images_record', 'split_indices', 'split_images', 'read_factors', 'split_with_factors']
 
 # %% ../nbs/08c_images.ipynb #9bece849
 MIN_IMAGES = 16   # the fewest images a study runs on: fewer give t almost nothing to fit and Eq. 19's jackknife no SE
@@ -70,22 +70,15 @@ def _stratified(strata: torch.Tensor, n_val: int, g: torch.Generator) -> list[in
     return sorted(held)
 
 
-def split_images(images,                # an image folder, a tensor (N, C, H, W), a Dataset or DataLoader of images
-                 size: int,             # the side a folder's images are read at
-                 fraction: float = 0.1, # the share held out: at least 2 images, at most `VAL_MAX`
-                 seed: int = 0,         # fixes the draw: the same seed and images give the same split
-                 strata=None,           # (N,) integer labels: the held-out images drawn in proportion to each value's count
-                ) -> tuple:
-    """(training images, held-out images (N_val, C, H, W), their class labels (N_val,) or None, record): a seeded
-    split of `images`, stratified by `strata` if given. Nothing trains on the held-out images, and a study run's
-    report is computed on them. The training images are a `Subset` of the folder or Dataset (a tensor's: a tensor).
-    E.g. `train, x_val, y_val, record = split_images("my_images", 32, 0.1, seed=0)`."""
-    from torch.utils.data import DataLoader, Subset
+def split_indices(n: int,               # the number of images
+                  fraction: float = 0.1, # the share held out: at least 2 images, at most `VAL_MAX`
+                  seed: int = 0,         # fixes the draw: the same seed and n give the same split
+                  strata=None,           # (n,) integer labels: the held-out images drawn in proportion to each value's count
+                 ) -> tuple[list[int], list[int]]:
+    """(training indices, held-out indices), sorted: the seeded split of `split_images`, for labels or factor tables
+    that must split as the images do."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise BuildError(f"`val_fraction` must lie strictly between 0 and 1 (e.g. 0.1); got {fraction!r}.")
-    ds = load_image_folder(images, size=size) if isinstance(images, (str, Path)) else images
-    if isinstance(ds, DataLoader): ds = ds.dataset
-    n = len(ds)
     n_val = min(VAL_MAX, max(2, round(fraction * n)))
     if n - n_val < MIN_IMAGES:
         raise BuildError(f"{n} images: holding out {n_val} (`val_fraction`={fraction:g}, at least 2) leaves {n - n_val} to "
@@ -94,7 +87,23 @@ def split_images(images,                # an image folder, a tensor (N, C, H, W)
     if strata is None: held = sorted(torch.randperm(n, generator=g)[:n_val].tolist())
     elif len(strata) != n: raise BuildError(f"`strata` holds {len(strata)} labels for {n} images; give one per image.")
     else: held = _stratified(torch.as_tensor(strata), n_val, g)
-    train = sorted(set(range(n)) - set(held))
+    return sorted(set(range(n)) - set(held)), held
+
+
+def split_images(images,                # an image folder, a tensor (N, C, H, W), a Dataset or DataLoader of images
+                 size: int,             # the side a folder's images are read at
+                 fraction: float = 0.1, # the share held out: at least 2 images, at most `VAL_MAX`
+                 seed: int = 0,         # fixes the draw: the same seed and images give the same split
+                 strata=None,           # (N,) integer labels: the held-out images drawn in proportion to each value's count
+                ) -> tuple:
+    """(training images, held-out images (N_val, C, H, W), their class labels (N_val,) or None, record): a seeded
+    split of `images` (`split_indices`), stratified by `strata` if given. Nothing trains on the held-out images, and
+    a study's diagnostics are computed on them. The training images are a `Subset` of the folder or Dataset (a
+    tensor's: a tensor). E.g. `train, x_val, y_val, record = split_images("my_images", 32, 0.1, seed=0)`."""
+    from torch.utils.data import DataLoader, Subset
+    ds = load_image_folder(images, size=size) if isinstance(images, (str, Path)) else images
+    if isinstance(ds, DataLoader): ds = ds.dataset
+    train, held = split_indices(len(ds), fraction, seed, strata)
     record = {"fraction": float(fraction), "n_train": len(train), "n_val": len(held),
               "held_out": hashlib.sha256(",".join(map(str, held)).encode()).hexdigest()[:16],
               **({"stratified": True} if strata is not None else {})}
@@ -104,6 +113,7 @@ def split_images(images,                # an image folder, a tensor (N, C, H, W)
     x = torch.stack([it[0] if pair else it for it in items])
     y = torch.as_tensor([int(it[1]) for it in items]) if pair else None
     return Subset(ds, train), x, y, record
+
 
 # %% ../nbs/08c_images.ipynb #04a39dd9
 def _factor_table(path: Path) -> tuple[list[str], list[list[str]]]:

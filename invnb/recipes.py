@@ -5,18 +5,21 @@
 # %% ../nbs/07e_recipes.ipynb #recimprt
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, check_state, file_shapes, meta_build
-from .probe import Adapted, InputAdapter
+from .probe import IMAGENET, Adapted, InputAdapter
 
 # %% auto #0
-__all__ = ['BuildError', 'adapter_recipe', 'torchvision_recipe', 'import_builder', 'model_from_recipe', 'check_recipe']
+__all__ = ['BuildError', 'adapter_recipe', 'torchvision_recipe', 'import_builder', 'model_from_recipe', 'check_recipe',
+           'load_state_dict_file', 'model_from_spec']
 
 # %% ../nbs/07e_recipes.ipynb #recerror
 class BuildError(ValueError):
@@ -172,3 +175,94 @@ def check_recipe(recipe, # the recipe given to `Study.build`
     try: _recipe_on_meta(recipe, _class_name(model), shapes, "the model passed to Study.build",
                          fix="pass the recipe that builds this model, or recipe=False")
     except CheckpointError as e: raise BuildError(str(e)) from None
+
+# %% ../nbs/07e_recipes.ipynb #fed38ccb
+def load_state_dict_file(path,  # a .safetensors file or a torch.save file of tensors (.pt, .pth)
+                        ) -> dict[str, torch.Tensor]:
+    """A state dict from `path`: a `.safetensors` file, or a `torch.save` file read with `weights_only=True` (a
+    dict of tensors, or one under 'state_dict' / 'model'; a 'module.' prefix of DataParallel is dropped)."""
+    path = Path(path)
+    if not path.is_file(): raise BuildError(f"the checkpoint {path} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try: state = load_file(str(path))
+        except Exception as e: raise BuildError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}).") from None
+    else:
+        try: state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise BuildError(f"{path} cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
+                             f"{_why_not_loaded(e)}); invnb never unpickles arbitrary objects: save the weights with "
+                             "torch.save(model.state_dict(), path).") from None
+        for key in ("state_dict", "model"):
+            if isinstance(state, Mapping) and isinstance(state.get(key), Mapping): state = state[key]; break
+    if not (isinstance(state, Mapping) and state
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        what = f"a {type(state).__name__}" + (f" with keys {list(state)[:4]}" if isinstance(state, Mapping) else "")
+        raise BuildError(f"{path} holds {what}, not a state dict (parameter names -> tensors); save one with "
+                         "torch.save(model.state_dict(), path).")
+    if all(k.startswith("module.") for k in state): state = {k[len("module."):]: v for k, v in state.items()}
+    if bad := [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise BuildError(f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: "
+                         f"{len(bad)} of {len(state)} tensors); the model was saved after its training diverged. Pass a "
+                         "checkpoint saved before that.")
+    return dict(state)
+
+
+def _why_not_loaded(e: Exception) -> str:
+    "The informative part of torch.load's refusal, whole (its first sentence, or the line that names what was refused)."
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    named = [l for l in lines if l.startswith(("Trying to load", "Unsupported"))]
+    if named: return named[0].rstrip(".")
+    return (lines[0].split(". ")[0].rstrip(".") if lines else "no message")
+
+
+def _load_weights(model: nn.Module, state: dict, what: str):
+    "Load `state` into `model`, or say in one line which names or shapes do not fit."
+    try: model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(l.strip() for l in str(e).splitlines()[1:] if l.strip())[:300]
+        raise BuildError(f"the checkpoint does not fit {what} ({detail}); was it saved from this architecture?") from None
+
+
+def model_from_spec(spec: str,                   # torchvision:NAME or package.module:function
+                    weights: str | None = None,   # torchvision's weights name (e.g. DEFAULT); None: the builder's own
+                    checkpoint=None,              # a file of the user's trained weights (a state dict), loaded into it
+                    seed: int = 0,                # fixes the initial weights when neither weights nor checkpoint is given
+                   ) -> tuple[nn.Module, dict]:
+    """(model in eval mode, recipe) for `torchvision:NAME` (wrapped with ImageNet's input normalisation) or
+    `package.module:function` (a builder; imported, as the user named it), with torchvision's `weights` or the
+    state dict in `checkpoint`; the initial weights are drawn with `seed` (so a rerun builds the same model)."""
+    if weights is not None and checkpoint is not None: raise BuildError("give `weights` or `checkpoint`, not both.")
+    if spec.startswith("torchvision:"):
+        import torchvision
+        name = spec.split(":", 1)[1]
+        known = torchvision.models.list_models(module=torchvision.models)
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+            raise BuildError(f"torchvision has no classification model {name!r}" + (f"; closest: {close}" if close else "")
+                             + ". See torchvision.models.list_models().")
+        if weights is not None:
+            names = list(torchvision.models.get_model_weights(name).__members__)
+            if weights not in names:
+                raise BuildError(f"{name} has no weights {weights!r}; choose one of {names}.")
+            try: model = torchvision.models.get_model(name, weights=weights)
+            except Exception as e:
+                raise BuildError(f"could not download the {weights} weights of {name} ({type(e).__name__}: "
+                                 f"{str(e).strip()[:100]}); run once online (torchvision caches them in ~/.cache/torch), "
+                                 "or pass `checkpoint`, a file with a state dict.") from None
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed); model = torchvision.models.get_model(name, weights=None)
+        if checkpoint is not None: _load_weights(model, load_state_dict_file(checkpoint), f"torchvision's {name}")
+        adapter = InputAdapter(None, **IMAGENET)
+        return Adapted(model, adapter).eval(), {"torchvision": name, "weights": weights, "adapter": adapter_recipe(adapter)}
+    if ":" not in spec:
+        raise BuildError(f"`model` must be torchvision:NAME (e.g. torchvision:resnet18) or package.module:function "
+                         f"(a function that returns your model); got {spec!r}.")
+    if weights is not None: raise BuildError("`weights` names torchvision weights; use `checkpoint` for a builder's model.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed); model = import_builder(spec, may_import=True)()
+    if not isinstance(model, nn.Module): raise BuildError(f"{spec} returned a {type(model).__name__}, not a torch module.")
+    if checkpoint is not None: _load_weights(model, load_state_dict_file(checkpoint), spec)
+    return model.eval(), {"builder": spec}
+

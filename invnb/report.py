@@ -648,8 +648,7 @@ def write_study_report(m: dict,          # an `invnb study` run's metrics.json, 
                   "layer's ceiling). A check passes or fails only where you set a threshold (--threshold NAME=VALUE; "
                   f"names: {esc(', '.join(STUDY_CHECKS))}).</p>",
                   _table(["check", "measured", "reading", "verdict"], [[a, b, c, verdict(d)] for a, b, c, d in rows])]
-        parts += _t_sections(r, null="a t of the same size with a constant condition, trained the same way on the "
-                                     "training images' codes: it models p(z̄) alone")
+        parts += _t_sections(r)
     parts += _study_factor_sections(r, name)
     parts += ["<h2>Eq. 19: what each layer discards</h2>"]
     if eq19:

@@ -391,15 +391,16 @@ def compute_seed_spread(self: Study, images, model, layer, others: list[Invarian
     """Eq. 19 and the identifiable shares at (`model`, `layer`) from the study's t and from `others`, t's of the
     same size trained with other seeds, all on the same `images` and the same draws (generators seeded
     `seed_eq19`, `seed_share`, as `compute_eq19`/`compute_share` use them): how far the numbers move with t's
-    seed, next to their standard errors. Stored in `results.diagnostics.seed_spread`."""
+    seed, next to their standard errors (Eq. 19 alone in a study without e). Stored in `results.diagnostics.seed_spread`."""
     if not others: raise ValueError("compute_seed_spread needs at least one other t (trained with another seed).")
-    z, e = self.features(images, layer, model), self.parts.need_e()
+    z, e = self.features(images, layer, model), self.e
     eq19, share = [], {}
     for t in [self.t(layer, model), *others]:
         check_trained(t, f"a t of {model!r} at {layer!r}", "fit it before asking for its seed spread")
         eq19.append(analysis.eq19(t, z, n_outer=n_outer, n_inner=n_inner, generator=torch.Generator().manual_seed(seed_eq19)))
-        for k, v in analysis.identifiable_share(t, e, z, n_outer=n_outer, n_inner=n_inner,
-                                                generator=torch.Generator().manual_seed(seed_share)).items():
+        shares = {} if e is None else analysis.identifiable_share(t, e, z, n_outer=n_outer, n_inner=n_inner,
+                                                                   generator=torch.Generator().manual_seed(seed_share))
+        for k, v in shares.items():
             share.setdefault(k, []).append(v)
     spread = SeedSpread(model or self.default_model, layer, eq19, share)
     self.results.diagnostics.seed_spread = spread

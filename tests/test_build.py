@@ -11,7 +11,7 @@ from torchvision.models import resnet18
 from invnb import fitting
 from invnb.build import BuildError, torchvision_recipe
 from invnb.recipes import model_from_recipe
-from invnb.studyrun import load_state_dict_file, model_from_spec
+from invnb.recipes import load_state_dict_file, model_from_spec
 from invnb.features import features_of_layers
 from invnb.cli import main
 from invnb.data import load_image_folder
@@ -212,10 +212,15 @@ def test_cli_study_report_reload_and_rerun(folder, ae, tmp_path, monkeypatch, ca
     assert study.meta["recipe"]["torchvision"] == "resnet18" and type(study.models["model"]).__name__ == "Adapted"
     x = torch.stack([load_image_folder(folder, size=32)[i][0] for i in range(2)])
     assert study.sample(x, "layer2", 3).shape == (2, 3, 3, 32, 32)
-    stamp = {p: p.stat().st_mtime_ns for p in (out / "t").glob("*/t.safetensors")}
-    monkeypatch.setattr(fitting, "fit_invariances", lambda *a, **k: pytest.fail("a finished t was trained again"))
-    assert main(args) == 0, capsys.readouterr().err                         # the rerun loads both t's
-    assert {p: p.stat().st_mtime_ns for p in (out / "t").glob("*/t.safetensors")} == stamp and len(stamp) == 2
+    saved = {p: p.read_bytes() for p in (out / "study" / "t").glob("*.safetensors")}   # every t once, in study/t
+    assert sorted(p.name for p in saved) == ["model__layer2.safetensors", "model__layer3.safetensors",
+                                             "model__layer3__seed1.safetensors", "shuffled_z.safetensors",
+                                             "unconditional.safetensors"]
+    import invnb.invariances
+    for m, fn in ((fitting, "fit_invariances"), (invnb.invariances, "fit_invariances_stacked")):
+        monkeypatch.setattr(m, fn, lambda *a, **k: pytest.fail("a finished t was trained again"))
+    assert main(args) == 0, capsys.readouterr().err                         # the rerun loads every t
+    assert {p: p.read_bytes() for p in (out / "study" / "t").glob("*.safetensors")} == saved
     said = capsys.readouterr().out + caplog.text       # the `invnb` logger: stdout, or pytest's handler when it has one
     assert "loaded the finished t's of ['layer2', 'layer3']" in said
     secs = json.loads((out / "metrics.json").read_text())["seconds"]         # the rerun's report: no earlier 'report' time
@@ -244,7 +249,7 @@ def test_invnb_study_under_torchrun_shares_the_t_s_out_and_equals_one_process(fo
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"): env.pop(k, None)
     base = ["-m", "invnb", "study", "--model", "torchvision:resnet18", "--images", str(folder), "--layers",
-            "layer2,layer3", *[a for a in CLI_T if a != "--no-progress"]]
+            "layer2,layer3", "--t-seeds", "3", *[a for a in CLI_T if a != "--no-progress"]]   # 5 t's: 2 stacks
     two, one = tmp_path / "two", tmp_path / "one"
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *base,
                         "--train-ae", "10", "--size", "32", "--out", str(two)], capture_output=True, text=True, env=env,
@@ -255,8 +260,9 @@ def test_invnb_study_under_torchrun_shares_the_t_s_out_and_equals_one_process(fo
     q = subprocess.run([sys.executable, *base, "--ae", str(two / "ae.safetensors"), "--out", str(one)],   # the same ae
                        capture_output=True, text=True, env=env, timeout=600)
     assert q.returncode == 0, q.stdout[-3000:] + q.stderr[-3000:]
-    for layer in ("layer2", "layer3"):
-        assert (one / "t" / layer / "t.safetensors").read_bytes() == (two / "t" / layer / "t.safetensors").read_bytes()
+    files = sorted(p.name for p in (two / "study" / "t").glob("*.safetensors"))
+    assert len(files) == 6 and files == sorted(p.name for p in (one / "study" / "t").glob("*.safetensors"))
+    for f in files: assert (one / "study" / "t" / f).read_bytes() == (two / "study" / "t" / f).read_bytes(), f
 
 
 def test_study_build_threads_its_device_through_every_step(folder, ae, monkeypatch):

@@ -367,8 +367,10 @@ def test_a_training_state_this_invnb_cannot_resume_is_deleted_and_the_t_trained_
                             progress=False)
     assert list((stale.out / "train" / "t" / "x").iterdir())
     (stale.study_dir / "t").mkdir(parents=True)
-    got = colormnist._fit_t(stale, "x", codes, feats, codes_val, val_feats, "t x")
+    from invnb.invariances import fit_one_t
+    t = colormnist.t_spec(PROFILES["smoke"])
+    got = fit_one_t(stale, t, "x", codes, feats, codes_val, val_feats, "t x")
     assert any("cannot resume" in l and "deleted" in l for l in lines)
     (spec("clean").study_dir / "t").mkdir(parents=True)
-    want = colormnist._fit_t(spec("clean"), "x", codes, feats, codes_val, val_feats, "t x")
+    want = fit_one_t(spec("clean"), t, "x", codes, feats, codes_val, val_feats, "t x")
     assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), want.state_dict().values()))

@@ -317,14 +317,14 @@ def test_an_empty_build_json_is_named(tmp_path):
 
 
 def test_an_empty_record_json_of_e_is_named(tmp_path):
-    from invnb.build import _fit_e
+    from invnb.build import fit_e
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (64,), generator=g)
     codes = {"mean": torch.randn(64, 8, generator=g) + labels[:, None], "logvar": torch.zeros(64, 8)}
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "record.json").write_text("")
     with pytest.raises(CheckpointError, match="record.json is empty") as info:
-        _fit_e(codes, {"a": labels}, tmp_path, steps=1, batch_size=8, lr=1e-3, seed=0, device="cpu", progress=False,
+        fit_e(codes, {"a": labels}, tmp_path, steps=1, batch_size=8, lr=1e-3, seed=0, device="cpu", progress=False,
                t_size={"n_blocks": 1, "hidden": 8, "depth": 1})
     assert str(tmp_path / "e" / "record.json") in str(info.value)
 

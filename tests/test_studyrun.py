@@ -168,13 +168,16 @@ def test_a_failed_run_leaves_no_lone_lock(tmp_path, capsys):
     assert (tmp_path / "kept" / LOCK).is_file()                           # a folder with a run keeps its lock
 
 
-def test_a_damaged_t_record_is_named_with_the_fix(finished, folder, ae, tmp_path, capsys):
+def test_a_damaged_t_record_is_made_again_with_its_t(finished, folder, ae, tmp_path, capsys):
+    "A t's training record emptied in a finished run: the rerun names it, trains that t again (the same bytes), and finishes."
     out = tmp_path / "run"
     shutil.copytree(finished, out)
-    (out / "t" / "layer2" / "t.args.json").write_text("")
-    code, err = run(study(folder, out, "--ae", str(ae[1])), capsys)
-    assert code == 2 and f"{out / 't' / 'layer2' / 't.args.json'} is empty" in err and err.count("\n") == 1, err
-    assert f"delete {out / 't' / 'layer2'} to train this t again" in err
+    record, t = (out / "study" / "t" / f"model__layer2{x}" for x in (".training.json", ".safetensors"))
+    record.write_text("")
+    code = main(study(folder, out, "--ae", str(ae[1])))
+    assert code == 0
+    assert json.loads(record.read_text())["steps"] == 5
+    assert t.read_bytes() == (finished / "study" / "t" / t.name).read_bytes()
 
 
 UNSHARE = shutil.which("unshare")
@@ -197,7 +200,7 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_resumes(folder,
         {sys.executable} -m invnb {args} > {saved}/out1 2> {saved}/err1; echo $? > {saved}/rc1
         mount -o remount,size=256m tmpfs {disk}
         {sys.executable} -m invnb {args} > {saved}/out2 2> {saved}/err2; echo $? > {saved}/rc2
-        cp {disk}/run/t/layer2/t.safetensors {saved}/t.safetensors 2>/dev/null
+        cp {disk}/run/study/t/model__layer2.safetensors {saved}/t.safetensors 2>/dev/null
         true""")
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     subprocess.run([UNSHARE, "-rm", "bash", "-c", script], check=True, env=env, timeout=600)
@@ -207,7 +210,7 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_resumes(folder,
     assert "Traceback" not in err1
     assert (saved / "rc2").read_text().strip() == "0", (saved / "err2").read_text()
     assert main(study(folder, roomy, "--ae", str(ae[1]))) == 0
-    assert (saved / "t.safetensors").read_bytes() == (roomy / "t" / "layer2" / "t.safetensors").read_bytes()
+    assert (saved / "t.safetensors").read_bytes() == (roomy / "study" / "t" / "model__layer2.safetensors").read_bytes()
 
 
 def test_errors_a_cli_user_meets_offer_what_the_cli_can_do(folder, ae, tmp_path, capsys):
@@ -232,7 +235,7 @@ def test_augmentation_reaches_the_autoencoder_and_the_t_s_alike_and_is_recorded(
     "--augment: the SmallAE and the t's train on the same augmented copies; a rerun with other transforms is refused."
     import invnb.build, invnb.images, invnb.studyrun
     seen = {}
-    train_ae, features = invnb.studyrun.train_autoencoder, invnb.build.encode_and_features
+    train_ae, features = invnb.studyrun.train_autoencoder, invnb.studyrun.encode_and_features
 
     def ae_spy(ae, images, *a, **k):
         seen["ae"] = images.clone()
@@ -243,7 +246,7 @@ def test_augmentation_reaches_the_autoencoder_and_the_t_s_alike_and_is_recorded(
         return features(ae, probes, images, *a, **k)
 
     monkeypatch.setattr(invnb.studyrun, "train_autoencoder", ae_spy)
-    monkeypatch.setattr(invnb.build, "encode_and_features", t_spy)
+    monkeypatch.setattr(invnb.studyrun, "encode_and_features", t_spy)
     out = tmp_path / "run"
     base = study(folder, out, "--train-ae", "2", "--size", "32", "--augment", "flip,crop", "--augment-copies", "3")
     code, err = run(base, capsys)
