@@ -328,9 +328,11 @@ def compute_t_checks(self: Study, images, val_images, model=None, layers=None, *
     """Per t: NLL on `images` (training) and `val_images` (held out) and their gap, sample fidelity on
     the first `n_fidelity` of `val_images` (default: all), and with `baseline_nll` (the held-out NLL of a reference: a t
     trained the same way on z shuffled across images, or an unconditional flow of the same size) the
-    information z adds, in nats. Stored in `results.t_checks[model]`. The ceiling of the agreement on the same
+    information z adds, in nats (default: the null control's, when the study recorded one). Stored in `results.t_checks[model]`. The ceiling of the agreement on the same
     images (`diagnostics.agreement_ceiling`: the codes of the `k` training images of `pool`, default `images`,
     nearest in Φ-space; `pool_features`: {layer: Φ(pool)} if already computed) goes to `results.diagnostics.ceiling`."""
+    if baseline_nll is None and (null := self.results.diagnostics.t_training.get("shuffled_z")) is not None:
+        baseline_nll = null.best_val_nll          # the null control `Study.build` and the runs train
     model, layers = self._layers(model, layers)
     for l in layers: check_trained(self.t(l, model), f"the t of {model!r} at {l!r}", "fit it before asking for its diagnostics")
     f = self.model(model)
@@ -458,7 +460,7 @@ def load_study(folder, # a folder written by `Study.save`
     study.json records), which is checked before anything is built. A model that is not an invnb
     model (a torchvision network, an `Adapted` one) was saved as weights only: pass it back in `models`
     ({name: an instance of the same architecture}) and its weights are loaded into it, unless the study
-    records a recipe for it (`meta['recipe']`, written by `Study.build`; see `08b_build`), from which it is
+    records a recipe for it (`meta['recipe']`, written by `Study.build`; see `08e_build`), from which it is
     rebuilt."""
     folder = Path(folder)
     index = folder / "study.json"

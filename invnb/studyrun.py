@@ -17,25 +17,24 @@ from torch import nn
 
 from . import diagnostics, fitting, plots
 from .autoencoder import Autoencoder, SmallAE, train_autoencoder
-from .build import T_SIZE, BuildError, fit_e
+from .build import T_LR, T_SIZE, T_STACK, BuildError, build_parts, t_spec
 from .recipes import check_recipe, model_from_spec
 from .checkpoint import CheckpointError, load_model, write_bytes_atomic, write_json_atomic
 from .data import Augmented, load_image_folder
-from .features import encode_and_features, features_of_probes, image_batches, probes_of
+from .features import image_batches, probes_of
 from .images import images_record, split_with_factors
-from .invariances import SEED_OFFSETS, RunFolder, TSpec, fit_ts, record_t_trainings, t_fits
+from .invariances import SEED_OFFSETS, RunFolder, TSpec, record_t_trainings, t_fits
 from .probe import IMAGENET, Adapted, InputAdapter
-from .distributed import barrier, is_main, rank, world_size
+from .distributed import barrier, is_main
 from .report import check_thresholds, study_metrics, write_study_report
 from .runs import Recipe, Stage, run_recipe, start_device
 from .study import Study, environment
-from .train import encode_dataset
 from .utils import sha256
 from .utils import say
 
 # %% auto #0
-__all__ = ['MISSING_AE', 'LPIPS_MISSING', 'N_POOL', 'N_FIDELITY', 'MV_STARTS', 'FID_SIZE', 'T_LR', 'T_STACK', 'E_GUIDE',
-           'STUDY_RECIPE', 'fid_network', 'shuffle_pixels', 'fid_calibration', 'load_baseline_decoders', 'StudySpec',
+__all__ = ['MISSING_AE', 'LPIPS_MISSING', 'N_POOL', 'N_FIDELITY', 'MV_STARTS', 'FID_SIZE', 'E_GUIDE', 'STUDY_RECIPE',
+           'fid_network', 'shuffle_pixels', 'fid_calibration', 'load_baseline_decoders', 'StudySpec',
            'autoencoder_stage', 'build_stage', 'analysis_stage', 'report_stage', 'run_study']
 
 # %% ../nbs/09c_studyrun.ipynb #a84696d7
@@ -300,8 +299,6 @@ def _analyse(study, kept: torch.Tensor, x: torch.Tensor, out: Path, seed: int, n
     return grids
 
 
-T_LR = 1e-3       # each t's learning rate (Adam)
-T_STACK = 4       # t's trained together, at most (`invnb.stacked`): under torchrun the stacks are shared out
 E_GUIDE = 300.0   # with --factors: the weight of e's closed-form guide, annealed to 0 (the ColorMNIST study's)
 
 
@@ -335,8 +332,7 @@ class StudySpec(RunFolder):
     @property
     def t_spec(self) -> TSpec:
         "How every t of the run trains (`invariances.fit_ts`): held-out checks 20 times over its steps."
-        return TSpec(dict(T_SIZE if self.t_size is None else self.t_size), self.steps, self.batch_size, T_LR,
-                     max(10, self.steps // 20), self.t_seeds, T_STACK)
+        return t_spec(self.t_size, self.steps, self.batch_size, self.t_seeds)
 
 
 def autoencoder_stage(spec: StudySpec, # the run
@@ -349,19 +345,6 @@ def autoencoder_stage(spec: StudySpec, # the run
                         spec.ae_arch, spec.lpips, spec.big_ae)
 
 
-def _features(spec: StudySpec, net: nn.Module, probes: dict, images, ae: Autoencoder, x_val: torch.Tensor) -> tuple:
-    """(codes, {layer: features}, kept images, info) of the training images in one pass (`encode_and_features`, a
-    disk cache above `budget_mb`), followed by the held-out images' codes and {layer: features}."""
-    cache = spec.out if world_size() == 1 or is_main() else spec.out / f".rank{rank()}"   # each rank its own cache
-    codes, feats, kept, info = encode_and_features(ae.eval(), probes, images, out=cache, budget_mb=spec.budget_mb,
-                                                   batch_size=spec.batch_size, device=spec.device, keep=N_POOL,
-                                                   seed=spec.seed, progress=spec.progress)
-    ae.to(spec.device)
-    codes_val = encode_dataset(ae.encode, x_val, device=spec.device)
-    ae.cpu()
-    return codes, feats, kept, info, codes_val, features_of_probes(probes, net, x_val, device=spec.device)
-
-
 def build_stage(spec: StudySpec, # the run
                 net: nn.Module, # the model
                 names: list, # its layers
@@ -371,26 +354,18 @@ def build_stage(spec: StudySpec, # the run
                 val: tuple, # the held-out (images, class labels or None): each t keeps its best step on them
                 factors: dict | None = None, # {factor: labels of `images`} (--factors): e is trained on them first
                 ) -> tuple | None:
-    """Stage 2: codes and features (`_features`), e (with `factors`), then every t as each run trains them
-    (`invariances.fit_ts`): one per layer, the null control and the other seeds at the last layer. (study, kept
+    """Stage 2: the parts as `Study.build` trains them (`build.build_parts`: codes and features in one pass, e with
+    `factors`, every t: one per layer, the null control and the other seeds at the last layer). (study, kept
     training images, info, the other seeds' t's); None on the other ranks under torchrun."""
-    probes, name, t_dir = probes_of(net, names), "model", spec.study_dir / "t"
-    codes, feats, kept, info, codes_val, val_feats = _features(spec, net, probes, images, ae, val[0])
-    t = spec.t_spec
-    e = fit_e(codes, factors, spec.out, steps=spec.steps, batch_size=spec.batch_size, lr=T_LR, seed=spec.seed,
-              device=spec.device, progress=spec.progress, t_size=t.size, guide=spec.e_guide) if factors else None
-    jobs = [(name, l) for l in probes]
-    fits = t_fits(jobs, jobs[-1], t.seeds)
-    reused = [l for k, (_, l, v) in fits.items() if v is None and (t_dir / f"{k}.safetensors").is_file()]
-    if reused: spec.log(f"  loaded the finished t's of {reused} (delete {t_dir} to train them again)")
-    got = fit_ts(spec, t, codes, codes_val, fits, lambda m, l: (feats[l], val_feats[l]),
-                 {(name, l): tuple(feats[l].shape[1:]) for l in probes})
-    if got is None: return None
-    info["reused"], info["trained"] = reused, [l for l in probes if l not in reused]
-    meta = {"built_with": "invnb study", "name": name, "layers": list(probes), "images": info, "seed": spec.seed,
+    parts = build_parts(spec, net, probes_of(net, names), images, val[0], ae, spec.t_spec, factors=factors,
+                        e_guide=spec.e_guide, budget_mb=spec.budget_mb, keep=N_POOL)
+    if parts is None: return None
+    info, t = parts["info"], spec.t_spec
+    if info["reused"]: spec.log(f"  loaded the finished t's of {info['reused']} (delete {spec.study_dir / 't'} to train them again)")
+    meta = {"built_with": "invnb study", "name": "model", "layers": list(names), "images": info, "seed": spec.seed,
             "t": {"steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, **t.size}, "environment": environment(spec.device)}
     if model_recipe: check_recipe(model_recipe, net); meta["recipe"] = model_recipe
-    return Study(ae.cpu(), {name: net.cpu()}, got[0], e, meta=meta), kept, info, got[1]
+    return Study(ae.cpu(), {"model": net.cpu()}, parts["ts"], parts["e"], meta=meta), parts["kept"], info, parts["seed_ts"]
 
 
 def analysis_stage(spec: StudySpec, # the run

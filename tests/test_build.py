@@ -52,7 +52,7 @@ def test_features_of_layers_one_pass_equals_probe():
 def test_build_from_a_folder_saves_and_reloads_from_its_recipe(folder, ae, tmp_path):
     study = build(folder, ae[0])
     assert sorted(study.ts) == [("model", "layer2"), ("model", "layer3")]
-    assert study.meta["recipe"] == {"torchvision": "resnet18"} and study.meta["images"]["n"] == 24
+    assert study.meta["recipe"] == {"torchvision": "resnet18"} and study.meta["images"]["n"] == 22 and study.meta["held_out"]["n_val"] == 2
     again = Study.load(study.save(tmp_path / "s"))                         # no models=: rebuilt from the recipe
     x = torch.stack([load_image_folder(folder, size=32)[i][0] for i in range(3)])
     g = lambda: torch.Generator().manual_seed(0)
@@ -67,10 +67,11 @@ def test_the_disk_path_gives_the_same_t_as_memory(folder, ae, tmp_path):
     assert disk.meta["images"]["storage"].startswith("memory-mapped .npy files")
     assert mem.meta["images"]["storage"] == "memory"
     z = np.load(tmp_path / "run" / "cache" / "features" / "layer3.npy", mmap_mode="r")
-    assert z.shape == (24, 256, 2, 2) and np.load(tmp_path / "run" / "cache" / "codes" / "mean.npy").shape == (24, 64)
+    assert z.shape == (22, 256, 2, 2) and np.load(tmp_path / "run" / "cache" / "codes" / "mean.npy").shape == (22, 64)
     torch.testing.assert_close(disk.t("layer3").state_dict(), mem.t("layer3").state_dict())
-    with pytest.raises(BuildError, match="pass out= a folder"):
-        build(folder, ae[0], layers=["layer3"], budget_mb=0.01)
+    tmp = build(folder, ae[0], model=net, layers=["layer3"], budget_mb=0.01)   # without out: in a temporary folder
+    assert tmp.meta["images"]["storage"].startswith("memory-mapped .npy files")
+    torch.testing.assert_close(tmp.t("layer3").state_dict(), mem.t("layer3").state_dict())
 
 
 def test_a_rebuild_loads_finished_ts_and_refuses_another_model(folder, ae, tmp_path, monkeypatch):
@@ -91,9 +92,9 @@ def test_bad_inputs_fail_before_training(folder, ae, tmp_path, monkeypatch):
     with pytest.raises(BuildError, match="train_autoencoder"):
         Study.build(resnet18(), ["layer2"], folder)
     with pytest.raises(BuildError, match=r"it takes 3×32×32 images, got 3×64×64"):
-        build(torch.rand(4, 3, 64, 64) * 2 - 1, ae[0])
+        build(torch.rand(20, 3, 64, 64) * 2 - 1, ae[0])
     with pytest.raises(BuildError, match=r"must lie in \[-1, 1\]"):
-        build(torch.rand(4, 3, 32, 32) * 255, ae[0])
+        build(torch.rand(20, 3, 32, 32) * 255, ae[0])
     with pytest.raises(TypeError, match=r"build_study got unknown keyword\(s\): 'step' \(did you mean 'steps'\?\)"):
         Study.build(resnet18(), ["layer2"], folder, ae=ae[0], step=3)
     with pytest.raises(TypeError, match=r"'bogus'; it takes ae, "):
@@ -279,8 +280,8 @@ def test_study_build_threads_its_device_through_every_step(folder, ae, monkeypat
 def test_a_damaged_finished_t_is_trained_again(folder, ae, tmp_path):
     out = tmp_path / "run"
     build(folder, ae[0], out=out)
-    (out / "t" / "layer2" / "t.safetensors").write_bytes(b"damaged")
-    with pytest.warns(UserWarning, match="cannot be loaded.*training this t again"):
+    (out / "study" / "t" / "model__layer2.safetensors").write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="cannot be loaded.*making it again"):
         study = build(folder, ae[0], out=out)
     assert study.meta["images"]["reused"] == ["layer3"] and study.meta["images"]["trained"] == ["layer2"]
     x = torch.stack([load_image_folder(folder, size=32)[i][0] for i in range(2)])

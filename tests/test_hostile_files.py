@@ -308,8 +308,8 @@ def test_a_symlink_out_of_the_study_folder_is_refused_for_every_file(small_study
 def test_an_empty_build_json_is_named(tmp_path):
     from torch import nn
     from invnb.build import _check_same_model
-    (tmp_path / "t" / "x").mkdir(parents=True)
-    (tmp_path / "t" / "x" / "t.safetensors").write_bytes(b"")
+    (tmp_path / "study" / "t").mkdir(parents=True)
+    (tmp_path / "study" / "t" / "model__x.safetensors").write_bytes(b"")
     (tmp_path / "build.json").write_text("")
     with pytest.raises(CheckpointError, match="build.json is empty") as info:
         _check_same_model(tmp_path, nn.Linear(2, 2), "model")

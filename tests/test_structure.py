@@ -9,9 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG, NBS = ROOT / "invnb", ROOT / "nbs"
 MAX_LINES = 60       # a function's lines, its docments included
-LONGER = {"train.fit": 80, "fitting.fit_invariances_over": 80, "studyrun.run_study": 75, "build.assemble_study": 63}
+LONGER = {"train.fit": 80, "fitting.fit_invariances_over": 80, "studyrun.run_study": 75}
 MAX_MODULE = 400     # a module's lines
-LARGER = {"report": 670, "colormnist": 439, "studyrun": 529, "data": 598, "train": 550, "study": 512, "flows": 429,
+LARGER = {"report": 670, "colormnist": 439, "studyrun": 504, "data": 598, "train": 550, "study": 514, "flows": 429,
           "runs": 414, "autoencoder": 409}   # the modules over MAX_MODULE today: no longer than this
 
 

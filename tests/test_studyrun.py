@@ -235,7 +235,7 @@ def test_augmentation_reaches_the_autoencoder_and_the_t_s_alike_and_is_recorded(
     "--augment: the SmallAE and the t's train on the same augmented copies; a rerun with other transforms is refused."
     import invnb.build, invnb.images, invnb.studyrun
     seen = {}
-    train_ae, features = invnb.studyrun.train_autoencoder, invnb.studyrun.encode_and_features
+    train_ae, features = invnb.studyrun.train_autoencoder, invnb.build.encode_and_features
 
     def ae_spy(ae, images, *a, **k):
         seen["ae"] = images.clone()
@@ -246,7 +246,7 @@ def test_augmentation_reaches_the_autoencoder_and_the_t_s_alike_and_is_recorded(
         return features(ae, probes, images, *a, **k)
 
     monkeypatch.setattr(invnb.studyrun, "train_autoencoder", ae_spy)
-    monkeypatch.setattr(invnb.studyrun, "encode_and_features", t_spy)
+    monkeypatch.setattr(invnb.build, "encode_and_features", t_spy)
     out = tmp_path / "run"
     base = study(folder, out, "--train-ae", "2", "--size", "32", "--augment", "flip,crop", "--augment-copies", "3")
     code, err = run(base, capsys)
