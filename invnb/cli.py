@@ -57,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
                                 "Study"), run_colormnist)
     add("profile", extra=f": {', '.join(PROFILES)}"); add("out"); add("device"); add("seed", type=int)
     add("mnist_root"); add("force"); add("until", choices=STAGES); add("progress", "--no-progress", invert=True)
+    add("baselines"); add("fid", metavar="torchvision:NAME[:WEIGHTS]|inception:FILE")
     s = sub.add_parser("study", help="your own model on your own images: one t per layer, report.html, metrics.json, Study")
     add = _adder(s, run_study)
     add("model", required=True)
@@ -135,7 +136,7 @@ def _command(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         return 0
     try:
         run_colormnist(a.out, a.profile, a.device, a.seed, a.force, a.until, progress=a.progress,
-                       mnist_root=a.mnist_root, log=say)      # --no-progress: no bars, the stage lines stay
+                       mnist_root=a.mnist_root, log=say, baselines=a.baselines, fid=a.fid)   # --no-progress: no bars
     except RankTimeout as e:
         print(f"invnb colormnist: error: {as_flags(str(e))}", file=sys.stderr)
         return 2

@@ -5,7 +5,6 @@
 # %% ../nbs/12_colormnist.ipynb #18ecfbb3
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from torch import nn
 
 from . import diagnostics, fitting, plots
 from .autoencoder import SmallAE, train_autoencoder
+from .baselines import fid_network, inversion_baselines
 from .checkpoint import load_model, write_json_atomic
 from .classifier import ColorMNISTClassifier, train_classifier
 from .data import ColorMNIST, FactorPairs, load_mnist
@@ -25,7 +25,7 @@ from .distributed import barrier, broadcast, is_main
 from .factors import estimate_factor_sizes, pair_val_fn
 from .features import features_of_probes
 from .inn import FactorINN, InvarianceINN
-from .invariances import (SEED_OFFSETS, RunFolder, TSpec, fit_ts, load_or_none, main_first,
+from .invariances import (SEED_OFFSETS, LayerFeatures, RunFolder, TSpec, fit_ts, load_or_none, main_first,
                               record_t_trainings, t_fits)
 from .profiles import FACTORS, PROFILES, TARGET, Profile
 from .report import run_metrics, summary_png, write_report
@@ -35,10 +35,9 @@ from .train import encode_dataset
 from .utils import say
 
 # %% auto #0
-__all__ = ['FEATURE_BUDGET_MB', 'RunSpec', 't_spec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage',
-           'factors_stage', 'invariance_jobs', 't_training_set', 'invariances_stage', 'analysis_stage', 'grid_caption',
-           'data_stage', 't_stage', 'colormnist_study', 'analyse', 'report_stage', 'colormnist_recipe',
-           'run_colormnist']
+__all__ = ['RunSpec', 't_spec', 'ColorMNISTData', 'load_data', 'autoencoder_stage', 'classifier_stage', 'factors_stage',
+           'invariance_jobs', 't_training_set', 'invariances_stage', 'analysis_stage', 'grid_caption', 'data_stage',
+           't_stage', 'colormnist_study', 'analyse', 'report_stage', 'colormnist_recipe', 'run_colormnist']
 
 # %% ../nbs/12_colormnist.ipynb #746bf8db
 @dataclass(frozen=True)
@@ -50,6 +49,8 @@ class RunSpec(RunFolder):
     device: torch.device = torch.device("cpu")  # where the models train and run (already checked: `start_device`)
     progress: bool = True  # show progress bars (rank 0 only under torchrun)
     log: object = say  # a callable taking one message (str): where the stage and t lines go
+    baselines: bool = False  # also the inversion baselines per layer of the final model (`09c_baselines`)
+    fid: dict | None = None  # with baselines: FID/KID in this feature network (`baselines.fid_network`)
 
     @property
     def ckpt_every(self) -> int: return self.prof.ckpt_every   # training states are saved this often (steps)
@@ -164,9 +165,6 @@ def invariance_jobs(prof: Profile,            # the profile: its `layers` and `c
     return jobs
 
 
-FEATURE_BUDGET_MB = 2048   # stage 5: features of one layer above this are computed on the fly (one t at a time)
-
-
 # %% ../nbs/12_colormnist.ipynb #c499a6c8
 def t_training_set(run: RunSpec,          # the run: its profile's `t_colourings` K, seed, folder and device
                    data: ColorMNISTData,  # stage 1's data: its training digits are coloured again
@@ -186,42 +184,6 @@ def t_training_set(run: RunSpec,          # the run: its profile's `t_colourings
         cs.append(main_first(lambda: encode_dataset(ae.encode, x, device=run.device, cache=cache))); xs.append(x)
     ae.cpu()
     return torch.cat(xs), {key: torch.cat([c[key] for c in cs]) for key in ("mean", "logvar")}
-
-# %% ../nbs/12_colormnist.ipynb #ba4c03ff
-class _LayerFeatures:
-    """Φ of the t's training images `xt` and of the validation images at (model, layer), for stage 5. One model's
-    layers at a time: the layers of that model whose t's are still to be made come from one forward pass; a layer
-    above `FEATURE_BUDGET_MB` is computed on the fly in each batch (`fitting.layer_features`)."""
-    def __init__(self, run: RunSpec, models: dict[str, nn.Module], xt: torch.Tensor, xv: torch.Tensor, fits: dict,
-                 t_file: Callable):
-        self.run, self.models, self.xt, self.xv, self.fits, self.t_file = run, models, xt, xv, fits, t_file
-        self.cache: dict[str, dict] = {}
-        self.shapes = {ml: self.probe(*ml).feature_shape(tuple(xv.shape[1:]))
-                       for ml in dict.fromkeys(v[:2] for v in fits.values())}
-
-    def probe(self, model: str, layer: str):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return self.models[model].probe(layer)
-
-    def __call__(self, model: str, layer: str) -> tuple:
-        "(training features, validation features) at `layer` of `model`."
-        if model not in self.cache: self.cache.clear(); self.cache[model] = {}
-        got, run = self.cache[model], self.run
-        if layer not in got:       # (a rerun's stack may ask for a layer whose own t is done: computed then)
-            want = [l for k, (m, l, _) in self.fits.items() if m == model and not self.t_file(k).exists() and l not in got]
-            layers = list(dict.fromkeys([*want, layer]))
-            mb = lambda l: (len(self.xt) + len(self.xv)) * math.prod(self.shapes[(model, l)]) * 4 / 2 ** 20
-            if small := [l for l in layers if mb(l) <= FEATURE_BUDGET_MB]:
-                ft, fv = (features_of_probes({l: self.probe(model, l) for l in small}, self.models[model], x, device=run.device)
-                          for x in (self.xt, self.xv))
-                got.update({l: (ft[l], fv[l]) for l in small})
-            for l in layers:
-                if l not in got:
-                    got[l] = tuple(fitting.layer_features(self.probe(model, l), x, budget_mb=FEATURE_BUDGET_MB, device=run.device)
-                                   for x in (self.xt, self.xv))
-        return got[layer]
-
 
 # %% ../nbs/12_colormnist.ipynb #8452387a
 def invariances_stage(run: RunSpec,                 # the run: its folder, profile, seed and device
@@ -243,7 +205,7 @@ def invariances_stage(run: RunSpec,                 # the run: its folder, profi
     xt, codes = train if train is not None else (data.xt, codes)
     timeout = max(600.0, 3 * run.prof.est_seconds.get("invariances", 0))
     fits = t_fits(jobs, (jobs[0][0], run.prof.checkpoint_layer), run.prof.t_seeds)   # jobs[0][0]: the final model
-    features = _LayerFeatures(run, models, xt, data.xv, fits, lambda k: run.study_dir / "t" / f"{k}.safetensors")
+    features = LayerFeatures(models, xt, data.xv, fits, lambda k: run.study_dir / "t" / f"{k}.safetensors", run.device)
     got = fit_ts(run, t_spec(run.prof), codes, codes_val, fits, features, features.shapes, timeout)
     features.cache.clear()
     return got
@@ -364,10 +326,16 @@ def analyse(run: RunSpec, # the run
             e: FactorINN, # stage 4's e
             ts: dict, # stage 5's {(model, layer): t}
             seed_ts: list, # stage 5's t's of the other seeds
-            ) -> tuple[Study, dict]:
-    "Stage 6: (the study, {'<model>__<layer>': grid file}) after `analysis_stage`."
-    study = colormnist_study(run, data, ae, checkpoints, ts, e)
-    return study, analysis_stage(run, data, study, invariance_jobs(run.prof, list(checkpoints)), seed_ts)
+            ) -> tuple[Study, dict, dict]:
+    """Stage 6: (the study, {'<model>__<layer>': grid file}, the inversion baselines per layer of the final model
+    (--baselines; {} without)) after `analysis_stage`."""
+    study, p = colormnist_study(run, data, ae, checkpoints, ts, e), run.prof
+    grids = analysis_stage(run, data, study, invariance_jobs(p, list(checkpoints)), seed_ts)
+    return study, grids, (inversion_baselines(study, data.xt[:p.n_pool], data.xv, run.out, model=list(checkpoints)[-1],
+                                              layers=list(p.layers), fid=run.fid, seed=run.seed, steps=p.t_steps,
+                                              device=run.device, progress=run.progress, n_grid=p.n_grid,
+                                              n_images=p.n_fidelity)
+                          if run.baselines else {})
 
 
 def report_stage(run: RunSpec, # the run
@@ -375,6 +343,7 @@ def report_stage(run: RunSpec, # the run
                  study: Study, # the analysed study
                  figures: dict, # the sample grids' files
                  stage_seconds: dict, # {stage: {'seconds': s}} of the finished stages but this one (the engine's)
+                 baselines: dict | None = None, # stage 6's inversion baselines per layer (--baselines), or {}
                  ) -> Path:
     "Stage 7: metrics.json, figures/summary.png and report.html; the report's path."
     p, secs = run.prof, {s: v["seconds"] for s, v in stage_seconds.items()}
@@ -382,6 +351,7 @@ def report_stage(run: RunSpec, # the run
                     environment=environment(run.device), checkpoint_layer=p.checkpoint_layer, layers=list(p.layers),
                     factors=[*FACTORS, study.e.names[0]], figures=figures,
                     seconds=secs | {"total": round(sum(secs.values()), 1)})
+    if baselines: m["baselines"] = baselines
     write_json_atomic(run.out / "metrics.json", m)
     (run.out / "figures" / "summary.png").write_bytes(summary_png(m))
     return write_report(m, run.out / "report.html", run.out / "figures")
@@ -399,10 +369,10 @@ def colormnist_recipe(prof: Profile, # the profile (its time estimates go into t
         S("factors", "train e (digit, fg, bg + residual)", factors_stage, ("run", "data", "codes", "codes_val"), ("e",)),
         S("invariances", "train t per layer and per checkpoint", t_stage,
           ("run", "data", "ae", "codes", "codes_val", "checkpoints"), ("ts", "seed_ts")),
-        S("analysis", "Eq. 19, Eq. 20, sample grids", analyse, ("run", "data", "ae", "checkpoints", "e", "ts", "seed_ts"),
-          ("study", "figures"), all_ranks=False),
+        S("analysis", "Eq. 19, Eq. 20, sample grids (and the inversion baselines)", analyse,
+          ("run", "data", "ae", "checkpoints", "e", "ts", "seed_ts"), ("study", "figures", "baselines"), all_ranks=False),
         S("report", "write metrics.json and report.html", report_stage,
-          ("run", "data", "study", "figures", "stage_seconds"), ("report",), all_ranks=False)),
+          ("run", "data", "study", "figures", "stage_seconds", "baselines"), ("report",), all_ranks=False)),
         est_seconds=dict(prof.est_seconds))
 
 # %% ../nbs/12_colormnist.ipynb #367bdc3d
@@ -415,6 +385,8 @@ def run_colormnist(out="runs/colormnist", # run folder
                    progress: bool = True, # progress bars (the stage lines are printed either way)
                    log=None, # where the stage lines go (default: the `invnb` logger; silent with progress=False)
                    mnist_root: str | Path | None = None, # a torchvision MNIST folder (default: the bundled digits)
+                   baselines: bool = False, # also the inversion baselines per layer of the final model: a D&B decoder and M&V optimisation
+                   fid: str | None = None, # with baselines: FID and KID of every method in torchvision:NAME[:WEIGHTS] or inception:FILE features
                    ) -> Path | None:
     """Run (or resume) the ColorMNIST study (`colormnist_recipe`, run by `run_recipe`); the path of report.html, or
     None when stopped by `until`.
@@ -430,10 +402,13 @@ def run_colormnist(out="runs/colormnist", # run folder
     dev, out = start_device(device), Path(out)
     if log is None: log = say if progress else (lambda message: None)
     if not is_main(): log = lambda *a, **k: None            # under torchrun rank 0 speaks (and locks, and writes state)
-    run = RunSpec(out, profile, seed, dev, progress and is_main(), log)
+    if fid is not None and not baselines: raise RunError("`fid` scores t beside the inversion baselines: add `baselines`.")
+    run = RunSpec(out, profile, seed, dev, progress and is_main(), log, baselines,
+                  fid_network(fid, "colormnist:squeezenet1_1", seed) if fid else None)
     t0 = time.perf_counter()
     data = load_data(profile, seed, mnist_root)
+    settings = asdict(profile) | ({"baselines": True} if baselines else {}) | ({"fid": fid} if fid else {})
     values = run_recipe(recipe, out, {"run": run, "data": data}, profile=profile.name, seed=seed,
-                        settings=asdict(profile), data=data.info, force=force, until=until, log=log,
+                        settings=settings, data=data.info, force=force, until=until, log=log,
                         disk_mb=profile.disk_mb, setup_seconds=time.perf_counter() - t0)
     return None if values is None else values["report"]

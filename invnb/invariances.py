@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import warnings
 from collections.abc import Callable
@@ -16,14 +17,16 @@ import torch
 
 from . import diagnostics, fitting
 from .checkpoint import CheckpointError, load_model, read_json, write_json_atomic
+from .features import features_of_probes
+from .probe import Probe
 from .distributed import barrier, is_main, run_sharded, wait_for_files
 from .inn import InvarianceINN
 from .stacked import fit_invariances_stacked, stacked_nll_of
 from .utils import nested_bars, progress_bar
 
 # %% auto #0
-__all__ = ['SEED_OFFSETS', 'RunFolder', 'TSpec', 't_fits', 't_stacks', 'main_first', 'load_or_none', 'fit_one_t', 'fit_t_stack',
-           'fit_ts', 'record_t_trainings']
+__all__ = ['SEED_OFFSETS', 'FEATURE_BUDGET_MB', 'RunFolder', 'TSpec', 't_fits', 't_stacks', 'main_first', 'load_or_none',
+           'fit_one_t', 'fit_t_stack', 'fit_ts', 'LayerFeatures', 'record_t_trainings']
 
 # %% ../nbs/08d_invariances.ipynb #e214f113
 SEED_OFFSETS = dict(val_colours=1, eq19=1, eq20=2, eq20_checkpoints=3, grids=4, share=5, share_checkpoints=6,
@@ -255,6 +258,49 @@ def fit_ts(run: RunFolder,          # the run: its folder, seed, device, progres
     load = lambda k: load_model(t_file(k), InvarianceINN).eval()
     return ({(m, l): load(k) for k, (m, l, v) in fits.items() if v is None},
             [load(k) for k, (_, _, v) in fits.items() if isinstance(v, int)])
+
+# %% ../nbs/08d_invariances.ipynb #227a18ee
+FEATURE_BUDGET_MB = 2048   # features of one layer above this are computed on the fly (one t at a time)
+
+
+class LayerFeatures:
+    "(training features, held-out features) at (model, layer), one model's layers at a time (see above)."
+    def __init__(self, models: dict,       # {name: model}: a ColorMNIST classifier (its own `probe`) or any module
+                 xt: torch.Tensor,         # the images the t's train on (N, C, H, W)
+                 xv: torch.Tensor,         # the held-out images (N_val, C, H, W)
+                 fits: dict,               # {t file name: (model, layer, variant)} (`t_fits`)
+                 t_file: Callable,         # t file name -> its path (a finished t's layer is not computed ahead)
+                 device="auto",            # where the forward passes run
+                ):
+        self.models, self.xt, self.xv, self.fits, self.t_file, self.device = models, xt, xv, fits, t_file, device
+        self.cache: dict[str, dict] = {}
+        self.shapes = {ml: self.probe(*ml).feature_shape(tuple(xv.shape[1:]))
+                       for ml in dict.fromkeys(v[:2] for v in fits.values())}
+
+    def probe(self, model: str, layer: str):
+        "The model's own probe of `layer` (a ColorMNIST classifier's), or a `Probe`."
+        m = self.models[model]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return m.probe(layer) if hasattr(m, "probe") else Probe(m, layer)
+
+    def __call__(self, model: str, layer: str) -> tuple:
+        "(training features, held-out features) at `layer` of `model`."
+        if model not in self.cache: self.cache.clear(); self.cache[model] = {}
+        got = self.cache[model]
+        if layer not in got:       # (a rerun's stack may ask for a layer whose own t is done: computed then)
+            want = [l for k, (m, l, _) in self.fits.items() if m == model and not self.t_file(k).exists() and l not in got]
+            layers = list(dict.fromkeys([*want, layer]))
+            mb = lambda l: (len(self.xt) + len(self.xv)) * math.prod(self.shapes[(model, l)]) * 4 / 2 ** 20
+            if small := [l for l in layers if mb(l) <= FEATURE_BUDGET_MB]:
+                ft, fv = (features_of_probes({l: self.probe(model, l) for l in small}, self.models[model], x, device=self.device)
+                          for x in (self.xt, self.xv))
+                got.update({l: (ft[l], fv[l]) for l in small})
+            for l in layers:
+                if l not in got:
+                    got[l] = tuple(fitting.layer_features(self.probe(model, l), x, budget_mb=FEATURE_BUDGET_MB, device=self.device)
+                                   for x in (self.xt, self.xv))
+        return got[layer]
 
 # %% ../nbs/08d_invariances.ipynb #44bbde2c
 def record_t_trainings(study,              # the run's `Study`: its diagnostics get each t's training record

@@ -129,7 +129,7 @@ def fit_feature_decoder(features: torch.Tensor,   # Φ(x) of the training images
 
 # %% ../nbs/07f_inversion.ipynb #11871836
 def baseline_rows(study,                       # the `Study` whose probes the inversions invert
-                  decoders: dict | None = None,  # {layer: FeatureDecoder} (`studyrun.load_baseline_decoders`); None: no D&B row
+                  decoders: dict | None = None,  # {layer: FeatureDecoder} (`baselines.load_baseline_decoders`); None: no D&B row
                   n_starts: int = 3,           # M&V's random starts (its row's images); 0: no M&V row
                   steps: int = 300,            # M&V's Adam steps
                   model: str | None = None,    # which of the study's models; None: its default

@@ -378,7 +378,7 @@ def write_report(m: dict,          # a run's metrics.json, as `run_metrics` writ
     path, d = Path(path), _curves(m)
     r = d["results"]
     parts = [*_overview(m, d), *_curve_sections(m, d), *_e_section(r), *_fig4_section(m, r), *_t_sections(r),
-             *_samples_section(m, r, path, figures_dir),
+             *_samples_section(m, r, path, figures_dir), *_baselines_section(m, path, figures_dir),
              "<h2>Environment</h2>", _table(["", "value"], [[k, v] for k, v in m["run"]["environment"].items()])]
     doc = html_page("invnb ColorMNIST report", parts, head=f"<script type='text/javascript'>{get_plotlyjs()}</script>")
     return write_text_atomic(path, doc)
@@ -557,7 +557,7 @@ def _study_factor_sections(r: StudyResults, name: str) -> list[str]:
     return parts
 
 
-def _study_baselines_section(m: dict, path: Path, figures_dir) -> list[str]:
+def _baselines_section(m: dict, path: Path, figures_dir) -> list[str]:
     "--baselines: the inversions of Fig. 2 / Tab. 1 beside t's samples, with their grids and FID/KID (empty without)."
     esc, parts, base = html.escape, [], m.get("baselines")
     if not base: return parts
@@ -662,7 +662,7 @@ def write_study_report(m: dict,          # an `invnb study` run's metrics.json, 
     for layer, file in m["figures"].items():
         f = Path(figures_dir or path.parent / "figures") / file
         if f.is_file(): parts += [f"<h3>{esc(layer)}</h3>", png(f.read_bytes(), layer)]
-    parts += _study_baselines_section(m, path, figures_dir)
+    parts += _baselines_section(m, path, figures_dir)
     parts += ["<h2>Stage times</h2>", _table(["stage", "seconds"], [[k, float(v)] for k, v in m["seconds"].items()]),
               "<h2>Environment</h2>", _table(["", "value"], [[k, v] for k, v in run["environment"].items()])]
     doc = html_page("invnb study report", parts)

@@ -374,3 +374,25 @@ def test_a_training_state_this_invnb_cannot_resume_is_deleted_and_the_t_trained_
     (spec("clean").study_dir / "t").mkdir(parents=True)
     want = fit_one_t(spec("clean"), t, "x", codes, feats, codes_val, val_feats, "t x")
     assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), want.state_dict().values()))
+
+
+def test_the_preset_gets_the_inversion_baselines_of_the_study_door(smoke_run, tmp_path, capsys):
+    "--baselines through `invnb colormnist`: the same function as `invnb study`'s, per layer of the final model, in "
+    "metrics.json, the report and `invnb check`; a rerun of a run made without them is refused, naming the setting."
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_run[0], copy)
+    base = ["colormnist", "--profile", "smoke", "--device", "cpu", "--no-progress"]
+    assert main([*base, "--out", str(copy), "--baselines"]) == 2
+    assert "baselines" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "f"), "--fid", "torchvision:mobilenet_v3_small"]) == 2
+    assert "add --baselines" in capsys.readouterr().err and not (tmp_path / "f").exists()
+    out = tmp_path / "bl"
+    assert main([*base, "--out", str(out), "--baselines"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert sorted(m["baselines"]) == sorted(PROFILES["smoke"].layers)
+    for b in m["baselines"].values():
+        assert b["images"] == PROFILES["smoke"].n_fidelity and all(0 <= b[k] <= 1 for k in ("t", "decoder", "optimisation"))
+        assert (out / "figures" / b["grid"]).is_file() and (out / b["decoder_file"]).is_file()
+    assert "Baselines on the same layer and images" in (out / "report.html").read_text()
+    assert main(["check", str(out)]) == 0
+    assert json.loads((out / "state.json").read_text())["settings"]["baselines"] is True

@@ -10,7 +10,7 @@ from torchvision.models import resnet18
 from invnb.data import ColorMNIST, load_mnist
 from invnb.probe import IMAGENET, Adapted, InputAdapter
 from invnb.quality import FeatureNet, sample_quality
-from invnb.studyrun import fid_calibration, shuffle_pixels
+from invnb.baselines import fid_calibration, shuffle_pixels
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ PKG, NBS = ROOT / "invnb", ROOT / "nbs"
 MAX_LINES = 60       # a function's lines, its docments included
 LONGER = {"train.fit": 80, "fitting.fit_invariances_over": 80, "studyrun.run_study": 75}
 MAX_MODULE = 400     # a module's lines
-LARGER = {"report": 670, "colormnist": 439, "studyrun": 504, "data": 598, "train": 550, "study": 514, "flows": 429,
+LARGER = {"report": 670, "colormnist": 414, "data": 598, "train": 550, "study": 514, "flows": 429,
           "runs": 414, "autoencoder": 409}   # the modules over MAX_MODULE today: no longer than this
 
 
@@ -107,8 +107,8 @@ def test_the_checks_can_fail():
     assert ("b", "_x") in _imports(a) and ("c", "g") in _imports(a) and ("d", "h") in _imports(a) and ("a", "f") in _imports(b)
     assert _too_long({"a": a}) == {"a.f": 93}
     assert _too_long({"train": ast.parse("def fit():\n" + "    pass\n" * 80)}) == {"train.fit": 81}   # one over its allowance
-    assert _too_large({"new": MAX_MODULE + 1, "studyrun": LARGER["studyrun"] + 1, "flows": 10}) == {
-        "new": MAX_MODULE + 1, "studyrun": LARGER["studyrun"] + 1}
+    assert _too_large({"new": MAX_MODULE + 1, "report": LARGER["report"] + 1, "flows": 10}) == {
+        "new": MAX_MODULE + 1, "report": LARGER["report"] + 1}
     assert _root_imports(ast.parse("import os\ndef f():\n    import numpy, invnb\n")) == [3]
     assert _root_imports(ast.parse("from . import plots\nfrom importlib.metadata import version\n")) == []
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

@@ -415,7 +415,7 @@ def test_baselines_put_the_decoder_and_the_optimisation_beside_t_on_the_same_ima
     assert "Baselines on the same layer and images" in page and "M&amp;V optimisation" in page
     from invnb.inversion import FeatureDecoder, baseline_rows
     from invnb.study import Study
-    from invnb.studyrun import BuildError, load_baseline_decoders
+    from invnb.baselines import BuildError, load_baseline_decoders
     from invnb.widgets import LayerExplorer
     decoders = load_baseline_decoders(out)                     # the decoders the run trained, for the explorer's rows
     assert set(decoders) == {"layer2"} and isinstance(decoders["layer2"], FeatureDecoder)
