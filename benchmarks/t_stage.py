@@ -24,21 +24,22 @@ from pathlib import Path
 
 import torch
 
-from invnb import colormnist
+from invnb import colormnist, invariances
 from invnb import probe as probe_module
 from invnb.study import Study
 
 
-every_t = colormnist.t_stacks
+every_t = invariances.t_stacks
 
 
-def checkpoint_layer_only(run, fits):
-    "The grouping before every t was stacked: only the checkpoint layer's t's in stacks, every other t alone."
-    at = [k for k, (_, l, _) in fits.items() if l == run.prof.checkpoint_layer]
-    n = max(1, run.prof.t_stack)
-    out = {k: [k] for k in fits if k not in at}
-    out.update({f"stack{i // n}": at[i:i + n] for i in range(0, len(at), n)})
-    return {k: v for k, v in sorted(out.items(), key=lambda kv: list(fits).index(kv[1][0]))}
+def checkpoint_layer_only(layer):
+    "The grouping before every t was stacked: only `layer`'s t's in stacks, every other t alone (`t_stacks`' signature)."
+    def group(fits, stack):
+        at, n = [k for k, (_, l, _) in fits.items() if l == layer], max(1, stack)
+        out = {k: [k] for k in fits if k not in at}
+        out.update({f"stack{i // n}": at[i:i + n] for i in range(0, len(at), n)})
+        return {k: v for k, v in sorted(out.items(), key=lambda kv: list(fits).index(kv[1][0]))}
+    return group
 
 
 def main():
@@ -58,7 +59,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         for name, stack in (("stacked", prof.t_stack), ("checkpoint_layer_stacked", prof.t_stack), ("one_by_one", 1)):
             before = name == "checkpoint_layer_stacked"
-            colormnist.t_stacks = checkpoint_layer_only if before else every_t
+            invariances.t_stacks = checkpoint_layer_only(prof.checkpoint_layer) if before else every_t
             for m in study.models.values():        # the stage as it was: the usual layout for Φ
                 (probe_module._USUAL_LAYOUT_ONLY.add if before else probe_module._USUAL_LAYOUT_ONLY.discard)(m.net)
             run = colormnist.RunSpec(Path(d) / name, dataclasses.replace(prof, t_stack=stack), state.get("seed", 0),

@@ -11,7 +11,7 @@ import inspect
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -70,8 +70,9 @@ class BuildRun(RunFolder):
     ckpt_every: int = 200           # training states are saved this often (steps)
 
 # %% ../nbs/08e_build.ipynb #955eb061
-def _check_same_model(out: Path, model: nn.Module, name: str):
-    "Refuse t's in `out` that were trained on another model; record this one's fingerprint."
+def _check_same_model(out: Path, model: nn.Module, name: str, how: dict | None = None):
+    """Refuse t's in `out` that were trained on another model, or (`how`: the t's settings and the images' split)
+    otherwise; record this build's."""
     path, fp = out / "build.json", {"name": name, "class": f"{type(model).__module__}.{type(model).__qualname__}",
                                     "weights": module_fingerprint(model)}
     t_dir = out / "study" / "t"
@@ -83,8 +84,15 @@ def _check_same_model(out: Path, model: nn.Module, name: str):
         if old is not None and old != fp:
             raise BuildError(f"{out} holds t's trained on another model (recorded {old}, this one {fp}); choose another "
                              f"`out`, or delete {t_dir} to train them again.")
+        if how is not None and rec.get("how", how) != how:
+            flat = lambda d: {(f"{k}.{kk}" if kk else k): vv for k, v in d.items()
+                              for kk, vv in (v.items() if isinstance(v, dict) else [("", v)])}
+            now, then = flat(how), flat(rec["how"])
+            differ = sorted(k for k in {**now, **then} if now.get(k) != then.get(k))
+            raise BuildError(f"{out} holds t's trained with other settings or images ({', '.join(differ)} differ); choose "
+                             f"another `out`, or delete {t_dir} to train them again.")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"model": fp})
+    write_json_atomic(path, {"model": fp, **({"how": how} if how is not None else {})})
 
 
 def fit_e(codes: dict,        # the training images' codes {'mean', 'logvar'} (N, D)
@@ -148,7 +156,7 @@ def build_parts(run: RunFolder,        # the folder it trains in (study/t, train
     stamp = lambda: {k: (t_dir / f"{k}.safetensors").stat().st_mtime_ns for k in fits if (t_dir / f"{k}.safetensors").is_file()}
     before = stamp()
     got = fit_ts(run, t, codes, codes_val, fits, lambda m, l: (feats[l], val_feats[l]),
-                 {(name, l): tuple(feats[l].shape[1:]) for l in probes})
+                 {(name, l): tuple(feats[l].shape[1:]) for l in probes}, timeout=fitting.RANK_TIMEOUT)
     if got is None: return None
     after = stamp()
     info["reused"] = [l for k, (_, l, v) in fits.items() if v is None and k in before and after.get(k) == before[k]]
@@ -191,11 +199,15 @@ def assemble_study(model: nn.Module, # your model, f; an `Adapted` model probes 
     elif recipe is not False: check_recipe(recipe, model)
     train, x_val, _, split = split_images(images, ae.size, val_fraction, seed)
     if factors is not None:                            # the factors split as the images do
-        keep = torch.as_tensor(split_indices(len(x_val) + split["n_train"], val_fraction, seed)[0])
+        n = len(x_val) + split["n_train"]
+        if bad := {k: len(v) for k, v in factors.items() if len(v) != n}:
+            raise BuildError(f"`factors` must give one label per image ({n}); got lengths {bad}.")
+        keep = torch.as_tensor(split_indices(n, val_fraction, seed)[0])
         factors = {k: torch.as_tensor(v)[keep] for k, v in factors.items()}
-    with (contextlib.nullcontext(out) if out is not None else tempfile.TemporaryDirectory()) as folder:
+    how = {"t": asdict(t), "seed": seed, "split": split, "factors": sorted(factors or {}), "e_guide": e_guide}
+    with (contextlib.nullcontext(out) if out is not None else tempfile.TemporaryDirectory(ignore_cleanup_errors=True)) as folder:
         run = BuildRun(Path(folder), seed, device, progress)
-        if out is not None and is_main(): _check_same_model(run.out, model, name)   # rank 0 records the model
+        if out is not None and is_main(): _check_same_model(run.out, model, name, how)   # rank 0 records the build
         parts = build_parts(run, model, probes, train, x_val, ae, t, factors=factors, e_guide=e_guide,
                             budget_mb=budget_mb, name=name)
         if parts is None: return None                  # the other ranks have trained their share

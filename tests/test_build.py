@@ -299,3 +299,15 @@ def test_a_builder_beside_the_user_is_found_by_the_console_script(tmp_path, monk
     assert import_builder("beside_me_nets:build", may_import=True)() == "built"
     with pytest.raises(BuildError, match="put no_such_nets.py in the current folder or its folder on PYTHONPATH"):
         import_builder("no_such_nets:build", may_import=True)
+
+
+def test_study_build_checks_its_factors_and_its_settings_before_training(folder, ae, tmp_path, monkeypatch):
+    "Factors of the wrong length are named before the split; a rebuild into the same out with other t settings is refused."
+    monkeypatch.setattr(fitting, "fit_invariances", lambda *a, **k: pytest.fail("trained despite a bad input"))
+    with pytest.raises(BuildError, match=r"`factors` must give one label per image \(24\); got lengths \{'a': 23\}"):
+        build(folder, ae[0], factors={"a": torch.zeros(23, dtype=torch.long)})
+    monkeypatch.undo()
+    net = resnet18()
+    build(folder, ae[0], model=net, out=tmp_path / "run", layers=["layer2"])
+    with pytest.raises(BuildError, match=r"other settings or images \(seed, split.held_out differ\)"):
+        build(folder, ae[0], model=net, out=tmp_path / "run", layers=["layer2"], seed=1)
