@@ -350,6 +350,48 @@ def _t_sections(r: StudyResults, null: str = NULL_SHUFFLED) -> list[str]:
     return parts
 
 # %% ../nbs/09b_report.ipynb #00cee012
+def _baselines_section(m: dict, path: Path, figures_dir) -> list[str]:
+    "--baselines: the inversions of Fig. 2 / Tab. 1 beside t's samples, with their grids and FID/KID (empty without)."
+    esc, parts, base = html.escape, [], m.get("baselines")
+    if not base: return parts
+    png = lambda b, alt: f"<img alt='{esc(alt)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
+    rows = [[l, b["t"], b["decoder"], b["optimisation"], b["optimisation_feature_loss"], b["images"]]
+            for l, b in base.items() if "skipped" not in b]
+    parts += ["<h2>Baselines on the same layer and images</h2><p class=note>Beside t's samples D(t⁻¹(v|Φ(x))), "
+              "two inversions of the same features of the same held-out images: Dosovitskiy &amp; Brox's decoder "
+              "(the autoencoder's decoder architecture mapping z straight to x, trained with the image loss and no "
+              "KL term on the kept training images: one answer per z) and Mahendran &amp; Vedaldi's optimisation "
+              "(x* minimising ‖Φ(x*) − Φ(x)‖² / ‖Φ(x)‖² with α-norm and TV priors, from several random starts). "
+              "Each column: the share of images on which f predicts for the method's image what it predicts for "
+              "D(E(x)) (t's first draw of v, the decoder's image, M&amp;V's first start); with --fid, FID and KID "
+              "follow.</p>",
+              _table(["layer", "t", "D&B decoder", "M&V optimisation", "M&V feature loss", "images"], rows)]
+    parts += [f"<p class=note>{esc(l)}: {esc(b['skipped'])}</p>" for l, b in base.items() if "skipped" in b]
+    fid_rows = [[l, k, q["fid"], "" if q["fid_se"] is None else q["fid_se"], q["kid"], q["kid_se"]]
+                for l, b in base.items() if "fid" in b for k, q in b["fid"].items() if k in ("t", "decoder", "optimisation")]
+    if fid_rows:
+        net = next(b["fid"]["network"] for b in base.values() if "fid" in b)
+        cal = next((b["fid"].get("calibration") for b in base.values() if b.get("fid", {}).get("calibration")), None)
+        if cal:
+            fid_rows += [["reference", k, q["fid"], "", q["kid"], q["kid_se"]] for k, q in cal.items() if k != "discriminates"]
+        parts += [f"<p class=note>FID and KID against the same held-out images, in the features of {esc(net)} "
+                  "(torchmetrics); ± the SE over t's draws of v and M&amp;V's starts (KID for the decoder: over its "
+                  "subsets). Few images give large, biased FIDs: compare the rows, not with other reports. The "
+                  "reference rows are as many training images (the floor) and the same images with their pixels "
+                  "shuffled (far).</p>",
+                  _table(["layer", "method", "FID", "± SE", "KID", "± SE"], fid_rows)]
+        if cal and not cal["discriminates"]:
+            s, r = cal["shuffled pixels"]["fid"], cal["training images"]["fid"]
+            parts += [f"<p class=fail>This network puts shuffled pixels at FID {s:.3g}, less than twice the "
+                      f"training images' {r:.3g}: it does not tell structure from noise, so its FIDs cannot rank the "
+                      "methods. Rerun with another --fid network (torchvision:resnet18 discriminates even with "
+                      "random weights; inception:FILE for Tab. 1's).</p>"]
+    for l, b in base.items():
+        f = Path(figures_dir or path.parent / "figures") / b.get("grid", "")
+        if "grid" in b and f.is_file(): parts += [f"<h3>{esc(l)}</h3>", png(f.read_bytes(), f"baselines {l}")]
+    return parts
+
+
 def _samples_section(m: dict, r: StudyResults, path: Path, figures_dir) -> list[str]:
     "The sample grids of the run, embedded as PNGs."
     parts = ["<h2>Samples D(t⁻¹(v|Φ(x)))</h2><p class=note>Rows: validation inputs; columns: x, its "
@@ -554,48 +596,6 @@ def _study_factor_sections(r: StudyResults, name: str) -> list[str]:
                   _table(["layer"] + [f"{f}: share" for f in fs] + [f"{f}: Eq. 20" for f in fs],
                          [[l] + [cell(share[l].get(f)) for f in fs] + [cell(eq20.get(l, {}).get(f)) for f in fs]
                           for l in share])]
-    return parts
-
-
-def _baselines_section(m: dict, path: Path, figures_dir) -> list[str]:
-    "--baselines: the inversions of Fig. 2 / Tab. 1 beside t's samples, with their grids and FID/KID (empty without)."
-    esc, parts, base = html.escape, [], m.get("baselines")
-    if not base: return parts
-    png = lambda b, alt: f"<img alt='{esc(alt)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
-    rows = [[l, b["t"], b["decoder"], b["optimisation"], b["optimisation_feature_loss"], b["images"]]
-            for l, b in base.items() if "skipped" not in b]
-    parts += ["<h2>Baselines on the same layer and images</h2><p class=note>Beside t's samples D(t⁻¹(v|Φ(x))), "
-              "two inversions of the same features of the same held-out images: Dosovitskiy &amp; Brox's decoder "
-              "(the autoencoder's decoder architecture mapping z straight to x, trained with the image loss and no "
-              "KL term on the kept training images: one answer per z) and Mahendran &amp; Vedaldi's optimisation "
-              "(x* minimising ‖Φ(x*) − Φ(x)‖² / ‖Φ(x)‖² with α-norm and TV priors, from several random starts). "
-              "Each column: the share of images on which f predicts for the method's image what it predicts for "
-              "D(E(x)) (t's first draw of v, the decoder's image, M&amp;V's first start); with --fid, FID and KID "
-              "follow.</p>",
-              _table(["layer", "t", "D&B decoder", "M&V optimisation", "M&V feature loss", "images"], rows)]
-    parts += [f"<p class=note>{esc(l)}: {esc(b['skipped'])}</p>" for l, b in base.items() if "skipped" in b]
-    fid_rows = [[l, k, q["fid"], "" if q["fid_se"] is None else q["fid_se"], q["kid"], q["kid_se"]]
-                for l, b in base.items() if "fid" in b for k, q in b["fid"].items() if k in ("t", "decoder", "optimisation")]
-    if fid_rows:
-        net = next(b["fid"]["network"] for b in base.values() if "fid" in b)
-        cal = next((b["fid"].get("calibration") for b in base.values() if b.get("fid", {}).get("calibration")), None)
-        if cal:
-            fid_rows += [["reference", k, q["fid"], "", q["kid"], q["kid_se"]] for k, q in cal.items() if k != "discriminates"]
-        parts += [f"<p class=note>FID and KID against the same held-out images, in the features of {esc(net)} "
-                  "(torchmetrics); ± the SE over t's draws of v and M&amp;V's starts (KID for the decoder: over its "
-                  "subsets). Few images give large, biased FIDs: compare the rows, not with other reports. The "
-                  "reference rows are as many training images (the floor) and the same images with their pixels "
-                  "shuffled (far).</p>",
-                  _table(["layer", "method", "FID", "± SE", "KID", "± SE"], fid_rows)]
-        if cal and not cal["discriminates"]:
-            s, r = cal["shuffled pixels"]["fid"], cal["training images"]["fid"]
-            parts += [f"<p class=fail>This network puts shuffled pixels at FID {s:.3g}, less than twice the "
-                      f"training images' {r:.3g}: it does not tell structure from noise, so its FIDs cannot rank the "
-                      "methods. Rerun with another --fid network (torchvision:resnet18 discriminates even with "
-                      "random weights; inception:FILE for Tab. 1's).</p>"]
-    for l, b in base.items():
-        f = Path(figures_dir or path.parent / "figures") / b.get("grid", "")
-        if "grid" in b and f.is_file(): parts += [f"<h3>{esc(l)}</h3>", png(f.read_bytes(), f"baselines {l}")]
     return parts
 
 
